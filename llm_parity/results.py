@@ -1,0 +1,168 @@
+"""Reading and writing results files: JSON Schema validation on both ways, atomic writes,
+and the layout of a results folder (the contract both images share)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+from referencing import Registry, Resource
+
+from llm_parity import PROJECT_ROOT
+
+SCHEMA_DIR = PROJECT_ROOT / "schemas"
+
+
+class ResultFileError(Exception):
+    """A results, suite or profile file that is missing, not JSON, or not valid against its schema.
+
+    The message is one line naming the file and the field."""
+
+
+def schema_tag(name: str) -> str:
+    return f"llm-parity/{name}/v1"
+
+
+@lru_cache(maxsize=None)
+def _registry() -> Registry:
+    resources = []
+    for path in sorted(SCHEMA_DIR.glob("*.schema.json")):
+        resource = Resource.from_contents(json.loads(path.read_text(encoding="utf-8")))
+        resources.append((path.name, resource))
+    return Registry().with_resources(resources)
+
+
+@lru_cache(maxsize=None)
+def _validator(name: str) -> Draft202012Validator:
+    path = SCHEMA_DIR / f"{name}.schema.json"
+    if not path.is_file():
+        raise ValueError(f"no schema named {name!r} in {SCHEMA_DIR}")
+    schema = json.loads(path.read_text(encoding="utf-8"))
+    # Relative $refs ("common.schema.json#/...") resolve against the schema's file name.
+    schema = {**schema, "$id": path.name}
+    return Draft202012Validator(schema, registry=_registry())
+
+
+def _field_path(error) -> str:
+    parts = []
+    for part in error.absolute_path:
+        parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
+    return "".join(parts).lstrip(".") or "(top level)"
+
+
+def validate(doc: Any, name: str, path: Path | str) -> None:
+    """Raise ResultFileError naming `path` and the offending field if `doc` breaks schema `name`."""
+    error = best_match(_validator(name).iter_errors(doc))
+    if error is not None:
+        message = error.message if len(error.message) <= 200 else error.message[:197] + "..."
+        raise ResultFileError(f"{path}: field {_field_path(error)}: {message}".replace("\n", " "))
+
+
+def canonical_json(doc: Any) -> str:
+    """Sorted keys and Python's shortest round-trip floats: the same payload gives the same bytes."""
+    return json.dumps(doc, sort_keys=True, ensure_ascii=False, indent=1, allow_nan=False) + "\n"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, doc: dict, name: str) -> Path:
+    """Validate `doc` against schema `name`, then write it canonically and atomically."""
+    validate(doc, name, path)
+    write_text_atomic(path, canonical_json(doc))
+    return path
+
+
+def read_json(path: Path, name: str | None = None) -> dict:
+    """Read and validate a file. Without `name`, the schema is the one the file names itself."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResultFileError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ResultFileError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(doc, dict):
+        raise ResultFileError(f"{path}: field (top level): expected a JSON object")
+    if name is None:
+        tag = doc.get("schema")
+        if not (isinstance(tag, str) and tag.startswith("llm-parity/") and tag.endswith("/v1")):
+            raise ResultFileError(f"{path}: field schema: missing or not an llm-parity schema tag")
+        name = tag.split("/")[1]
+    expected = schema_tag(name)
+    if doc.get("schema") != expected:
+        raise ResultFileError(f"{path}: field schema: expected {expected!r}, found {doc.get('schema')!r}")
+    validate(doc, name, path)
+    return doc
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The paths of one results folder, results/<run>/ (see README, "Where results go")."""
+
+    root: Path
+
+    @classmethod
+    def under(cls, results_root: Path, run: str) -> "RunDir":
+        """The folder for `run` below `results_root`; a run name cannot escape the root."""
+        if not run or run in (".", "..") or "/" in run or "\\" in run or run.startswith("."):
+            raise ValueError(f"run name {run!r}: use a plain folder name (no '/', no leading '.')")
+        return cls(Path(results_root) / run)
+
+    @property
+    def suite(self) -> Path:
+        return self.root / "suite.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "model" / "manifest.json"
+
+    def side(self, side: str) -> Path:
+        return self.root / side
+
+    def generations(self, side: str) -> Path:
+        return self.root / side / "generations.json"
+
+    def perplexity(self, side: str) -> Path:
+        return self.root / side / "perplexity.json"
+
+    def provenance(self, side: str) -> Path:
+        return self.root / side / "provenance.json"
+
+    @property
+    def server_log(self) -> Path:
+        return self.root / "target" / "server.log"
+
+    @property
+    def compare(self) -> Path:
+        return self.root / "report" / "compare.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report" / "report.md"
+
+
+def sha256_of(doc: Any) -> str:
+    """The hash that names a JSON payload (suite, manifest) in every other file."""
+    compact = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(compact.encode("utf-8")).hexdigest()

@@ -1,0 +1,225 @@
+"""Start `vllm serve` with a profile's flags, wait until it is healthy, keep its log, and always
+tear its whole process group down."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from llm_parity import PROJECT_ROOT
+
+CPU_LAUNCHER = PROJECT_ROOT / "scripts" / "vllm_cpu.py"
+
+
+class ServerError(RuntimeError):
+    """The server could not be started or did not become healthy; the message says why."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """Everything `vllm serve` is started with. Built from a profile by `spec_from_profile`."""
+
+    model_dir: Path
+    served_name: str
+    dtype: str
+    max_model_len: int
+    max_num_seqs: int
+    host: str = "127.0.0.1"
+    port: int = 0
+    tensor_parallel_size: int = 1
+    enforce_eager: bool = False
+    trust_remote_code: bool = False
+    load_format: str | None = None
+    api_key: str | None = None
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def graph_mode(self) -> str:
+        return "eager" if self.enforce_eager else "graph"
+
+
+def spec_from_profile(profile, model_dir: Path, **overrides) -> ServerSpec:
+    serve = profile.serve
+    values = dict(
+        model_dir=Path(model_dir),
+        served_name=profile.model.get("served_name", Path(model_dir).name),
+        dtype=serve["dtype"],
+        max_model_len=serve["max_model_len"],
+        max_num_seqs=serve["max_num_seqs"],
+        host=serve.get("host", "127.0.0.1"),
+        port=serve["port"],
+        tensor_parallel_size=serve["tensor_parallel_size"],
+        enforce_eager=serve.get("enforce_eager", False),
+        trust_remote_code=profile.model.get("trust_remote_code", False),
+        extra_args=tuple(serve.get("extra_args", ())),
+    )
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    return ServerSpec(**values)
+
+
+def is_vllm_cpu() -> bool:
+    """True when vLLM comes from the community `vllm-cpu` distribution (needs our launcher)."""
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def launcher() -> list[str]:
+    if is_vllm_cpu():
+        return [sys.executable, str(CPU_LAUNCHER)]
+    return [shutil.which("vllm") or "vllm"]
+
+
+def vllm_command(spec: ServerSpec) -> list[str]:
+    """The exact `vllm serve` command line for `spec` (the API key is passed by environment)."""
+    argv = launcher() + [
+        "serve", str(spec.model_dir),
+        "--served-model-name", spec.served_name,
+        "--dtype", spec.dtype,
+        "--max-model-len", str(spec.max_model_len),
+        "--max-num-seqs", str(spec.max_num_seqs),
+        "--host", spec.host,
+        "--port", str(spec.port),
+        "--tensor-parallel-size", str(spec.tensor_parallel_size),
+    ]
+    if spec.enforce_eager:
+        argv.append("--enforce-eager")
+    if spec.trust_remote_code:
+        argv.append("--trust-remote-code")
+    if spec.load_format:
+        argv += ["--load-format", spec.load_format]
+    return argv + list(spec.extra_args)
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            raise ServerError(f"port {port} on {host} is already in use ({err.strerror}); "
+                              "stop what uses it or choose another port (port 0 picks a free one)") from None
+
+
+def server_env(cache_dir: Path, api_key: str | None) -> dict:
+    """The environment for the server: caches in a folder we own; vllm-cpu's CPU settings."""
+    env = dict(os.environ)
+    for name, sub in (("VLLM_CACHE_ROOT", "vllm"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("VLLM_RPC_BASE_PATH", "rpc")):
+        env.setdefault(name, str(cache_dir / sub))
+        Path(env[name]).mkdir(parents=True, exist_ok=True)
+    if is_vllm_cpu():
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    if api_key:
+        env["VLLM_API_KEY"] = api_key
+    return env
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return "(no server log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class VllmServer:
+    """A running `vllm serve`; use as a context manager so the process group always ends.
+
+    `url` is the OpenAI-compatible base URL (http://host:port)."""
+
+    def __init__(self, spec: ServerSpec, *, log_path: Path, cache_dir: Path, health_timeout_s: float = 600):
+        if spec.port == 0:
+            spec = ServerSpec(**{**spec.__dict__, "port": free_port(spec.host)})
+        self.spec = spec
+        self.log_path = Path(log_path)
+        self.cache_dir = Path(cache_dir)
+        self.health_timeout_s = health_timeout_s
+        self.process: subprocess.Popen | None = None
+        self.argv = vllm_command(spec)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.spec.host}:{self.spec.port}"
+
+    def start(self) -> "VllmServer":
+        ensure_port_free(self.spec.host, self.spec.port)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=server_env(self.cache_dir, self.spec.api_key), start_new_session=True,
+            )
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_healthy(self, progress=None) -> None:
+        deadline = time.monotonic() + self.health_timeout_s
+        started = time.monotonic()
+        last_note = started
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                raise ServerError(f"vllm serve exited with code {code} before it was healthy; "
+                                  f"log {self.log_path}, last lines:\n{log_tail(self.log_path)}")
+            try:
+                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() - last_note >= 15:
+                last_note = time.monotonic()
+                print(f"serve: waiting for {self.url}/health ({last_note - started:.0f} s)", flush=True)
+            time.sleep(0.5)
+        raise ServerError(f"vllm serve was not healthy after {self.health_timeout_s:.0f} s; "
+                          f"log {self.log_path}, last lines:\n{log_tail(self.log_path)}")
+
+    def stop(self, grace_s: float = 20) -> None:
+        """SIGINT to the whole process group, then SIGKILL what is left after `grace_s`."""
+        if self.process is None:
+            return
+        for sig, wait_s in ((signal.SIGINT, grace_s), (signal.SIGKILL, 10)):
+            if not self._group_alive():
+                return
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + wait_s
+            while self._group_alive() and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+    def _group_alive(self) -> bool:
+        self.process.poll()  # reap the leader, or its zombie keeps the group "alive"
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def __enter__(self) -> "VllmServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+

@@ -1,0 +1,88 @@
+"""Prompt suites: load one as people wrote it, render it once to token ids with the model's own
+chat template, and hash it. Both sides consume the rendered ids, never the text."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from llm_parity import PROJECT_ROOT
+from llm_parity.results import read_json, schema_tag, sha256_of
+
+DEFAULT_SUITE = PROJECT_ROOT / "suites" / "default-ko.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "tokenizer.model")
+
+
+def load_suite_source(path: Path | str = DEFAULT_SUITE) -> dict:
+    """A suite as written (suites/*.json), validated against schemas/suite-source.schema.json."""
+    return read_json(Path(path), "suite-source")
+
+
+def tokenizer_sha256(model_dir: Path) -> str:
+    """Hash of the files that decide how text becomes ids, chat template included."""
+    digest = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        path = Path(model_dir) / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def render_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Chat template to text, then text to ids without adding special tokens again: the same
+    two steps vLLM's chat endpoint takes, so the ids can be checked against the server's."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def render_passage_ids(tokenizer, text: str) -> list[int]:
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
+
+
+def stop_ids(model_dir: Path, tokenizer) -> list[int]:
+    """The ids that end a generation: generation_config's eos ids and the tokenizer's."""
+    from transformers import GenerationConfig
+
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    try:
+        eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
+    except OSError:  # no generation_config.json
+        eos = None
+    ids.update([eos] if isinstance(eos, int) else (eos or []))
+    return sorted(ids)
+
+
+def suite_hash(prompts: list[dict], passages: list[dict], stop: list[int]) -> str:
+    return sha256_of({"prompts": prompts, "passages": passages, "stop_ids": stop})
+
+
+def render_suite(source: dict, model_dir: Path, *, default_max_tokens: int) -> dict:
+    """The rendered suite (schemas/suite.schema.json) for the tokenizer in `model_dir`."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompts = [
+        {
+            "id": prompt["id"],
+            "kind": prompt["kind"],
+            "messages": prompt["messages"],
+            "prompt_ids": render_prompt_ids(tokenizer, prompt["messages"]),
+            "max_tokens": prompt.get("max_tokens", default_max_tokens),
+        }
+        for prompt in source["prompts"]
+    ]
+    passages = [
+        {"id": passage["id"], "text": passage["text"], "ids": render_passage_ids(tokenizer, passage["text"])}
+        for passage in source["passages"]
+    ]
+    stop = stop_ids(model_dir, tokenizer)
+    return {
+        "schema": schema_tag("suite"),
+        "name": source["name"],
+        "sha256": suite_hash(prompts, passages, stop),
+        "stop_ids": stop,
+        "source_sha256": sha256_of(source),
+        "tokenizer_sha256": tokenizer_sha256(model_dir),
+        "prompts": prompts,
+        "passages": passages,
+    }

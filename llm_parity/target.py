@@ -1,0 +1,144 @@
+"""The target side: the suite through vLLM's OpenAI-compatible HTTP API.
+
+This module only builds request payloads and parses responses into the records that the
+reference side produces too (llm_parity.records); batching happens on the server, concurrency
+up to max-num-seqs here."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Callable
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from llm_parity.progress import note
+from llm_parity.records import failed_generation, failed_perplexity, perplexity_of, sort_top_k
+
+TOKEN_ID_PREFIX = "token_id:"
+
+
+class VllmHttpClient:
+    """Greedy generations and prompt logprobs from a running vLLM server.
+
+    Retries 5xx answers and dropped connections with backoff; a 4xx is recorded, not retried."""
+
+    def __init__(self, base_url: str, model: str, *, timeout_s: float = 120, api_key: str | None = None,
+                 retries: int = 3):
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.timeout_s = timeout_s
+        self.session = requests.Session()
+        retry = Retry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=0.5,
+                      status_forcelist=(500, 502, 503, 504), allowed_methods=None, raise_on_status=False)
+        self.session.mount("http://", HTTPAdapter(max_retries=retry, pool_maxsize=64))
+        self.session.mount("https://", HTTPAdapter(max_retries=retry, pool_maxsize=64))
+        if api_key:
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
+
+    def _post(self, path: str, payload: dict) -> dict:
+        response = self.session.post(f"{self.base_url}{path}", json=payload, timeout=self.timeout_s)
+        if response.status_code != 200:
+            raise requests.HTTPError(f"HTTP {response.status_code} from {path}: {response.text[:300]}")
+        return response.json()
+
+    def server_info(self) -> dict:
+        """vLLM version and the served model's max_model_len, for provenance."""
+        info = {"version": None, "max_model_len": None}
+        try:
+            info["version"] = self.session.get(f"{self.base_url}/version", timeout=10).json().get("version")
+            models = self.session.get(f"{self.base_url}/v1/models", timeout=10).json()["data"]
+            info["max_model_len"] = next((m.get("max_model_len") for m in models if m["id"] == self.model), None)
+        except (requests.RequestException, ValueError, KeyError):
+            pass
+        return info
+
+    def generate(self, prompt: dict, *, top_logprobs: int) -> dict:
+        """One suite prompt, greedy, from its rendered ids (completions endpoint)."""
+        body = self._post("/v1/completions", {
+            "model": self.model,
+            "prompt": prompt["prompt_ids"],
+            "max_tokens": prompt["max_tokens"],
+            "temperature": 0,
+            "logprobs": top_logprobs,
+            "return_tokens_as_token_ids": True,
+            "return_token_ids": True,
+            "skip_special_tokens": True,
+        })
+        choice = body["choices"][0]
+        logprobs = choice["logprobs"]
+        output_ids = list(choice.get("token_ids") or [_token_id(token) for token in logprobs["tokens"]])
+        return {
+            "id": prompt["id"],
+            "prompt_ids": list(prompt["prompt_ids"]),
+            "chat_prompt_ids": self.chat_prompt_ids(prompt["messages"]),
+            "output_ids": output_ids,
+            "text": choice["text"],
+            "logprobs": [float(value) for value in logprobs["token_logprobs"]],
+            "top_logprobs": [
+                sort_top_k([(_token_id(token), value) for token, value in (entry or {}).items()], top_logprobs)
+                for entry in logprobs["top_logprobs"]
+            ],
+            "finish_reason": choice.get("finish_reason"),
+            "usage": {"prompt_tokens": body["usage"]["prompt_tokens"],
+                      "completion_tokens": body["usage"]["completion_tokens"]},
+            "error": None,
+        }
+
+    def chat_prompt_ids(self, messages: list[dict]) -> list[int] | None:
+        """The prompt ids the server's own chat template gives the same messages."""
+        body = self._post("/v1/chat/completions", {
+            "model": self.model, "messages": messages, "max_tokens": 1, "temperature": 0,
+            "return_token_ids": True,
+        })
+        ids = body.get("prompt_token_ids") or body["choices"][0].get("prompt_token_ids")
+        return list(ids) if ids is not None else None
+
+    def perplexity(self, passage: dict) -> dict:
+        """Prompt logprobs of a passage in one request; perplexity from them."""
+        body = self._post("/v1/completions", {
+            "model": self.model, "prompt": passage["ids"], "max_tokens": 1, "temperature": 0,
+            "prompt_logprobs": 1,
+        })
+        entries = body["choices"][0].get("prompt_logprobs") or body.get("prompt_logprobs")
+        logprobs = [float(entry[str(token)]["logprob"]) for token, entry in zip(passage["ids"][1:], entries[1:])]
+        return {"id": passage["id"], "logprobs": logprobs, "perplexity": perplexity_of(logprobs), "error": None}
+
+
+def _token_id(token: str) -> int:
+    if not token.startswith(TOKEN_ID_PREFIX):
+        raise ValueError(f"expected '{TOKEN_ID_PREFIX}N' tokens (return_tokens_as_token_ids), got {token!r}")
+    return int(token[len(TOKEN_ID_PREFIX):])
+
+
+def run_concurrently(items: list[dict], work: Callable[[dict], dict], on_error: Callable[[dict, str], dict],
+                     *, concurrency: int, label: str, log=note) -> list[dict]:
+    """Run `work` on every item with up to `concurrency` in flight; an exception becomes an error
+    record; results come back in suite order whatever order they finish in."""
+
+    def guarded(item: dict) -> dict:
+        try:
+            return work(item)
+        except (requests.RequestException, ValueError, KeyError, TypeError, IndexError) as err:
+            return on_error(item, f"{type(err).__name__}: {err}")
+
+    results: list[dict | None] = [None] * len(items)
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        futures = {pool.submit(guarded, item): index for index, item in enumerate(items)}
+        for done, future in enumerate(as_completed(futures), start=1):
+            results[futures[future]] = future.result()
+            log(f"{label}: {done}/{len(items)} {items[futures[future]]['id']}")
+    return results
+
+
+def query_generations(client: VllmHttpClient, suite: dict, *, top_logprobs: int, concurrency: int, log=note) -> list[dict]:
+    return run_concurrently(
+        suite["prompts"], lambda prompt: client.generate(prompt, top_logprobs=top_logprobs),
+        failed_generation, concurrency=concurrency, label="query", log=log,
+    )
+
+
+def query_perplexity(client: VllmHttpClient, suite: dict, *, concurrency: int, log=note) -> list[dict]:
+    return run_concurrently(suite["passages"], client.perplexity, failed_perplexity,
+                            concurrency=concurrency, label="query perplexity", log=log)
+

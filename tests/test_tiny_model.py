@@ -1,0 +1,30 @@
+"""The embedded model is the seed's architecture at small scale, with the real Llama-3 tokenizer."""
+import json
+
+from llm_parity.profiles import load_profile
+from llm_parity.suite import load_suite_source, render_suite
+
+
+def test_architecture_matches_the_seed_family(tiny_model_dir):
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    seed = {"model_type": "llama", "vocab_size": 128256, "rope_theta": 500000.0, "tie_word_embeddings": False}
+    assert {key: config.get(key, config.get("rope_parameters", {}).get(key)) for key in seed} == seed
+    assert config["num_attention_heads"] // config["num_key_value_heads"] == 4
+    assert config["head_dim"] >= 32
+
+
+def test_chat_template_and_end_of_turn_ids(tiny_model_dir):
+    suite = render_suite(load_suite_source(), tiny_model_dir, default_max_tokens=8)
+    assert suite["stop_ids"] == [128001, 128009]
+    prompt = suite["prompts"][0]["prompt_ids"]
+    assert prompt[:2] == [128000, 128006] and prompt[-4:] == [128006, 78191, 128007, 271]  # ...assistant header
+    assert prompt.count(128000) == 1  # one BOS, not two
+
+
+def test_rebuild_reuses_the_cached_model(tiny_model_dir):
+    from llm_parity.tiny_model import build_tiny_model
+
+    notes = []
+    assert build_tiny_model(log=notes.append) == tiny_model_dir
+    assert notes and "reusing" in notes[0]
+    assert load_profile("tiny-llama").model["source"] == "tiny"

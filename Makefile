@@ -1,18 +1,62 @@
-# llm-parity: `make help` lists the targets. Every target calls the invoke tasks in tasks.py.
+# llm-parity: `make help` lists the targets. Every target calls the invoke tasks in tasks.py,
+# here in .venv (demo, test) or inside the pinned images (verify, reference, compare).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 INV := $(VENV)/bin/inv
 STAMP := $(VENV)/.llm-parity-installed
+# A light environment (invoke + jsonschema) for host-side steps on Ascend and GPU hosts.
+HOST_VENV ?= .venv-host
+HOST_INV := $(HOST_VENV)/bin/inv
+HOST_STAMP := $(HOST_VENV)/.llm-parity-installed
+comma := ,
+
+# --- knobs; defaults are the seed report's -------------------------------------------------
+PROFILE ?= kollama-3-8b-instruct
+RUN ?=
 DTYPE ?=
-RUN ?= demo
+MAX_MODEL_LEN ?= 8192
+MAX_NUM_SEQS ?= 16
+PORT ?= 8000
+TP ?= 1
+NPUS ?= 0
+DEVICE ?= cpu
 REPORT_LANG ?= zh
+RESULTS ?= $(CURDIR)/results
+MODELS ?= $(CURDIR)/models
+# vllm-ascend release matching the seed (vLLM 0.18.0, torch_npu 2.9.0.post1, CANN 8.5.1);
+# ASCEND_VARIANT: -a3, -310p or -openeuler; ASCEND_TAG=v0.23.0 for the newest stable release.
+ASCEND_TAG ?= v0.18.0
+ASCEND_VARIANT ?=
+ASCEND_BASE ?= quay.io/ascend/vllm-ascend:$(ASCEND_TAG)$(ASCEND_VARIANT)
+REFERENCE_BASE ?= python:3.11.10-slim-bookworm
+ALLOW_UNPINNED ?= 0
+IMAGE_ASCEND ?= llm-parity-ascend:$(ASCEND_TAG)$(ASCEND_VARIANT)
+IMAGE_REFERENCE ?= llm-parity-reference:latest
+
+RUN_NAME = $(or $(RUN),$(PROFILE))
+UNPINNED_FLAG = $(if $(filter 1,$(ALLOW_UNPINNED)),--allow-unpinned)
+SERVE_FLAGS = --max-model-len $(MAX_MODEL_LEN) --max-num-seqs $(MAX_NUM_SEQS) --port $(PORT) --tensor-parallel-size $(TP)
+SIDE_FLAGS = --profile $(PROFILE) --run $(RUN_NAME) --dtype $(or $(DTYPE),bfloat16)
+# Results and model cache are shared volumes; the Hub settings pass through, never written down.
+VOLUMES = -v $(RESULTS):/work/results -v $(MODELS):/work/models -e HF_ENDPOINT -e HF_TOKEN -e MODELSCOPE_ENDPOINT
+# The NPU devices and driver mounts vllm-ascend's docs list; no --privileged.
+NPU_FLAGS = $(foreach n,$(subst $(comma), ,$(NPUS)),--device /dev/davinci$(n)) \
+	--device /dev/davinci_manager --device /dev/devmm_svm --device /dev/hisi_hdc \
+	-v /usr/local/dcmi:/usr/local/dcmi -v /usr/local/bin/npu-smi:/usr/local/bin/npu-smi \
+	-v /usr/local/Ascend/driver/lib64/:/usr/local/Ascend/driver/lib64/ \
+	-v /usr/local/Ascend/driver/version.info:/usr/local/Ascend/driver/version.info \
+	-v /etc/ascend_install.info:/etc/ascend_install.info \
+	--shm-size=1g -e ASCEND_RT_VISIBLE_DEVICES=$(NPUS)
+GPU_FLAGS = $(if $(filter cuda%,$(DEVICE)),--gpus all)
+IMAGE_ID = $$(docker image inspect --format '{{.Id}}' $(1))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test clean
+.PHONY: help setup demo test clean verify reference compare image-ascend image-reference pin
 
-help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+help: ## list the targets and knobs
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@echo "  knobs: PROFILE RUN DTYPE MAX_MODEL_LEN MAX_NUM_SEQS PORT TP NPUS DEVICE REPORT_LANG RESULTS MODELS ASCEND_TAG ASCEND_VARIANT ALLOW_UNPINNED"
 
 $(STAMP): requirements/*.txt pyproject.toml scripts/install.sh
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +64,43 @@ $(STAMP): requirements/*.txt pyproject.toml scripts/install.sh
 	scripts/install.sh dev $(VENV)/bin/python
 	touch $@
 
+$(HOST_STAMP): requirements/base.txt pyproject.toml scripts/install.sh
+	$(PYTHON) -m venv $(HOST_VENV)
+	scripts/install.sh host $(HOST_VENV)/bin/python
+	touch $@
+
 setup: $(STAMP) ## create .venv and install the pinned CPU target, reference and test tools
 
 demo: $(STAMP) ## end to end on the tiny model: vLLM on this CPU vs transformers (DTYPE=bfloat16 to try bf16)
-	$(INV) demo $(if $(DTYPE),--dtype $(DTYPE)) --run $(RUN) --lang $(REPORT_LANG)
+	$(INV) demo $(if $(DTYPE),--dtype $(DTYPE)) --run $(or $(RUN),demo) --lang $(REPORT_LANG)
 
 test: $(STAMP) ## run the tests (starts one real vLLM server)
 	$(INV) test
 
-clean: ## remove results/ (keeps .venv and the tiny-model cache)
+image-ascend: $(HOST_STAMP) ## build the Ascend target image from the pinned vllm-ascend base
+	read -r base pinned < <($(HOST_INV) image-base --tag $(ASCEND_BASE) $(UNPINNED_FLAG)) && \
+	docker build -f Dockerfile.ascend --build-arg BASE_IMAGE=$$base --build-arg BASE_PINNED=$$pinned -t $(IMAGE_ASCEND) .
+
+image-reference: $(HOST_STAMP) ## build the CPU/CUDA reference image from the pinned Python base
+	read -r base pinned < <($(HOST_INV) image-base --tag $(REFERENCE_BASE) $(UNPINNED_FLAG)) && \
+	docker build -f Dockerfile.cpu-ref --build-arg BASE_IMAGE=$$base --build-arg BASE_PINNED=$$pinned -t $(IMAGE_REFERENCE) .
+
+verify: image-ascend ## Ascend host: download, dummy check, serve, query -> results/<run>/target/
+	mkdir -p $(RESULTS) $(MODELS)
+	docker run --rm $(NPU_FLAGS) $(VOLUMES) -e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_ASCEND)) \
+		$(IMAGE_ASCEND) verify $(SIDE_FLAGS) $(SERVE_FLAGS)
+
+reference: image-reference ## CPU/GPU host (DEVICE=cuda for GPUs): the reference side -> results/<run>/reference/
+	mkdir -p $(RESULTS) $(MODELS)
+	docker run --rm $(GPU_FLAGS) --user $$(id -u):$$(id -g) $(VOLUMES) -e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_REFERENCE)) \
+		$(IMAGE_REFERENCE) reference $(SIDE_FLAGS) --device $(DEVICE)
+
+compare: image-reference ## either host: compare both sides and write the report; exit 0 pass, 1 fail
+	docker run --rm --user $$(id -u):$$(id -g) -v $(RESULTS):/work/results $(IMAGE_REFERENCE) \
+		compare --profile $(PROFILE) --run $(RUN_NAME) --lang $(REPORT_LANG)
+
+pin: $(HOST_STAMP) ## resolve missing base image digests from the registry into images.lock.json
+	$(HOST_INV) pin --all-missing
+
+clean: ## remove results/ (keeps .venv, models/ and the tiny-model cache)
 	rm -rf results

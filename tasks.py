@@ -1,6 +1,8 @@
 """llm-parity tasks. `inv --list` shows them, `inv --help TASK` explains one.
 
 Exit codes: 0 pass / done, 1 verdict fail, 2 unusable input, 3 server failure."""
+import sys
+
 from invoke import Exit, task
 
 from llm_parity import cli
@@ -9,8 +11,16 @@ from llm_parity.profiles import DEFAULT_PROFILE
 DTYPE_HELP = "serving and reference dtype: float32, bfloat16 or float16 (default: the profile's)"
 RUN_HELP = "name of the results folder under results/ (or LLM_PARITY_RESULTS)"
 PROFILE_HELP = f"profile name in profiles/ or a path to a profile JSON (default {DEFAULT_PROFILE})"
-MODEL_HELP = "local folder of the model (default: the profile's; the tiny profile builds its own)"
+MODEL_HELP = "local folder of the model (default: the profile's; downloaded into models/ for a Hub source)"
 RESULTS_HELP = "results root folder (default results/)"
+SERVE_HELP = {
+    "max_model_len": "vllm serve --max-model-len (default: the profile's; seed 8192)",
+    "max_num_seqs": "vllm serve --max-num-seqs, also the query concurrency (seed 16)",
+    "port": "vllm serve --port (seed 8000; 0 picks a free port)",
+    "tensor_parallel_size": "vllm serve --tensor-parallel-size (seed 1)",
+    "enforce_eager": "turn graph capture off (ACL graph on Ascend); the report says which mode ran",
+}
+SIDE_HELP = {"profile": PROFILE_HELP, "run": RUN_HELP, "dtype": DTYPE_HELP, "model": MODEL_HELP, "results": RESULTS_HELP}
 
 
 def _finish(call) -> None:
@@ -20,6 +30,11 @@ def _finish(call) -> None:
         raise Exit(str(failed), code=failed.code) from None
     if code:
         raise Exit(code=code)
+
+
+def _serve(max_model_len, max_num_seqs, port, tensor_parallel_size, enforce_eager) -> dict:
+    return {"max_model_len": max_model_len, "max_num_seqs": max_num_seqs, "port": port,
+            "tensor_parallel_size": tensor_parallel_size, "enforce_eager": enforce_eager or None}
 
 
 @task(help={"dtype": DTYPE_HELP, "run": RUN_HELP, "lang": "report language: zh (default) or en",
@@ -40,16 +55,34 @@ def tiny_model(c):
     print(build_tiny_model())
 
 
-@task(help={"profile": PROFILE_HELP, "run": RUN_HELP, "dtype": DTYPE_HELP, "model": MODEL_HELP,
-            "server_url": "use a vLLM server already running at this URL instead of starting one",
-            "results": RESULTS_HELP})
-def target(c, profile=DEFAULT_PROFILE, run="run", dtype=None, model=None, server_url=None, results=None):
+@task(help={**SIDE_HELP, **SERVE_HELP})
+def dummy(c, profile=DEFAULT_PROFILE, run="run", dtype=None, model=None, results=None, max_model_len=None,
+          max_num_seqs=None, port=None, tensor_parallel_size=None, enforce_eager=False):
+    """Dummy-weights check: config and tokenizer only, `vllm serve --load-format dummy`, one request; writes target/dummy.json.
+
+    Shows the architecture parses, graphs compile, the KV cache is allocated and the server answers. Exit 1 if not."""
+    serve = _serve(max_model_len, max_num_seqs, port, tensor_parallel_size, enforce_eager)
+    _finish(lambda: cli.dummy(profile=profile, run=run, dtype=dtype, model=model, results=results, **serve))
+
+
+@task(help={**SIDE_HELP, **SERVE_HELP, "server_url": "use a vLLM server already running at this URL instead of starting one"})
+def target(c, profile=DEFAULT_PROFILE, run="run", dtype=None, model=None, server_url=None, results=None,
+           max_model_len=None, max_num_seqs=None, port=None, tensor_parallel_size=None, enforce_eager=False):
     """Target side: start `vllm serve` with the profile's flags, query the suite, write results/<run>/target/."""
-    _finish(lambda: cli.target(profile=profile, run=run, dtype=dtype, model=model, server_url=server_url, results=results))
+    serve = _serve(max_model_len, max_num_seqs, port, tensor_parallel_size, enforce_eager)
+    _finish(lambda: cli.target(profile=profile, run=run, dtype=dtype, model=model, server_url=server_url,
+                               results=results, **serve))
 
 
-@task(help={"profile": PROFILE_HELP, "run": RUN_HELP, "dtype": DTYPE_HELP, "model": MODEL_HELP,
-            "device": "torch device for transformers: cpu (default) or cuda", "results": RESULTS_HELP})
+@task(help={**SIDE_HELP, **SERVE_HELP})
+def verify(c, profile=DEFAULT_PROFILE, run="run", dtype=None, model=None, results=None, max_model_len=None,
+           max_num_seqs=None, port=None, tensor_parallel_size=None, enforce_eager=False):
+    """What `make verify` runs in the Ascend image: download, dummy check, serve, query (the target side)."""
+    serve = _serve(max_model_len, max_num_seqs, port, tensor_parallel_size, enforce_eager)
+    _finish(lambda: cli.verify(profile=profile, run=run, dtype=dtype, model=model, results=results, **serve))
+
+
+@task(help={**SIDE_HELP, "device": "torch device for transformers: cpu (default) or cuda"})
 def reference(c, profile=DEFAULT_PROFILE, run="run", dtype=None, model=None, device="cpu", results=None):
     """Reference side: the same suite ids through transformers, write results/<run>/reference/."""
     _finish(lambda: cli.reference(profile=profile, run=run, dtype=dtype, model=model, device=device, results=results))
@@ -62,7 +95,30 @@ def compare(c, profile=DEFAULT_PROFILE, run="run", lang="zh", results=None):
     _finish(lambda: cli.compare(profile=profile, run=run, lang=lang, results=results))
 
 
+@task(name="image-base", help={"tag": "base image tag as written in images.lock.json",
+                                "allow_unpinned": "accept a tag with no digest (the image then records it was unpinned)"})
+def image_base(c, tag, allow_unpinned=False):
+    """Print `REFERENCE PINNED` for a base image: tag@digest and 1 from the lock, or the bare tag and 0 with --allow-unpinned."""
+    _finish(lambda: cli.image_base(tag, allow_unpinned=allow_unpinned))
+
+
+@task(help={"tag": "base image tag to resolve; repeatable", "all_missing": "resolve every tag whose digest is missing"},
+      iterable=["tag"])
+def pin(c, tag=None, all_missing=False):
+    """Resolve base image digests from the registry (needs docker and registry access) and write them into images.lock.json."""
+    from llm_parity.images import load_lock, record_digest
+
+    tags = list(tag or [])
+    if all_missing:
+        tags += [name for name, entry in load_lock()["images"].items() if not entry["digest"]]
+    for name in tags:
+        out = c.run(f"docker buildx imagetools inspect {name} --format '{{{{json .Manifest.Digest}}}}'", hide=True)
+        digest = out.stdout.strip().strip('"')
+        record_digest(name, digest)
+        print(f"pinned {name}@{digest}")
+
+
 @task(help={"args": "extra pytest arguments, e.g. '-k compare -x'"})
 def test(c, args=""):
     """Run the test suite (unit tests, then integration tests against a real vLLM server)."""
-    c.run(f"python -m pytest {args}", pty=False)
+    c.run(f"{sys.executable} -m pytest {args}", pty=False)

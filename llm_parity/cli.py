@@ -12,6 +12,8 @@ from pathlib import Path
 from llm_parity import pipeline
 from llm_parity.compare import IncompatibleRuns
 from llm_parity.download import DownloadError
+from llm_parity.dummy import run_dummy
+from llm_parity.images import base_reference
 from llm_parity.profiles import DEMO_PROFILE, load_profile
 from llm_parity.results import ResultFileError, RunDir
 from llm_parity.serve import ServerError
@@ -19,6 +21,7 @@ from llm_parity.serve import ServerError
 EXIT_SERVER = 3
 RESULTS_ROOT = Path(os.environ.get("LLM_PARITY_RESULTS", "results"))
 CACHE_DIR = Path(os.environ.get("LLM_PARITY_CACHE", ".cache"))
+MODELS_ROOT = Path(os.environ.get("LLM_PARITY_MODELS", "models"))
 
 
 class StageFailed(Exception):
@@ -37,31 +40,55 @@ def guarded(action):
         raise StageFailed(f"error: {err}", EXIT_SERVER) from None
 
 
-def _setup(profile_name: str, run: str, dtype: str | None, model: str | None, results: str | None):
-    profile = load_profile(profile_name)
-    if dtype:
-        profile = profile.with_serve(dtype=dtype)
+def _setup(profile_name: str, run: str, dtype: str | None, model: str | None, results: str | None,
+           serve: dict | None = None):
+    profile = load_profile(profile_name).with_serve(dtype=dtype, **(serve or {}))
     run_dir = RunDir.under(Path(results) if results else RESULTS_ROOT, run)
-    model_dir = pipeline.resolve_model_dir(profile, model)
-    return profile, run_dir, model_dir
+    model_dir, origin = pipeline.resolve_model(profile, model, models_root=MODELS_ROOT)
+    return profile, run_dir, model_dir, origin
 
 
 def target(*, profile: str, run: str, dtype: str | None = None, model: str | None = None,
-           server_url: str | None = None, results: str | None = None) -> int:
+           server_url: str | None = None, results: str | None = None, **serve) -> int:
+    """`serve` overrides the profile's serve settings (max_model_len, max_num_seqs, port, ...)."""
     def action():
-        prof, run_dir, model_dir = _setup(profile, run, dtype, model, results)
-        suite, manifest = pipeline.prepare(run_dir, prof, model_dir)
+        prof, run_dir, model_dir, origin = _setup(profile, run, dtype, model, results, serve)
+        suite, manifest = pipeline.prepare(run_dir, prof, model_dir, origin)
         pipeline.target_side(run_dir, prof, model_dir, suite, manifest, server_url=server_url, cache_dir=CACHE_DIR)
         print(f"target: wrote {run_dir.side('target')}")
         return 0
     return guarded(action)
 
 
+def dummy(*, profile: str, run: str, dtype: str | None = None, model: str | None = None,
+          results: str | None = None, **serve) -> int:
+    """The dummy-weights check on the profile's config and tokenizer; exit 1 if it fails."""
+    def action():
+        prof, run_dir, model_dir, origin = _setup(profile, run, dtype, model, results, serve)
+        suite, _ = pipeline.prepare(run_dir, prof, model_dir, origin)
+        doc = run_dummy(prof, model_dir, out_path=run_dir.dummy, log_path=run_dir.side("target") / "dummy-server.log",
+                        cache_dir=CACHE_DIR, prompt_ids=suite["prompts"][0]["prompt_ids"])
+        for check in doc["checks"]:
+            print(f"dummy: {'PASS' if check['passed'] else 'FAIL'} {check['name']}: {check['evidence']}")
+        if not doc["passed"]:
+            raise StageFailed(f"dummy: vLLM could not serve {model_dir.name} with dummy weights: {doc['error']} "
+                              f"(log: {run_dir.side('target') / 'dummy-server.log'})", pipeline.EXIT_FAIL)
+        return 0
+    return guarded(action)
+
+
+def verify(*, profile: str, run: str, dtype: str | None = None, model: str | None = None,
+           results: str | None = None, **serve) -> int:
+    """The target side as `make verify` runs it on an Ascend host: download, dummy, serve, query."""
+    code = dummy(profile=profile, run=run, dtype=dtype, model=model, results=results, **serve)
+    return code or target(profile=profile, run=run, dtype=dtype, model=model, results=results, **serve)
+
+
 def reference(*, profile: str, run: str, dtype: str | None = None, model: str | None = None,
               device: str = "cpu", results: str | None = None) -> int:
     def action():
-        prof, run_dir, model_dir = _setup(profile, run, dtype, model, results)
-        suite, manifest = pipeline.prepare(run_dir, prof, model_dir)
+        prof, run_dir, model_dir, origin = _setup(profile, run, dtype, model, results)
+        suite, manifest = pipeline.prepare(run_dir, prof, model_dir, origin)
         pipeline.reference_side(run_dir, prof, model_dir, suite, manifest, device=device)
         print(f"reference: wrote {run_dir.side('reference')}")
         return 0
@@ -83,9 +110,9 @@ def demo(*, dtype: str | None = None, run: str = "demo", lang: str = "zh", serve
          results: str | None = None) -> int:
     """The whole path on the embedded tiny model: prepare, target, reference, compare, report."""
     def action():
-        prof, run_dir, model_dir = _setup(DEMO_PROFILE, run, dtype, None, results)
+        prof, run_dir, model_dir, origin = _setup(DEMO_PROFILE, run, dtype, None, results)
         _clear(run_dir)
-        suite, manifest = pipeline.prepare(run_dir, prof, model_dir)
+        suite, manifest = pipeline.prepare(run_dir, prof, model_dir, origin)
         pipeline.target_side(run_dir, prof, model_dir, suite, manifest, server_url=server_url, cache_dir=CACHE_DIR)
         pipeline.reference_side(run_dir, prof, model_dir, suite, manifest)
         result = pipeline.compare_and_report(run_dir, prof, lang=lang)
@@ -100,3 +127,12 @@ def _clear(run_dir: RunDir) -> None:
     if run_dir.root.exists():
         shutil.rmtree(run_dir.root)
 
+
+
+def image_base(tag: str, *, allow_unpinned: bool) -> int:
+    """Print the base image reference (tag@digest, or the bare tag when allowed) and 1/0 for pinned."""
+    def action():
+        reference, pinned = base_reference(tag, allow_unpinned=allow_unpinned)
+        print(reference, int(pinned))
+        return 0
+    return guarded(action)

@@ -31,7 +31,10 @@ def model_files(folder: Path) -> list[Path]:
                   if p.is_file() and not any(part in SKIPPED_PARTS for part in p.relative_to(folder).parts))
 
 
-def refuse_pickle(folder: Path, *, allow_pickle: bool) -> None:
+def check_model_folder(folder: Path, *, allow_pickle: bool) -> None:
+    """A Hugging Face model folder, with no pickle weights unless they are allowed."""
+    if not (Path(folder) / "config.json").is_file():
+        raise DownloadError(f"{folder}: no config.json; point at a folder holding a Hugging Face model")
     pickled = [p.name for p in model_files(folder) if p.suffix in PICKLE_SUFFIXES]
     if pickled and not allow_pickle:
         raise DownloadError(f"{folder}: pickle weight files {pickled} can run code when loaded; "
@@ -51,12 +54,45 @@ def build_manifest(folder: Path, *, source: str, repo_id: str, revision: str | N
     }
 
 
-def write_local_manifest(folder: Path, manifest_path: Path, *, allow_pickle: bool = False) -> dict:
-    """Manifest of a model that is already on disk (source `local`)."""
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise DownloadError(f"{folder}: no config.json; point at a folder holding a Hugging Face model")
-    refuse_pickle(folder, allow_pickle=allow_pickle)
-    manifest = build_manifest(folder, source="local", repo_id=folder.name, revision=None, resolved_revision=None)
-    write_json(manifest_path, manifest, "manifest")
-    return manifest
+def _hub_error(repo_id: str, revision: str | None, endpoint: str | None, err: Exception) -> DownloadError:
+    where = endpoint or "the Hugging Face Hub (set HF_ENDPOINT for a mirror)"
+    return DownloadError(f"could not fetch {repo_id}@{revision or 'main'} from {where}: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}")
+
+
+def fetch_hf(repo_id: str, *, revision: str | None = None, local_dir: Path, token: str | None = None,
+             endpoint: str | None = None, allow_pickle: bool = False, timeout_s: float = 30) -> tuple[Path, str]:
+    """Download a Hub snapshot into `local_dir` at the commit `revision` resolves to.
+
+    Args:
+        repo_id: the model repository, e.g. "ShanXi/KoLlama-3-8B-Instruct".
+        revision: branch, tag or commit (default "main"); a branch is resolved to its commit once
+            and every file is fetched at that commit.
+        local_dir: where the files go; an interrupted download resumes there.
+        token: Hub token (default: HF_TOKEN); never written anywhere.
+        endpoint: Hub or mirror URL (default: HF_ENDPOINT, else the Hub).
+        allow_pickle: also fetch .bin/.pt weights (they can run code when loaded).
+        timeout_s: per-request timeout, so an unreachable endpoint fails in bounded time.
+
+    Returns: (the local folder, the resolved commit hash).
+    Raises: DownloadError saying what to change."""
+    import os
+
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    endpoint = endpoint or os.environ.get("HF_ENDPOINT")
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(timeout_s)))
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(timeout_s)))
+    try:
+        info = HfApi(endpoint=endpoint, token=token).model_info(repo_id, revision=revision, timeout=timeout_s)
+        commit = info.sha
+        path = snapshot_download(repo_id, revision=commit, local_dir=local_dir, token=token, endpoint=endpoint,
+                                 ignore_patterns=None if allow_pickle else [f"*{s}" for s in PICKLE_SUFFIXES])
+    except (RepositoryNotFoundError, RevisionNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
+        raise _hub_error(repo_id, revision, endpoint, err) from None
+    path = Path(path)
+    if not allow_pickle and not any(p.suffix == ".safetensors" for p in model_files(path)):
+        raise DownloadError(f"{repo_id}@{commit}: no safetensors weights; the repo has only pickle weights, which "
+                            "can run code when loaded: allow them explicitly (allow_pickle) if you trust it")
+    return path, commit

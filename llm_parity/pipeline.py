@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 from llm_parity import compare as compare_mod
-from llm_parity.download import DownloadError, build_manifest, write_local_manifest
+from llm_parity.download import DownloadError, build_manifest, fetch_hf, check_model_folder
 from llm_parity.profiles import Profile
 from llm_parity.progress import note
 from llm_parity.provenance import collect
@@ -20,22 +21,42 @@ from llm_parity.suite import DEFAULT_SUITE, load_suite_source, render_suite
 EXIT_PASS, EXIT_FAIL, EXIT_UNUSABLE = 0, 1, 2
 
 
-def resolve_model_dir(profile: Profile, model: str | None = None, *, log=note) -> Path:
-    """The local folder of the profile's model: given explicitly, built (tiny), or the repo id
-    taken as a folder (local)."""
+@dataclass(frozen=True)
+class ModelOrigin:
+    """Where the model files came from, as the manifest records it."""
+
+    source: str
+    repo_id: str
+    revision: str | None = None
+    resolved_revision: str | None = None
+
+
+def resolve_model(profile: Profile, model: str | None = None, *, models_root: Path = Path("models"),
+                  log=note) -> tuple[Path, ModelOrigin]:
+    """The local folder of the profile's model and where it came from: a folder given explicitly,
+    the tiny model (built), a local folder, or a Hub snapshot downloaded into `models_root`."""
     if model:
-        return Path(model)
-    if profile.model["source"] == "tiny":
+        return Path(model), ModelOrigin("local", Path(model).name)
+    source, repo_id = profile.model["source"], profile.model["repo_id"]
+    if source == "tiny":
         from llm_parity.tiny_model import build_tiny_model
 
-        return build_tiny_model(log=log)
-    if profile.model["source"] == "local":
-        return Path(profile.model["repo_id"])
-    raise DownloadError(f"{profile.path}: model.source is {profile.model['source']!r}: download it first "
-                        "and pass the folder with --model")
+        folder = build_tiny_model(log=log)
+        return folder, ModelOrigin("local", folder.name)
+    if source == "local":
+        return Path(repo_id), ModelOrigin("local", Path(repo_id).name)
+    if source == "hf":
+        revision = profile.model.get("revision")
+        log(f"download: {repo_id}@{revision or 'main'} into {models_root / repo_id}")
+        folder, commit = fetch_hf(repo_id, revision=revision, local_dir=models_root / repo_id,
+                                  allow_pickle=profile.model.get("allow_pickle", False))
+        return folder, ModelOrigin("hf", repo_id, revision, commit)
+    raise DownloadError(f"{profile.path}: field model.source: {source!r} is not supported yet; download the model "
+                        "yourself and pass its folder with --model")
 
 
-def prepare(run: RunDir, profile: Profile, model_dir: Path, *, suite_path: Path = DEFAULT_SUITE) -> tuple[dict, dict]:
+def prepare(run: RunDir, profile: Profile, model_dir: Path, origin: ModelOrigin, *,
+            suite_path: Path = DEFAULT_SUITE) -> tuple[dict, dict]:
     """Write (or check) the model manifest and the rendered suite. A side that comes second
     reuses the suite the first one rendered, and must be running the same model files."""
     if run.manifest.is_file():
@@ -46,7 +67,10 @@ def prepare(run: RunDir, profile: Profile, model_dir: Path, *, suite_path: Path 
             raise DownloadError(f"{run.manifest}: field sha256: model folder {model_dir} does not match the manifest "
                                 "the other side ran (different weights or files)")
     else:
-        manifest = write_local_manifest(model_dir, run.manifest, allow_pickle=profile.model.get("allow_pickle", False))
+        check_model_folder(model_dir, allow_pickle=profile.model.get("allow_pickle", False))
+        manifest = build_manifest(model_dir, source=origin.source, repo_id=origin.repo_id, revision=origin.revision,
+                                  resolved_revision=origin.resolved_revision)
+        write_json(run.manifest, manifest, "manifest")
     if run.suite.is_file():
         suite = read_json(run.suite, "suite")
     else:
@@ -56,19 +80,20 @@ def prepare(run: RunDir, profile: Profile, model_dir: Path, *, suite_path: Path 
 
 
 def target_side(run: RunDir, profile: Profile, model_dir: Path, suite: dict, manifest: dict, *,
-                server_url: str | None = None, cache_dir: Path, log=note) -> None:
-    """Serve (unless `server_url` points at a running server), query the suite, write target/."""
+                server_url: str | None = None, running: "VllmServer | None" = None, cache_dir: Path, log=note) -> None:
+    """Serve, query the suite, write target/. A server already running can be given instead: as
+    `running` (ours, its flags are recorded) or as a bare `server_url`."""
     from llm_parity.serve import VllmServer, spec_from_profile
     from llm_parity.target import VllmHttpClient, query_generations, query_perplexity
 
     started = time.monotonic()
-    spec = spec_from_profile(profile, model_dir)
-    server = None if server_url else VllmServer(spec, log_path=run.server_log, cache_dir=cache_dir,
-                                               health_timeout_s=profile.serve.get("health_timeout_s", 600))
-    if server:
+    spec = running.spec if running else spec_from_profile(profile, model_dir)
+    server = running or (None if server_url else VllmServer(spec, log_path=run.server_log, cache_dir=cache_dir,
+                                                              health_timeout_s=profile.serve.get("health_timeout_s", 600)))
+    if server and not running:
         log(f"serve: starting vLLM ({spec.dtype}, max-num-seqs {spec.max_num_seqs}); log: {run.server_log}")
-    with server or nullcontext():
-        url = server_url or server.url
+    with (server if server and not running else nullcontext()):
+        url = server.url if server else server_url
         client = VllmHttpClient(url, spec.served_name, timeout_s=profile.decoding.get("request_timeout_s", 120))
         info = client.server_info()
         top_k = profile.decoding["top_logprobs"]

@@ -150,6 +150,10 @@ class RunDir:
         return self.root / side / "provenance.json"
 
     @property
+    def dummy(self) -> Path:
+        return self.root / "target" / "dummy.json"
+
+    @property
     def server_log(self) -> Path:
         return self.root / "target" / "server.log"
 

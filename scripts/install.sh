@@ -4,18 +4,19 @@
 # images and the tested local setup install from the same pinned files.
 #
 #   scripts/install.sh FLAVOUR [PYTHON]
-#   FLAVOUR: ascend | reference | cpu-target | dev (cpu-target + test tools)
+#   FLAVOUR: host (image tooling only) | ascend | reference | cpu-target | dev (cpu-target + test tools)
 set -euo pipefail
 
-flavour=${1:?usage: scripts/install.sh ascend|reference|cpu-target|dev [PYTHON]}
+flavour=${1:?usage: scripts/install.sh host|ascend|reference|cpu-target|dev [PYTHON]}
 python=${2:-python3}
 root=$(cd "$(dirname "$0")/.." && pwd)
 pip=("$python" -m pip install --disable-pip-version-check --no-input)
 
 case "$flavour" in
+  host) files=(-r "$root/requirements/base.txt") ;;
   ascend|reference|cpu-target) files=(-r "$root/requirements/$flavour.txt") ;;
   dev) files=(-r "$root/requirements/cpu-target.txt" -r "$root/requirements/test.txt") ;;
-  *) echo "install.sh: unknown flavour '$flavour' (ascend, reference, cpu-target, dev)" >&2; exit 2 ;;
+  *) echo "install.sh: unknown flavour '$flavour' (host, ascend, reference, cpu-target, dev)" >&2; exit 2 ;;
 esac
 
 "${pip[@]}" "${files[@]}"

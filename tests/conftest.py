@@ -37,8 +37,8 @@ def vllm_server(tiny_model_dir, demo_profile, tmp_path_factory):
 def demo_run(vllm_server, tiny_model_dir, demo_profile, tmp_path_factory) -> RunDir:
     """A complete results folder: suite, manifest, target (via the shared server), reference, report."""
     run = RunDir(tmp_path_factory.mktemp("results") / "demo")
-    suite, manifest = pipeline.prepare(run, demo_profile, tiny_model_dir)
-    pipeline.target_side(run, demo_profile, tiny_model_dir, suite, manifest, server_url=vllm_server.url,
+    suite, manifest = pipeline.prepare(run, demo_profile, tiny_model_dir, pipeline.ModelOrigin("local", tiny_model_dir.name))
+    pipeline.target_side(run, demo_profile, tiny_model_dir, suite, manifest, running=vllm_server,
                          cache_dir=Path(".cache"))
     pipeline.reference_side(run, demo_profile, tiny_model_dir, suite, manifest)
     pipeline.compare_and_report(run, demo_profile)

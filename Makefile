@@ -52,7 +52,7 @@ GPU_FLAGS = $(if $(filter cuda%,$(DEVICE)),--gpus all)
 IMAGE_ID = $$(docker image inspect --format '{{.Id}}' $(1))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test clean verify reference compare image-ascend image-reference pin
+.PHONY: help setup demo test clean verify reference compare audit image-ascend image-reference pin
 
 help: ## list the targets and knobs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -95,9 +95,11 @@ reference: image-reference ## CPU/GPU host (DEVICE=cuda for GPUs): the reference
 	docker run --rm $(GPU_FLAGS) --user $$(id -u):$$(id -g) $(VOLUMES) -e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_REFERENCE)) \
 		$(IMAGE_REFERENCE) reference $(SIDE_FLAGS) --device $(DEVICE)
 
-compare: image-reference ## either host: compare both sides and write the report; exit 0 pass, 1 fail
-	docker run --rm --user $$(id -u):$$(id -g) -v $(RESULTS):/work/results $(IMAGE_REFERENCE) \
-		compare --profile $(PROFILE) --run $(RUN_NAME) --lang $(REPORT_LANG)
+compare: $(HOST_STAMP) ## either host: compare both sides, write report/ and SHA256SUMS; exit 0 pass, 1 fail
+	LLM_PARITY_RESULTS=$(RESULTS) $(HOST_INV) compare --profile $(PROFILE) --run $(RUN_NAME) --lang $(REPORT_LANG)
+
+audit: $(HOST_STAMP) ## re-check a results folder: schemas, sums, same inputs, recomputed verdict (RUN=...)
+	LLM_PARITY_RESULTS=$(RESULTS) $(HOST_INV) audit --run $(RUN_NAME)
 
 pin: $(HOST_STAMP) ## resolve missing base image digests from the registry into images.lock.json
 	$(HOST_INV) pin --all-missing

@@ -95,6 +95,12 @@ def compare(c, profile=DEFAULT_PROFILE, run="run", lang="zh", results=None):
     _finish(lambda: cli.compare(profile=profile, run=run, lang=lang, results=results))
 
 
+@task(help={"run": RUN_HELP, "results": RESULTS_HELP})
+def audit(c, run="run", results=None):
+    """Re-check results/<run>/ from its files alone: schemas, SHA256SUMS, same suite/model/decoding on both sides, and the verdict recomputed from the raw records. Exit 0 only if all hold."""
+    _finish(lambda: cli.audit(run=run, results=results))
+
+
 @task(name="image-base", help={"tag": "base image tag as written in images.lock.json",
                                 "allow_unpinned": "accept a tag with no digest (the image then records it was unpinned)"})
 def image_base(c, tag, allow_unpinned=False):

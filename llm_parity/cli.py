@@ -10,6 +10,8 @@ import shutil
 from pathlib import Path
 
 from llm_parity import pipeline
+from llm_parity.audit import audit_run
+from llm_parity.audit import summary as audit_summary
 from llm_parity.compare import IncompatibleRuns
 from llm_parity.download import DownloadError
 from llm_parity.dummy import run_dummy
@@ -135,4 +137,13 @@ def image_base(tag: str, *, allow_unpinned: bool) -> int:
         reference, pinned = base_reference(tag, allow_unpinned=allow_unpinned)
         print(reference, int(pinned))
         return 0
+    return guarded(action)
+
+
+def audit(*, run: str, results: str | None = None) -> int:
+    """Re-check a results folder from its files alone; exit 0 only if every check holds."""
+    def action():
+        result = audit_run(RunDir.under(Path(results) if results else RESULTS_ROOT, run))
+        print(audit_summary(result))
+        return 0 if result.ok else pipeline.EXIT_FAIL
     return guarded(action)

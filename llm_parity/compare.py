@@ -116,6 +116,7 @@ def compare_generation(target: dict, reference: dict, *, suite_prompt_ids: list[
         "common_prefix": prefix,
         "max_abs_logprob_diff": max(deltas, default=0.0),
         "mean_abs_logprob_diff": sum(deltas) / len(deltas) if deltas else 0.0,
+        "abs_logprob_diffs": deltas,
         "top_k_max_abs_logprob_diff": max(top_k_deltas, default=0.0),
         "min_reference_margin": min(margins, default=None),
         "first_divergence": divergence,

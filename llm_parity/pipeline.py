@@ -9,12 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llm_parity import compare as compare_mod
+from llm_parity.audit import write_sums
 from llm_parity.download import DownloadError, build_manifest, fetch_hf, check_model_folder
 from llm_parity.profiles import Profile
 from llm_parity.progress import note
 from llm_parity.provenance import collect
 from llm_parity.records import decoding_of, generations_doc, perplexity_doc
-from llm_parity.report import render_markdown
+from llm_parity.report import build_report
+from llm_parity.report.html import render_html
+from llm_parity.report.markdown import render_markdown
 from llm_parity.results import RunDir, read_json, write_json, write_text_atomic
 from llm_parity.suite import DEFAULT_SUITE, load_suite_source, render_suite
 
@@ -141,7 +144,10 @@ def compare_and_report(run: RunDir, profile: Profile, *, lang: str = "zh") -> di
     )
     write_json(run.compare, result, "compare")
     provenance = {side: read_json(run.provenance(side), "provenance") for side in ("target", "reference")}
-    write_text_atomic(run.report_md, render_markdown(result, provenance, lang=lang))
+    report = build_report(result, provenance, lang=lang)
+    write_text_atomic(run.report_md, render_markdown(report))
+    write_text_atomic(run.report_html, render_html(report, result))
+    write_sums(run)
     return result
 
 

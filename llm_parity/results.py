@@ -165,6 +165,14 @@ class RunDir:
     def report_md(self) -> Path:
         return self.root / "report" / "report.md"
 
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report" / "report.html"
+
+    @property
+    def sums(self) -> Path:
+        return self.root / "SHA256SUMS"
+
 
 def sha256_of(doc: Any) -> str:
     """The hash that names a JSON payload (suite, manifest) in every other file."""

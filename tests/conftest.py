@@ -1,5 +1,6 @@
 """Shared fixtures. Integration tests share one real `vllm serve` of the tiny model for the whole
 test run and one results folder produced through it and through real transformers."""
+import shutil
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,7 @@ def demo_run(vllm_server, tiny_model_dir, demo_profile, tmp_path_factory) -> Run
     suite, manifest = pipeline.prepare(run, demo_profile, tiny_model_dir, pipeline.ModelOrigin("local", tiny_model_dir.name))
     pipeline.target_side(run, demo_profile, tiny_model_dir, suite, manifest, running=vllm_server,
                          cache_dir=Path(".cache"))
+    shutil.copyfile(vllm_server.log_path, run.server_log)
     pipeline.reference_side(run, demo_profile, tiny_model_dir, suite, manifest)
     pipeline.compare_and_report(run, demo_profile)
     return run

@@ -1,0 +1,128 @@
+"""The report, laid out like the seed's: environment, validation items with ✅/❌, a precision table
+of expected vs measured with the threshold each number was held to, per-prompt and perplexity
+tables. Built once as plain sections, then rendered to Markdown or to self-contained HTML."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llm_parity.report.strings import CHECK_NAMES, STRINGS
+
+PRECISION_CHECKS = ("token_ids", "text", "max_abs_logprob_diff", "perplexity_rel_diff")
+
+
+@dataclass
+class Section:
+    title: str
+    headers: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    chart: str | None = None  # key of a chart drawn under the section (HTML only)
+
+
+@dataclass
+class Report:
+    title: str
+    verdict: str
+    facts: list[tuple[str, str]]
+    sections: list[Section]
+    lang: str
+
+
+def fmt(value) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.3g}" if value != 0 else "0"
+    return "—" if value is None else str(value)
+
+
+def mark(passed: bool) -> str:
+    return "✅" if passed else "❌"
+
+
+def _image_text(s: dict, image: dict) -> str:
+    if not image.get("reference"):
+        return "—"
+    text = image["reference"] + (f" ({image['digest']})" if image.get("digest") else "")
+    return text + ("" if image.get("pinned") else f" ⚠️ {s['unpinned']}")
+
+
+def _environment(s: dict, provenance: dict) -> Section:
+    section = Section(s["env"], [s["side"], s["backend"], s["packages"], s["hardware"], s["mode"], s["image"]])
+    for side, doc in provenance.items():
+        packages = ", ".join(f"{name} {version}" for name, version in doc["packages"].items() if version)
+        hardware = doc["hardware"]["cpu"] + (f"; {doc['hardware']['accelerator']}" if doc["hardware"]["accelerator"] else "")
+        mode = (doc.get("server") or {}).get("graph_mode", "—")
+        section.rows.append([s[side], f"{doc['backend']} ({doc['device']})", packages, hardware, mode, _image_text(s, doc["image"])])
+    section.notes = [note for doc in provenance.values() for note in doc.get("notes", [])]
+    return section
+
+
+def _precision(s: dict, compare: dict, lang: str) -> Section:
+    section = Section(s["precision"], [s["metric"], s["expected"], s["measured"], s["status"]])
+    for check in compare["checks"]:
+        if check["name"] in PRECISION_CHECKS:
+            section.rows.append([CHECK_NAMES[check["name"]][lang], fmt(check["threshold"]), fmt(check["measured"]), mark(check["passed"])])
+    summary = compare["summary"]
+    section.rows += [[s["mean_delta"], "—", fmt(summary["mean_abs_logprob_diff"]), ""],
+                     [s["topk_delta"], "—", fmt(summary["top_k_max_abs_logprob_diff"]), ""],
+                     [s["min_margin"], "—", fmt(summary["min_reference_margin"]), ""]]
+    section.notes = [f"{s['why']}: {compare['thresholds']['why']}", s["hidden"]]
+    section.chart = "delta"
+    return section
+
+
+def _divergence_text(s: dict, divergence: dict | None) -> str:
+    if divergence is None:
+        return "—"
+    tie = f" ({s['near_tie']})" if divergence["near_tie"] else ""
+    return (f"{s['at']} {divergence['position']}: {divergence['target_token']} vs {divergence['reference_token']}, "
+            f"{s['margin']} {fmt(divergence['target_margin'])}/{fmt(divergence['reference_margin'])}{tie}; {divergence['why']}")
+
+
+def _prompts(s: dict, compare: dict) -> Section:
+    section = Section(s["prompts"], [s["prompt"], s["result"], s["tokens"], "max |Δ|", s["divergence"]], chart="margin")
+    for prompt in compare["prompts"]:
+        if prompt["status"] == "error":
+            section.rows.append([prompt["id"], f"❌ {s['error']}", "—", "—", prompt.get("target_error") or prompt.get("reference_error")])
+            continue
+        status = s[prompt["status"]]
+        if prompt["status"] == "split_within_top_k" and prompt["first_divergence"]["near_tie"]:
+            status = f"⚠️ {status}"
+        elif prompt["status"] == "split_outside_top_k":
+            status = f"❌ {status}"
+        section.rows.append([prompt["id"], status, f"{prompt['target_tokens']}/{prompt['reference_tokens']}",
+                             fmt(prompt["max_abs_logprob_diff"]), _divergence_text(s, prompt["first_divergence"])])
+    return section
+
+
+def _outputs(s: dict, compare: dict) -> Section:
+    section = Section(s["outputs"], [s["prompt"], s["target"], s["reference"]])
+    for prompt in compare["prompts"]:
+        if prompt["status"] != "error":
+            section.rows.append([prompt["id"], prompt["target_text"], prompt["reference_text"]])
+    return section
+
+
+def _passages(s: dict, compare: dict) -> Section:
+    section = Section(s["passages"], [s["passage"], s["target"], s["reference"], s["rel"]], chart="perplexity")
+    for passage in compare["passages"]:
+        if passage.get("error"):
+            section.rows.append([passage["id"], "—", "—", passage["error"]])
+        else:
+            section.rows.append([passage["id"], f"{passage['target_perplexity']:.6g}",
+                                 f"{passage['reference_perplexity']:.6g}", f"{passage['rel_diff']:.3g}"])
+    return section
+
+
+def build_report(compare: dict, provenance: dict, *, lang: str = "zh") -> Report:
+    """`provenance` maps side name ("target", "reference") to its provenance document."""
+    if lang not in STRINGS:
+        raise ValueError(f"report language {lang!r}: choose one of {sorted(STRINGS)}")
+    s = STRINGS[lang]
+    items = Section(s["items"], [s["item"], s["status"], s["detail"]],
+                    [[CHECK_NAMES[c["name"]][lang], mark(c["passed"]), c["detail"]] for c in compare["checks"]])
+    facts = [(s["dtype"], compare["dtype"]), (s["model"], compare["model_manifest_sha256"]), (s["suite"], compare["suite_sha256"])]
+    sections = [_environment(s, provenance), items, _precision(s, compare, lang), _prompts(s, compare),
+                _passages(s, compare), _outputs(s, compare)]
+    return Report(f"{s['title']}: {compare['profile']}", f"{s['verdict']}: {s[compare['verdict']]}", facts, sections, lang)

@@ -1,0 +1,55 @@
+"""report.html: the same sections as report.md, self-contained (inline CSS and SVG, no scripts,
+no network), with charts where a reader would rather look. Every piece of text, model output
+above all, is HTML-escaped."""
+from __future__ import annotations
+
+from html import escape
+
+from llm_parity.report import Report
+from llm_parity.report.charts import bars, log_lines
+from llm_parity.report.strings import STRINGS
+
+STYLE = """
+body{font-family:system-ui,-apple-system,"Noto Sans CJK SC","Noto Sans KR",sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+table{border-collapse:collapse;margin:.5em 0 1em;width:100%;font-size:13px}
+th,td{border:1px solid #ccc;padding:4px 6px;text-align:left;vertical-align:top;word-break:break-word}
+th{background:#f3f3f3} .verdict{font-size:1.3em;font-weight:bold} blockquote{color:#555;border-left:3px solid #ccc;margin:.5em 0;padding-left:.8em}
+code{background:#f6f6f6;padding:0 3px} svg{max-width:100%;height:auto;margin:.5em 0}
+"""
+
+
+def charts(compare: dict, lang: str) -> dict[str, str]:
+    s = STRINGS[lang]
+    ok = [p for p in compare["prompts"] if p["status"] != "error"]
+    split = {p["id"] for p in ok if p["status"] != "identical"}
+    passages = [p for p in compare["passages"] if not p.get("error")]
+    return {
+        "delta": log_lines({p["id"]: p["abs_logprob_diffs"] for p in ok}, title=s["chart_delta"], x_label=s["position"]),
+        "margin": bars([p["id"] for p in ok], [(s["min_margin"], [p["min_reference_margin"] for p in ok])],
+                       title=s["chart_margin"], x_label=s["prompt"], highlight=split),
+        "perplexity": bars([p["id"] for p in passages],
+                           [(s["target"], [p["target_perplexity"] for p in passages]),
+                            (s["reference"], [p["reference_perplexity"] for p in passages])],
+                           title=s["chart_ppl"], x_label=s["passage"]),
+    }
+
+
+def render_html(report: Report, compare: dict) -> str:
+    drawn = charts(compare, report.lang)
+    out = [f'<!DOCTYPE html><html lang="{report.lang}"><head><meta charset="utf-8">',
+           '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; style-src \'unsafe-inline\'; img-src data:">',
+           f"<title>{escape(report.title)}</title><style>{STYLE}</style></head><body>",
+           f"<h1>{escape(report.title)}</h1>", f'<p class="verdict">{escape(report.verdict)}</p><ul>']
+    out += [f"<li>{escape(label)}: <code>{escape(str(value))}</code></li>" for label, value in report.facts]
+    out.append("</ul>")
+    for section in report.sections:
+        out.append(f"<h2>{escape(section.title)}</h2>")
+        if section.headers:
+            out.append("<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in section.headers) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in row) + "</tr>" for row in section.rows]
+            out.append("</table>")
+        out += [f"<blockquote>{escape(note)}</blockquote>" for note in section.notes]
+        if section.chart:
+            out.append(drawn[section.chart])
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,107 @@
+"""make audit on a real demo results folder, and what it must catch; report.html is inert."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llm_parity import pipeline
+from llm_parity.audit import audit_run, write_sums
+from llm_parity.report import build_report
+from llm_parity.report.html import render_html
+from llm_parity.results import RunDir, read_json, write_json
+from llm_parity.suite import load_suite_source, render_suite
+
+pytestmark = pytest.mark.integration
+FILES = ["suite.json", "model/manifest.json", "target/generations.json", "target/perplexity.json",
+         "target/provenance.json", "target/server.log", "reference/generations.json", "reference/perplexity.json",
+         "reference/provenance.json", "report/compare.json", "report/report.md", "report/report.html"]
+
+
+@pytest.fixture
+def run_copy(demo_run, tmp_path) -> RunDir:
+    shutil.copytree(demo_run.root, tmp_path / "run")
+    return RunDir(tmp_path / "run")
+
+
+def problems(run):
+    result = audit_run(run)
+    assert not result.ok
+    return "\n".join(result.problems)
+
+
+def test_audit_passes_on_a_fresh_results_folder(demo_run):
+    result = audit_run(demo_run)
+    assert result.ok, result.problems
+    listed = {line.split("  ", 1)[1] for line in demo_run.sums.read_text().splitlines()}
+    assert set(FILES) <= listed
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_a_flipped_byte_in_any_file_is_caught(run_copy, name):
+    path = run_copy.root / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert f"{path}: sha256 differs from SHA256SUMS" in problems(run_copy)
+
+
+def test_a_deleted_file_is_caught(run_copy):
+    (run_copy.root / "reference" / "perplexity.json").unlink()
+    report = problems(run_copy)
+    assert "reference/perplexity.json: listed in SHA256SUMS but missing" in report
+
+
+def test_the_other_sides_suite_swapped_in_is_caught_even_with_fresh_sums(run_copy, tiny_model_dir):
+    other = render_suite(load_suite_source(), tiny_model_dir, default_max_tokens=7)
+    write_json(run_copy.suite, other, "suite")
+    write_sums(run_copy)
+    assert "field suite_sha256" in problems(run_copy)
+
+
+def test_an_edited_verdict_is_caught_even_with_fresh_sums(run_copy):
+    compare = read_json(run_copy.compare, "compare")
+    compare["verdict"] = "fail"
+    write_json(run_copy.compare, compare, "compare")
+    write_sums(run_copy)
+    report = problems(run_copy)
+    assert "differs from the comparison recomputed" in report and "recorded verdict fail, recomputed pass" in report
+
+
+def test_edited_raw_numbers_are_caught_even_with_fresh_sums(run_copy):
+    path = run_copy.generations("target")
+    doc = json.loads(path.read_text())
+    doc["records"][0]["logprobs"][0] -= 0.01
+    path.write_text(json.dumps(doc))
+    write_sums(run_copy)
+    assert "differs from the comparison recomputed" in problems(run_copy)
+
+
+def test_model_output_is_inert_in_report_html(demo_run):
+    compare = read_json(demo_run.compare, "compare")
+    hostile = '<script>alert("x")</script><img src=x onerror=alert(1)>&amp;'
+    compare["prompts"][0]["target_text"] = hostile
+    compare["prompts"][0]["id"] = "<b>id</b>"
+    provenance = {side: read_json(demo_run.provenance(side), "provenance") for side in ("target", "reference")}
+    page = render_html(build_report(compare, provenance, lang="en"), compare)
+    assert "<script" not in page and "<img" not in page and "<b>id" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page and "&amp;amp;" in page
+    assert page.count("<svg") == 3
+
+
+def test_report_html_is_self_contained_in_both_languages(demo_run):
+    page = demo_run.report_html.read_text(encoding="utf-8")
+    assert "<svg" in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "<script" not in page and "精度指标" in page
+
+
+def test_same_inputs_give_identical_canonical_payloads(demo_run, vllm_server, tiny_model_dir, demo_profile, tmp_path):
+    again = RunDir(tmp_path / "again")
+    shutil.copytree(demo_run.root / "model", again.root / "model")
+    shutil.copy(demo_run.suite, again.suite)
+    suite, manifest = read_json(again.suite, "suite"), read_json(again.manifest, "manifest")
+    pipeline.target_side(again, demo_profile, tiny_model_dir, suite, manifest, running=vllm_server, cache_dir=Path(".cache"))
+    pipeline.reference_side(again, demo_profile, tiny_model_dir, suite, manifest)
+    for side in ("target", "reference"):
+        assert again.generations(side).read_bytes() == demo_run.generations(side).read_bytes()
+        assert again.perplexity(side).read_bytes() == demo_run.perplexity(side).read_bytes()

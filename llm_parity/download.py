@@ -79,20 +79,33 @@ def fetch_hf(repo_id: str, *, revision: str | None = None, local_dir: Path, toke
     import os
 
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     endpoint = endpoint or os.environ.get("HF_ENDPOINT")
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(timeout_s)))
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(timeout_s)))
     try:
         info = HfApi(endpoint=endpoint, token=token).model_info(repo_id, revision=revision, timeout=timeout_s)
         commit = info.sha
         path = snapshot_download(repo_id, revision=commit, local_dir=local_dir, token=token, endpoint=endpoint,
                                  ignore_patterns=None if allow_pickle else [f"*{s}" for s in PICKLE_SUFFIXES])
-    except (RepositoryNotFoundError, RevisionNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - the Hub client raises its HTTP library's errors (httpx, httpx2, ...) as well as its own
         raise _hub_error(repo_id, revision, endpoint, err) from None
     path = Path(path)
     if not allow_pickle and not any(p.suffix == ".safetensors" for p in model_files(path)):
         raise DownloadError(f"{repo_id}@{commit}: no safetensors weights; the repo has only pickle weights, which "
                             "can run code when loaded: allow them explicitly (allow_pickle) if you trust it")
     return path, commit
+
+
+def verify_folder(folder: Path, manifest: dict, *, log=None) -> list[str]:
+    """Re-hash `folder` against `manifest`: every changed, missing or extra file, named."""
+    folder = Path(folder)
+    expected = {entry["path"]: entry for entry in manifest["files"]}
+    present = {p.relative_to(folder).as_posix(): p for p in model_files(folder)}
+    problems = [f"{folder / name}: missing (listed in the manifest)" for name in sorted(set(expected) - set(present))]
+    problems += [f"{folder / name}: extra file, not in the manifest" for name in sorted(set(present) - set(expected))]
+    shared = sorted(set(expected) & set(present))
+    for index, name in enumerate(shared, start=1):
+        if log and present[name].stat().st_size > 10 * 2**20:
+            log(f"hashing {index}/{len(shared)} {name} ({present[name].stat().st_size / 2**20:.0f} MiB)")
+        if present[name].stat().st_size != expected[name]["size"] or sha256_file(present[name]) != expected[name]["sha256"]:
+            problems.append(f"{folder / name}: content differs from the manifest (sha256)")
+    return problems

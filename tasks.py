@@ -33,8 +33,11 @@ def _finish(call) -> None:
 
 
 def _serve(max_model_len, max_num_seqs, port, tensor_parallel_size, enforce_eager) -> dict:
-    return {"max_model_len": max_model_len, "max_num_seqs": max_num_seqs, "port": port,
-            "tensor_parallel_size": tensor_parallel_size, "enforce_eager": enforce_eager or None}
+    """Serve overrides from the command line (invoke passes options without a default as strings)."""
+    numbers = {"max_model_len": max_model_len, "max_num_seqs": max_num_seqs, "port": port,
+               "tensor_parallel_size": tensor_parallel_size}
+    return {**{name: None if value is None else int(value) for name, value in numbers.items()},
+            "enforce_eager": enforce_eager or None}
 
 
 @task(help={"dtype": DTYPE_HELP, "run": RUN_HELP, "lang": "report language: zh (default) or en",
@@ -81,13 +84,18 @@ def dummy(c, profile=DEFAULT_PROFILE, run="run", dtype=None, model=None, results
     _finish(lambda: cli.dummy(profile=profile, run=run, dtype=dtype, model=model, results=results, **serve))
 
 
-@task(help={**SIDE_HELP, **SERVE_HELP, "server_url": "use a vLLM server already running at this URL instead of starting one"})
+@task(help={**SIDE_HELP, **SERVE_HELP, "server_url": "use a vLLM server already running at this URL instead of starting one",
+            "resume": "keep the prompts that finished in an earlier run of this side and query only the rest"})
 def target(c, profile=DEFAULT_PROFILE, run="run", dtype=None, model=None, server_url=None, results=None,
-           max_model_len=None, max_num_seqs=None, port=None, tensor_parallel_size=None, enforce_eager=False):
-    """Target side: start `vllm serve` with the profile's flags, query the suite, write results/<run>/target/."""
+           max_model_len=None, max_num_seqs=None, port=None, tensor_parallel_size=None, enforce_eager=False, resume=False):
+    """Target side: start `vllm serve` with the profile's flags, query the suite, write results/<run>/target/.
+
+    The server binds 127.0.0.1 unless the profile says otherwise; with LLM_PARITY_API_KEY set it requires that key
+    and the client sends it. Exit 1 when some prompts failed (they are recorded; --resume reruns only those),
+    3 when the server did not start, 130 when interrupted (what finished is written)."""
     serve = _serve(max_model_len, max_num_seqs, port, tensor_parallel_size, enforce_eager)
     _finish(lambda: cli.target(profile=profile, run=run, dtype=dtype, model=model, server_url=server_url,
-                               results=results, **serve))
+                               results=results, resume=resume, **serve))
 
 
 @task(help={**SIDE_HELP, **SERVE_HELP})

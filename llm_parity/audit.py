@@ -33,6 +33,7 @@ class AuditResult:
     run: Path
     problems: list[str] = field(default_factory=list)
     facts: list[str] = field(default_factory=list)
+    unreadable: bool = False  # some file is missing, not JSON or not valid against its schema
 
     @property
     def ok(self) -> bool:
@@ -66,6 +67,7 @@ def _read(path: Path, name: str, result: AuditResult) -> dict | None:
         return read_json(path, name)
     except ResultFileError as err:
         result.problems.append(str(err))
+        result.unreadable = True
         return None
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 from llm_parity import pipeline
@@ -19,10 +20,12 @@ from llm_parity.images import base_reference
 from llm_parity.profiles import DEMO_PROFILE, load_profile
 from llm_parity.plan import GIB, load_config, plan_memory, render_plan
 from llm_parity.progress import note
-from llm_parity.results import ResultFileError, RunDir, read_json, write_json
+from llm_parity.results import ResultFileError, RunDir, ensure_writable, read_json, write_json
 from llm_parity.serve import ServerError
 
 EXIT_SERVER = 3
+EXIT_INTERRUPTED = 130
+API_KEY_ENV = "LLM_PARITY_API_KEY"
 RESULTS_ROOT = Path(os.environ.get("LLM_PARITY_RESULTS", "results"))
 CACHE_DIR = Path(os.environ.get("LLM_PARITY_CACHE", ".cache"))
 MODELS_ROOT = Path(os.environ.get("LLM_PARITY_MODELS", "models"))
@@ -34,33 +37,53 @@ class StageFailed(Exception):
         self.code = code
 
 
+def _terminate(signum, frame):
+    # SIGTERM unwinds like Ctrl-C, so every `with VllmServer(...)` tears its process group down
+    # and the records that finished are written.
+    raise KeyboardInterrupt
+
+
 def guarded(action):
     """Run `action`; known failures become one line on stderr and their exit code."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return action()
     except (ResultFileError, IncompatibleRuns, DownloadError, ValueError) as err:
         raise StageFailed(f"error: {err}", pipeline.EXIT_UNUSABLE) from None
     except ServerError as err:
         raise StageFailed(f"error: {err}", EXIT_SERVER) from None
+    except KeyboardInterrupt:
+        raise StageFailed("interrupted: the server was stopped; what finished was written (rerun with --resume)",
+                          EXIT_INTERRUPTED) from None
 
 
 def _setup(profile_name: str, run: str, dtype: str | None, model: str | None, results: str | None,
            serve: dict | None = None):
     profile = load_profile(profile_name).with_serve(dtype=dtype, **(serve or {}))
     run_dir = RunDir.under(Path(results) if results else RESULTS_ROOT, run)
+    ensure_writable(run_dir.root)
     model_dir, origin = pipeline.resolve_model(profile, model, models_root=MODELS_ROOT)
     return profile, run_dir, model_dir, origin
 
 
+def _side_done(side: str, run_dir: RunDir, errors: int) -> int:
+    print(f"{side}: wrote {run_dir.side(side)}")
+    if errors:
+        raise StageFailed(f"{side}: {errors} prompts or passages failed (see the error fields in "
+                          f"{run_dir.generations(side)}); fix the cause and rerun with --resume", pipeline.EXIT_FAIL)
+    return 0
+
+
 def target(*, profile: str, run: str, dtype: str | None = None, model: str | None = None,
-           server_url: str | None = None, results: str | None = None, **serve) -> int:
-    """`serve` overrides the profile's serve settings (max_model_len, max_num_seqs, port, ...)."""
+           server_url: str | None = None, results: str | None = None, resume: bool = False, **serve) -> int:
+    """`serve` overrides the profile's serve settings (max_model_len, max_num_seqs, port, ...).
+    An API key in LLM_PARITY_API_KEY is required by the server we start and sent by the client."""
     def action():
         prof, run_dir, model_dir, origin = _setup(profile, run, dtype, model, results, serve)
         suite, manifest = pipeline.prepare(run_dir, prof, model_dir, origin)
-        pipeline.target_side(run_dir, prof, model_dir, suite, manifest, server_url=server_url, cache_dir=CACHE_DIR)
-        print(f"target: wrote {run_dir.side('target')}")
-        return 0
+        errors = pipeline.target_side(run_dir, prof, model_dir, suite, manifest, server_url=server_url,
+                                      cache_dir=CACHE_DIR, resume=resume, api_key=os.environ.get(API_KEY_ENV))
+        return _side_done("target", run_dir, errors)
     return guarded(action)
 
 
@@ -93,9 +116,8 @@ def reference(*, profile: str, run: str, dtype: str | None = None, model: str | 
     def action():
         prof, run_dir, model_dir, origin = _setup(profile, run, dtype, model, results)
         suite, manifest = pipeline.prepare(run_dir, prof, model_dir, origin)
-        pipeline.reference_side(run_dir, prof, model_dir, suite, manifest, device=device)
-        print(f"reference: wrote {run_dir.side('reference')}")
-        return 0
+        errors = pipeline.reference_side(run_dir, prof, model_dir, suite, manifest, device=device)
+        return _side_done("reference", run_dir, errors)
     return guarded(action)
 
 
@@ -147,7 +169,9 @@ def audit(*, run: str, results: str | None = None) -> int:
     def action():
         result = audit_run(RunDir.under(Path(results) if results else RESULTS_ROOT, run))
         print(audit_summary(result))
-        return 0 if result.ok else pipeline.EXIT_FAIL
+        if result.ok:
+            return 0
+        return pipeline.EXIT_UNUSABLE if result.unreadable else pipeline.EXIT_FAIL
     return guarded(action)
 
 

@@ -14,11 +14,12 @@ from llm_parity.download import DownloadError, build_manifest, fetch_hf, check_m
 from llm_parity.profiles import Profile
 from llm_parity.progress import note
 from llm_parity.provenance import collect
-from llm_parity.records import decoding_of, generations_doc, perplexity_doc
+from llm_parity.records import (decoding_of, failed_generation, failed_perplexity, generations_doc, perplexity_doc,
+                                unrunnable_prompt)
 from llm_parity.report import build_report
 from llm_parity.report.html import render_html
 from llm_parity.report.markdown import render_markdown
-from llm_parity.results import RunDir, read_json, write_json, write_text_atomic
+from llm_parity.results import RunDir, ensure_writable, read_json, write_json, write_text_atomic
 from llm_parity.suite import DEFAULT_SUITE, load_suite_source, render_suite
 
 EXIT_PASS, EXIT_FAIL, EXIT_UNUSABLE = 0, 1, 2
@@ -82,59 +83,127 @@ def prepare(run: RunDir, profile: Profile, model_dir: Path, origin: ModelOrigin,
     return suite, manifest
 
 
+def _write_side(run: RunDir, side: str, suite: dict, manifest: dict, decoding: dict,
+               generations: dict[str, dict], perplexity: dict[str, dict]) -> int:
+    """Write a side's generations and perplexity in suite order, recording every prompt or
+    passage that did not finish as an error; return how many items carry an error."""
+    interrupted = "not run: the run stopped before this item finished"
+    gen = [generations.get(p["id"]) or failed_generation(p, interrupted) for p in suite["prompts"]]
+    ppl = [perplexity.get(p["id"]) or failed_perplexity(p, interrupted) for p in suite["passages"]]
+    write_json(run.generations(side), generations_doc(side, suite, manifest["sha256"], decoding, gen), "generations")
+    write_json(run.perplexity(side), perplexity_doc(side, suite, manifest["sha256"], ppl), "perplexity")
+    return sum(1 for record in gen + ppl if record["error"])
+
+
+def _finished_before(run: RunDir, side: str, suite: dict, manifest: dict) -> tuple[dict, dict]:
+    """For --resume: the records of an earlier run of this side that finished without error."""
+    if not run.generations(side).is_file():
+        return {}, {}
+    kept = []
+    for path, name in ((run.generations(side), "generations"), (run.perplexity(side), "perplexity")):
+        doc = read_json(path, name)
+        if (doc["suite_sha256"], doc["model_manifest_sha256"]) != (suite["sha256"], manifest["sha256"]):
+            raise compare_mod.IncompatibleRuns(f"{path}: made from another suite or model; cannot resume it")
+        kept.append({record["id"]: record for record in doc["records"] if not record["error"]})
+    return kept[0], kept[1]
+
+
+def _runnable(suite: dict, max_model_len: int, done_gen: dict, done_ppl: dict) -> tuple[list, list]:
+    """Items still to run; those that cannot run are recorded as errors in done_* right away."""
+    prompts, passages = [], []
+    for prompt in suite["prompts"]:
+        if prompt["id"] in done_gen:
+            continue
+        problem = unrunnable_prompt(prompt, max_model_len)
+        if problem:
+            done_gen[prompt["id"]] = failed_generation(prompt, problem)
+        else:
+            prompts.append(prompt)
+    for passage in suite["passages"]:
+        if passage["id"] in done_ppl:
+            continue
+        if len(passage["ids"]) > max_model_len:
+            done_ppl[passage["id"]] = failed_perplexity(passage, f"{len(passage['ids'])} tokens exceed max-model-len {max_model_len}")
+        else:
+            passages.append(passage)
+    return prompts, passages
+
+
 def target_side(run: RunDir, profile: Profile, model_dir: Path, suite: dict, manifest: dict, *,
-                server_url: str | None = None, running: "VllmServer | None" = None, cache_dir: Path, log=note) -> None:
-    """Serve, query the suite, write target/. A server already running can be given instead: as
-    `running` (ours, its flags are recorded) or as a bare `server_url`."""
+                server_url: str | None = None, running: "VllmServer | None" = None, cache_dir: Path,
+                resume: bool = False, api_key: str | None = None, log=note) -> int:
+    """Serve, query the suite, write target/; return how many items failed. A server already
+    running can be given instead: as `running` (ours, its flags are recorded) or as `server_url`.
+    With `resume`, prompts that finished in an earlier run are kept and only the rest are queried.
+    Whatever happens, the prompts that finished are written."""
     from llm_parity.serve import VllmServer, spec_from_profile
     from llm_parity.target import VllmHttpClient, query_generations, query_perplexity
 
     started = time.monotonic()
-    spec = running.spec if running else spec_from_profile(profile, model_dir)
+    ensure_writable(run.side("target"))
+    spec = running.spec if running else spec_from_profile(profile, model_dir, api_key=api_key)
+    done_gen, done_ppl = _finished_before(run, "target", suite, manifest) if resume else ({}, {})
+    if resume:
+        log(f"resume: keeping {len(done_gen)} prompts and {len(done_ppl)} passages that finished before")
+    prompts, passages = _runnable(suite, spec.max_model_len, done_gen, done_ppl)
     server = running or (None if server_url else VllmServer(spec, log_path=run.server_log, cache_dir=cache_dir,
                                                               health_timeout_s=profile.serve.get("health_timeout_s", 600)))
-    if server and not running:
-        log(f"serve: starting vLLM ({spec.dtype}, max-num-seqs {spec.max_num_seqs}); log: {run.server_log}")
-    with (server if server and not running else nullcontext()):
-        url = server.url if server else server_url
-        client = VllmHttpClient(url, spec.served_name, timeout_s=profile.decoding.get("request_timeout_s", 120))
-        info = client.server_info()
-        top_k = profile.decoding["top_logprobs"]
-        generations = query_generations(client, suite, top_logprobs=top_k, concurrency=spec.max_num_seqs, log=log)
-        perplexity = query_perplexity(client, suite, concurrency=spec.max_num_seqs, log=log)
     decoding = decoding_of(profile.decoding, spec.dtype)
-    write_json(run.generations("target"), generations_doc("target", suite, manifest["sha256"], decoding, generations), "generations")
-    write_json(run.perplexity("target"), perplexity_doc("target", suite, manifest["sha256"], perplexity), "perplexity")
-    server_doc = {"url": url, "argv": server.argv if server else None, "graph_mode": spec.graph_mode if server else "unknown",
+    info: dict = {}
+    try:
+        if server and not running:
+            log(f"serve: starting vLLM ({spec.dtype}, max-num-seqs {spec.max_num_seqs}); log: {run.server_log}")
+        with (server if server and not running else nullcontext()):
+            url = server.url if server else server_url
+            client = VllmHttpClient(url, spec.served_name, timeout_s=profile.decoding.get("request_timeout_s", 120),
+                                    api_key=api_key or spec.api_key, server_gone=server.exited if server else lambda: None)
+            info = client.server_info()
+            query_generations(client, prompts, top_logprobs=profile.decoding["top_logprobs"],
+                              concurrency=spec.max_num_seqs, done=done_gen, log=log)
+            query_perplexity(client, passages, concurrency=spec.max_num_seqs, done=done_ppl, log=log)
+    finally:
+        errors = _write_side(run, "target", suite, manifest, decoding, done_gen, done_ppl)
+    server_doc = {"url": server.url if server else server_url, "argv": server.argv if server else None,
+                  "graph_mode": spec.graph_mode if server else "unknown",
                   "tensor_parallel_size": spec.tensor_parallel_size, **info}
     write_json(run.provenance("target"), collect(
         side="target", backend="vllm-http", model_path=str(model_dir), manifest_sha256=manifest["sha256"],
         suite_sha256=suite["sha256"], decoding=decoding, device="server", duration_s=time.monotonic() - started,
         server=server_doc), "provenance")
+    return errors
 
 
 def reference_side(run: RunDir, profile: Profile, model_dir: Path, suite: dict, manifest: dict, *,
-                   device: str = "cpu", log=note) -> None:
-    """The suite through transformers on `device`; writes reference/."""
+                   device: str = "cpu", log=note) -> int:
+    """The suite through transformers on `device`; writes reference/; returns how many items failed.
+    Prompts the target could not serve (longer than max-model-len) are not run here either."""
     from llm_parity.reference import TransformersRunner, run_reference
 
     started = time.monotonic()
+    ensure_writable(run.side("reference"))
+    done_gen: dict = {}
+    done_ppl: dict = {}
+    prompts, passages = _runnable(suite, profile.serve["max_model_len"], done_gen, done_ppl)
     log(f"reference: loading {model_dir} ({profile.dtype}, {device})")
     with TransformersRunner(model_dir, dtype=profile.dtype, device=device,
                             trust_remote_code=profile.model.get("trust_remote_code", False)) as runner:
-        generations, perplexity = run_reference(runner, suite, top_logprobs=profile.decoding["top_logprobs"], log=log)
+        generations, perplexity = run_reference(runner, {**suite, "prompts": prompts, "passages": passages},
+                                                top_logprobs=profile.decoding["top_logprobs"], log=log)
+    done_gen.update((record["id"], record) for record in generations)
+    done_ppl.update((record["id"], record) for record in perplexity)
     decoding = decoding_of(profile.decoding, profile.dtype)
-    write_json(run.generations("reference"), generations_doc("reference", suite, manifest["sha256"], decoding, generations), "generations")
-    write_json(run.perplexity("reference"), perplexity_doc("reference", suite, manifest["sha256"], perplexity), "perplexity")
+    errors = _write_side(run, "reference", suite, manifest, decoding, done_gen, done_ppl)
     write_json(run.provenance("reference"), collect(
         side="reference", backend="transformers", model_path=str(model_dir), manifest_sha256=manifest["sha256"],
         suite_sha256=suite["sha256"], decoding=decoding, device=device, duration_s=time.monotonic() - started), "provenance")
+    return errors
 
 
 def compare_and_report(run: RunDir, profile: Profile, *, lang: str = "zh") -> dict:
     """Compare the two sides' files and write report/compare.json and report/report.md."""
     target = read_json(run.generations("target"), "generations")
     dtype = target["decoding"]["dtype"]
+    ensure_writable(run.compare.parent)
     result = compare_mod.compare_runs(
         suite=read_json(run.suite, "suite"), target=target,
         reference=read_json(run.generations("reference"), "generations"),

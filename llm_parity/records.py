@@ -29,6 +29,19 @@ def top_margin(top_k: list[list]) -> float | None:
     return top_k[0][1] - top_k[1][1]
 
 
+def unrunnable_prompt(prompt: dict, max_model_len: int) -> str | None:
+    """Why a rendered prompt cannot be run, or None. Both sides apply the same rule, so they
+    record the same error instead of one side failing and the other not."""
+    if prompt.get("render_error"):
+        return f"the suite could not render this prompt: {prompt['render_error']}"
+    if not prompt["prompt_ids"]:
+        return "the prompt rendered to no tokens"
+    if len(prompt["prompt_ids"]) + prompt["max_tokens"] > max_model_len:
+        return (f"prompt of {len(prompt['prompt_ids'])} tokens + max_tokens {prompt['max_tokens']} "
+                f"exceeds max-model-len {max_model_len}")
+    return None
+
+
 def failed_generation(prompt: dict, error: str) -> dict:
     """The record of a prompt that produced nothing: kept in place so every prompt is accounted for."""
     return {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -66,8 +67,14 @@ def validate(doc: Any, name: str, path: Path | str) -> None:
 
 
 def canonical_json(doc: Any) -> str:
-    """Sorted keys and Python's shortest round-trip floats: the same payload gives the same bytes."""
-    return json.dumps(doc, sort_keys=True, ensure_ascii=False, indent=1, allow_nan=False) + "\n"
+    """Sorted keys and Python's shortest round-trip floats: the same payload gives the same bytes.
+    Text stays readable (UTF-8) unless it holds a lone surrogate, which only a \\u escape can carry."""
+    text = json.dumps(doc, sort_keys=True, ensure_ascii=False, indent=1, allow_nan=False) + "\n"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(doc, sort_keys=True, ensure_ascii=True, indent=1, allow_nan=False) + "\n"
+    return text
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -84,6 +91,25 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+MIN_FREE_BYTES = 64 * 2**20
+
+
+def ensure_writable(folder: Path, *, min_free_bytes: int = MIN_FREE_BYTES) -> None:
+    """Fail before any expensive work if results cannot be written to `folder`: read-only,
+    not a folder, or nearly full. The error names the path."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+        free = shutil.disk_usage(folder).free
+    except OSError as err:
+        raise ResultFileError(f"{folder}: cannot write results here ({err.strerror or err})") from None
+    if free < min_free_bytes:
+        raise ResultFileError(f"{folder}: only {free // 2**20} MiB free, need at least {min_free_bytes // 2**20} MiB for results")
 
 
 def write_json(path: Path, doc: dict, name: str) -> Path:
@@ -177,4 +203,4 @@ class RunDir:
 def sha256_of(doc: Any) -> str:
     """The hash that names a JSON payload (suite, manifest) in every other file."""
     compact = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(compact.encode("utf-8")).hexdigest()
+    return hashlib.sha256(compact.encode("utf-8", "surrogatepass")).hexdigest()

@@ -162,6 +162,12 @@ class VllmServer:
     def url(self) -> str:
         return f"http://{self.spec.host}:{self.spec.port}"
 
+    def exited(self) -> str | None:
+        """Why the server is gone (it exited), or None while it runs."""
+        if self.process is None or self.process.poll() is None:
+            return None
+        return f"vllm serve exited with code {self.process.returncode}; see {self.log_path}"
+
     def start(self) -> "VllmServer":
         ensure_port_free(self.spec.host, self.spec.port)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,19 @@ def stop_ids(model_dir: Path, tokenizer) -> list[int]:
     return sorted(ids)
 
 
+def _render_prompt(tokenizer, prompt: dict, default_max_tokens: int) -> dict:
+    """One prompt rendered; a prompt the tokenizer cannot take (say, text that is not valid
+    Unicode) keeps its place with no ids and the reason, so the rest of the suite still runs."""
+    rendered = {"id": prompt["id"], "kind": prompt["kind"], "messages": prompt["messages"],
+                "max_tokens": prompt.get("max_tokens", default_max_tokens)}
+    try:
+        rendered["prompt_ids"] = render_prompt_ids(tokenizer, prompt["messages"])
+    except (TypeError, ValueError, UnicodeError) as err:
+        rendered["prompt_ids"] = []
+        rendered["render_error"] = f"{type(err).__name__}: {err}"
+    return rendered
+
+
 def suite_hash(prompts: list[dict], passages: list[dict], stop: list[int]) -> str:
     return sha256_of({"prompts": prompts, "passages": passages, "stop_ids": stop})
 
@@ -61,16 +74,7 @@ def render_suite(source: dict, model_dir: Path, *, default_max_tokens: int) -> d
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    prompts = [
-        {
-            "id": prompt["id"],
-            "kind": prompt["kind"],
-            "messages": prompt["messages"],
-            "prompt_ids": render_prompt_ids(tokenizer, prompt["messages"]),
-            "max_tokens": prompt.get("max_tokens", default_max_tokens),
-        }
-        for prompt in source["prompts"]
-    ]
+    prompts = [_render_prompt(tokenizer, prompt, default_max_tokens) for prompt in source["prompts"]]
     passages = [
         {"id": passage["id"], "text": passage["text"], "ids": render_passage_ids(tokenizer, passage["text"])}
         for passage in source["passages"]

@@ -24,7 +24,8 @@ class VllmHttpClient:
     Retries 5xx answers and dropped connections with backoff; a 4xx is recorded, not retried."""
 
     def __init__(self, base_url: str, model: str, *, timeout_s: float = 120, api_key: str | None = None,
-                 retries: int = 3):
+                 retries: int = 3, server_gone: Callable[[], str | None] = lambda: None):
+        self.server_gone = server_gone
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.timeout_s = timeout_s
@@ -37,6 +38,9 @@ class VllmHttpClient:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
 
     def _post(self, path: str, payload: dict) -> dict:
+        gone = self.server_gone()
+        if gone:  # fail at once instead of retrying a server that has exited
+            raise requests.ConnectionError(gone)
         response = self.session.post(f"{self.base_url}{path}", json=payload, timeout=self.timeout_s)
         if response.status_code != 200:
             raise requests.HTTPError(f"HTTP {response.status_code} from {path}: {response.text[:300]}")
@@ -112,9 +116,10 @@ def _token_id(token: str) -> int:
 
 
 def run_concurrently(items: list[dict], work: Callable[[dict], dict], on_error: Callable[[dict, str], dict],
-                     *, concurrency: int, label: str, log=note) -> list[dict]:
-    """Run `work` on every item with up to `concurrency` in flight; an exception becomes an error
-    record; results come back in suite order whatever order they finish in."""
+                     *, concurrency: int, label: str, done: dict[str, dict], log=note) -> None:
+    """Run `work` on every item with up to `concurrency` in flight; each record lands in `done`
+    (keyed by id) as soon as it finishes, so an interrupted run keeps what finished. A failed
+    request becomes that item's error record."""
 
     def guarded(item: dict) -> dict:
         try:
@@ -122,23 +127,24 @@ def run_concurrently(items: list[dict], work: Callable[[dict], dict], on_error: 
         except (requests.RequestException, ValueError, KeyError, TypeError, IndexError) as err:
             return on_error(item, f"{type(err).__name__}: {err}")
 
-    results: list[dict | None] = [None] * len(items)
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        futures = {pool.submit(guarded, item): index for index, item in enumerate(items)}
-        for done, future in enumerate(as_completed(futures), start=1):
-            results[futures[future]] = future.result()
-            log(f"{label}: {done}/{len(items)} {items[futures[future]]['id']}")
-    return results
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+    try:
+        futures = {pool.submit(guarded, item): item for item in items}
+        for count, future in enumerate(as_completed(futures), start=1):
+            record = future.result()
+            done[record["id"]] = record
+            log(f"{label}: {count}/{len(items)} {record['id']}{' (error)' if record['error'] else ''}")
+    finally:
+        # On an interrupt, do not wait for requests still in flight.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
-def query_generations(client: VllmHttpClient, suite: dict, *, top_logprobs: int, concurrency: int, log=note) -> list[dict]:
-    return run_concurrently(
-        suite["prompts"], lambda prompt: client.generate(prompt, top_logprobs=top_logprobs),
-        failed_generation, concurrency=concurrency, label="query", log=log,
-    )
+def query_generations(client: VllmHttpClient, prompts: list[dict], *, top_logprobs: int, concurrency: int,
+                      done: dict[str, dict], log=note) -> None:
+    run_concurrently(prompts, lambda prompt: client.generate(prompt, top_logprobs=top_logprobs),
+                     failed_generation, concurrency=concurrency, label="query", done=done, log=log)
 
 
-def query_perplexity(client: VllmHttpClient, suite: dict, *, concurrency: int, log=note) -> list[dict]:
-    return run_concurrently(suite["passages"], client.perplexity, failed_perplexity,
-                            concurrency=concurrency, label="query perplexity", log=log)
-
+def query_perplexity(client: VllmHttpClient, passages: list[dict], *, concurrency: int, done: dict[str, dict], log=note) -> None:
+    run_concurrently(passages, client.perplexity, failed_perplexity,
+                     concurrency=concurrency, label="query perplexity", done=done, log=log)

@@ -52,10 +52,8 @@ def demo(c, dtype=None, run="demo", lang="zh", server_url=None, results=None):
 
 @task(name="tiny-model")
 def tiny_model(c):
-    """Build (or reuse) the tiny Llama-3 model and print its folder."""
-    from llm_parity.tiny_model import build_tiny_model
-
-    print(build_tiny_model())
+    """Build (or reuse) the tiny Llama-3 model; print its folder and its smallest greedy top-1/top-2 margin over the suite."""
+    _finish(cli.tiny_model)
 
 
 @task(help={"profile": PROFILE_HELP, "run": RUN_HELP, "model": "use this local folder instead of downloading",

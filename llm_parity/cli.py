@@ -217,3 +217,24 @@ def plan(*, model: str, dtype: str, max_model_len: int, max_num_seqs: int, card_
         print(render_plan(doc))
         return 0
     return guarded(action)
+
+
+def tiny_model() -> int:
+    """Build (or reuse) the tiny model and print its folder and its smallest greedy top-1/top-2
+    margin over the default suite: how far it is from a near-tie that bf16 noise could flip."""
+    def action():
+        from llm_parity.reference import TransformersRunner, run_reference
+        from llm_parity.records import top_margin
+        from llm_parity.suite import load_suite_source, render_suite
+        from llm_parity.tiny_model import build_tiny_model
+
+        folder = build_tiny_model()
+        profile = load_profile(DEMO_PROFILE)
+        suite = render_suite(load_suite_source(), folder, default_max_tokens=profile.decoding["max_tokens"])
+        with TransformersRunner(folder, dtype="float32") as runner:
+            generations, _ = run_reference(runner, {**suite, "passages": []}, top_logprobs=2, log=lambda _: None)
+        margins = [top_margin(top) for record in generations for top in record["top_logprobs"]]
+        print(folder)
+        print(f"smallest top-1/top-2 logprob margin over the suite's greedy outputs: {min(margins):.4f}")
+        return 0
+    return guarded(action)

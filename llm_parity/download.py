@@ -7,7 +7,7 @@ import datetime as _dt
 import hashlib
 from pathlib import Path
 
-from llm_parity.results import schema_tag, sha256_of, write_json
+from llm_parity.results import schema_tag, sha256_of
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 SKIPPED_PARTS = (".git", ".cache")

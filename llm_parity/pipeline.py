@@ -7,6 +7,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llm_parity import compare as compare_mod
 from llm_parity.audit import write_sums
@@ -21,6 +22,9 @@ from llm_parity.report.html import render_html
 from llm_parity.report.markdown import render_markdown
 from llm_parity.results import RunDir, ensure_writable, read_json, write_json, write_text_atomic
 from llm_parity.suite import DEFAULT_SUITE, load_suite_source, render_suite
+
+if TYPE_CHECKING:
+    from llm_parity.serve import VllmServer
 
 EXIT_PASS, EXIT_FAIL, EXIT_UNUSABLE = 0, 1, 2
 
@@ -130,7 +134,7 @@ def _runnable(suite: dict, max_model_len: int, done_gen: dict, done_ppl: dict) -
 
 
 def target_side(run: RunDir, profile: Profile, model_dir: Path, suite: dict, manifest: dict, *,
-                server_url: str | None = None, running: "VllmServer | None" = None, cache_dir: Path,
+                server_url: str | None = None, running: VllmServer | None = None, cache_dir: Path,
                 resume: bool = False, api_key: str | None = None, log=note) -> int:
     """Serve, query the suite, write target/; return how many items failed. A server already
     running can be given instead: as `running` (ours, its flags are recorded) or as `server_url`.
@@ -213,7 +217,7 @@ def compare_and_report(run: RunDir, profile: Profile, *, lang: str = "zh") -> di
     )
     write_json(run.compare, result, "compare")
     provenance = {side: read_json(run.provenance(side), "provenance") for side in ("target", "reference")}
-    report = build_report(result, provenance, lang=lang)
+    report = build_report(result, provenance, manifest=read_json(run.manifest, "manifest"), lang=lang)
     write_text_atomic(run.report_md, render_markdown(report))
     write_text_atomic(run.report_html, render_html(report, result))
     write_sums(run)

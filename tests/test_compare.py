@@ -1,7 +1,7 @@
 """compare on hand-made records: every rule, no model and no server."""
 import pytest
 
-from llm_parity.compare import IncompatibleRuns, compare_generation, compare_runs, token_accounting
+from llm_parity.compare import IncompatibleRuns, compare_runs, token_accounting
 from llm_parity.records import decoding_of, generations_doc, perplexity_doc
 
 EOS = 9

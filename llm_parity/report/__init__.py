@@ -115,14 +115,28 @@ def _passages(s: dict, compare: dict) -> Section:
     return section
 
 
-def build_report(compare: dict, provenance: dict, *, lang: str = "zh") -> Report:
-    """`provenance` maps side name ("target", "reference") to its provenance document."""
+def _revision_text(s: dict, manifest: dict | None) -> str:
+    if manifest is None:
+        return "—"
+    asked, resolved = manifest["revision"], manifest["resolved_revision"]
+    if resolved is None:
+        return f"{manifest['repo_id']} ({manifest['source']})"
+    text = f"{manifest['repo_id']}@{resolved}"
+    if asked and asked != resolved:
+        text += f" ⚠️ {s['moving'].format(asked=asked)}"
+    return text
+
+
+def build_report(compare: dict, provenance: dict, *, manifest: dict | None = None, lang: str = "zh") -> Report:
+    """`provenance` maps side name ("target", "reference") to its provenance document; `manifest`
+    (the run's model manifest) adds where the weights came from."""
     if lang not in STRINGS:
         raise ValueError(f"report language {lang!r}: choose one of {sorted(STRINGS)}")
     s = STRINGS[lang]
     items = Section(s["items"], [s["item"], s["status"], s["detail"]],
                     [[CHECK_NAMES[c["name"]][lang], mark(c["passed"]), c["detail"]] for c in compare["checks"]])
-    facts = [(s["dtype"], compare["dtype"]), (s["model"], compare["model_manifest_sha256"]), (s["suite"], compare["suite_sha256"])]
+    facts = [(s["dtype"], compare["dtype"]), (s["revision"], _revision_text(s, manifest)),
+             (s["model"], compare["model_manifest_sha256"]), (s["suite"], compare["suite_sha256"])]
     sections = [_environment(s, provenance), items, _precision(s, compare, lang), _prompts(s, compare),
                 _passages(s, compare), _outputs(s, compare)]
     return Report(f"{s['title']}: {compare['profile']}", f"{s['verdict']}: {s[compare['verdict']]}", facts, sections, lang)

@@ -17,6 +17,7 @@ STRINGS = {
         "outputs": "输出文本", "chart_delta": "各位置 |Δ logprob|(对数坐标)", "chart_margin": "各提示最小 top-1/top-2 间隔(红色:发生分歧)",
         "chart_ppl": "各段落 perplexity", "position": "位置", "mean_delta": "平均 |Δ logprob|", "topk_delta": "top-k 最大 |Δ logprob|",
         "min_margin": "最小 top-1/top-2 间隔(参考侧)",
+        "revision": "模型版本", "moving": "按分支名 {asked} 下载,该分支可能移动:请固定提交号",
     },
     "en": {
         "title": "Parity verification report", "verdict": "Verdict", "pass": "✅ pass", "fail": "❌ fail",
@@ -34,6 +35,7 @@ STRINGS = {
         "outputs": "Output text", "chart_delta": "|Δ logprob| along each sequence (log scale)", "chart_margin": "Smallest top-1/top-2 margin per prompt (red: sequences split)",
         "chart_ppl": "Perplexity per passage", "position": "position", "mean_delta": "mean |Δ logprob|", "topk_delta": "top-k max |Δ logprob|",
         "min_margin": "smallest top-1/top-2 margin (reference)",
+        "revision": "model revision", "moving": "asked for the branch {asked}, which can move: pin the commit",
     },
 }
 

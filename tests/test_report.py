@@ -1,0 +1,35 @@
+"""Report sections from hand-made records: honest statements, flags, both languages."""
+from test_compare import LOOSE, compare_one, record, split_pair
+
+from llm_parity.report import build_report
+from llm_parity.report.markdown import render_markdown
+
+PROVENANCE = {side: {"backend": backend, "device": "cpu", "packages": {"torch": "2.13.0"}, "notes": [],
+                     "hardware": {"cpu": "test cpu", "accelerator": None},
+                     "image": {"reference": "quay.io/ascend/vllm-ascend:v0.18.0", "digest": None, "pinned": False}}
+              for side, backend in (("target", "vllm-http"), ("reference", "transformers"))}
+MANIFEST = {"repo_id": "ShanXi/KoLlama-3-8B-Instruct", "source": "hf", "revision": "main", "resolved_revision": "c" * 40}
+
+
+def test_near_tie_split_is_explained_not_a_bare_cross():
+    target, reference = split_pair(runner_up_in_top_k=True)
+    text = render_markdown(build_report(compare_one(target, reference, LOOSE), PROVENANCE, manifest=MANIFEST, lang="en"))
+    assert "⚠️ split within top-k" in text and "position 1: 7 vs 8" in text
+    assert "within the logprob noise this dtype allows" in text
+
+
+def test_moving_branch_and_unpinned_image_are_flagged():
+    text = render_markdown(build_report(compare_one(record([5]), record([5])), PROVENANCE, manifest=MANIFEST, lang="en"))
+    assert f"ShanXi/KoLlama-3-8B-Instruct@{'c' * 40} ⚠️ asked for the branch main" in text
+    assert "not pinned by digest" in text
+    pinned = {**MANIFEST, "revision": "c" * 40}
+    assert "⚠️ asked" not in render_markdown(build_report(compare_one(record([5]), record([5])), PROVENANCE,
+                                                         manifest=pinned, lang="en"))
+
+
+def test_both_languages_render_every_section():
+    compare = compare_one(record([5]), record([5]))
+    zh = render_markdown(build_report(compare, PROVENANCE, manifest=MANIFEST))
+    en = render_markdown(build_report(compare, PROVENANCE, manifest=MANIFEST, lang="en"))
+    assert "## 验证项" in zh and "## 精度指标" in zh and "✅ 通过" in zh
+    assert "## Validation items" in en and "## Precision metrics" in en and "✅ pass" in en

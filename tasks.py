@@ -104,6 +104,24 @@ def verify(c, profile=DEFAULT_PROFILE, run="run", dtype=None, model=None, result
     _finish(lambda: cli.verify(profile=profile, run=run, dtype=dtype, model=model, results=results, **serve))
 
 
+@task(help={**SIDE_HELP, **SERVE_HELP, "server_url": "benchmark a vLLM server already running at this URL",
+            "concurrencies": "comma-separated sweep (default 1,2,4,8,16)", "output_len": "output tokens per request (default 64, EOS ignored)",
+            "input_len": "synthetic prompts of this many tokens instead of the suite's prompts",
+            "requests_per_level": "requests at each concurrency (default 2 x concurrency, at least 4)"})
+def bench(c, profile=DEFAULT_PROFILE, run="run", dtype=None, model=None, server_url=None, concurrencies="1,2,4,8,16",
+          output_len=64, input_len=None, requests_per_level=None, results=None, max_model_len=None, max_num_seqs=None,
+          port=None, tensor_parallel_size=None, enforce_eager=False):
+    """Serving benchmark like `vllm bench serve`: TTFT, TPOT, ITL, end-to-end latency (mean, median, p90, p99) and throughput per concurrency.
+
+    Streams greedy completions with fixed lengths; writes results/<run>/target/bench.json and prints a table; the report shows it."""
+    serve = _serve(max_model_len, max_num_seqs, port, tensor_parallel_size, enforce_eager)
+    _finish(lambda: cli.bench(profile=profile, run=run, dtype=dtype, model=model, server_url=server_url,
+                              concurrencies=concurrencies, output_len=int(output_len),
+                              input_len=int(input_len) if input_len else None,
+                              requests_per_level=int(requests_per_level) if requests_per_level else None,
+                              results=results, **serve))
+
+
 @task(help={**SIDE_HELP, "device": "torch device for transformers: cpu (default) or cuda"})
 def reference(c, profile=DEFAULT_PROFILE, run="run", dtype=None, model=None, device="cpu", results=None):
     """Reference side: the same suite ids through transformers, write results/<run>/reference/."""

@@ -238,3 +238,25 @@ def tiny_model() -> int:
         print(f"smallest top-1/top-2 logprob margin over the suite's greedy outputs: {min(margins):.4f}")
         return 0
     return guarded(action)
+
+
+def bench(*, profile: str, run: str, dtype: str | None = None, model: str | None = None, server_url: str | None = None,
+          concurrencies: str = "1,2,4,8,16", output_len: int = 64, input_len: int | None = None,
+          requests_per_level: int | None = None, results: str | None = None, **serve) -> int:
+    """Serving benchmark: TTFT, TPOT, ITL, end-to-end latency and throughput at each concurrency."""
+    def action():
+        from llm_parity.bench import render_bench
+
+        prof, run_dir, model_dir, origin = _setup(profile, run, dtype, model, results, serve)
+        suite, _ = pipeline.prepare(run_dir, prof, model_dir, origin)
+        levels = tuple(int(level) for level in concurrencies.split(","))
+        doc = pipeline.bench_side(run_dir, prof, model_dir, suite, server_url=server_url, cache_dir=CACHE_DIR,
+                                  concurrencies=levels, output_len=output_len, input_len=input_len,
+                                  requests_per_level=requests_per_level, api_key=os.environ.get(API_KEY_ENV))
+        print(render_bench(doc))
+        print(f"bench: wrote {run_dir.bench}")
+        failed = sum(level["summary"]["failed"] for level in doc["levels"])
+        if failed:
+            raise StageFailed(f"bench: {failed} requests failed (see {run_dir.bench})", pipeline.EXIT_FAIL)
+        return 0
+    return guarded(action)

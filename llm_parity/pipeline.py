@@ -3,8 +3,9 @@ it wrote (validated) and writes its own files (validated, atomic), so either sid
 different machine and be copied in."""
 from __future__ import annotations
 
+import json
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -133,6 +134,25 @@ def _runnable(suite: dict, max_model_len: int, done_gen: dict, done_ppl: dict) -
     return prompts, passages
 
 
+@contextmanager
+def serving(run: RunDir, profile: Profile, model_dir: Path, *, server_url: str | None = None,
+            running: VllmServer | None = None, cache_dir: Path, api_key: str | None = None, log=note):
+    """Yield (base URL, our server or None, its spec): a server already running (`running`, ours,
+    or a bare `server_url`), or a `vllm serve` started now with the profile's flags and torn
+    down on exit, whatever happens."""
+    from llm_parity.serve import VllmServer, spec_from_profile
+
+    spec = running.spec if running else spec_from_profile(profile, model_dir, api_key=api_key)
+    if running or server_url:
+        yield (running.url if running else server_url), running, spec
+        return
+    server = VllmServer(spec, log_path=run.server_log, cache_dir=cache_dir,
+                        health_timeout_s=profile.serve.get("health_timeout_s", 600))
+    log(f"serve: starting vLLM ({spec.dtype}, max-num-seqs {spec.max_num_seqs}); log: {run.server_log}")
+    with server:
+        yield server.url, server, spec
+
+
 def target_side(run: RunDir, profile: Profile, model_dir: Path, suite: dict, manifest: dict, *,
                 server_url: str | None = None, running: VllmServer | None = None, cache_dir: Path,
                 resume: bool = False, api_key: str | None = None, log=note) -> int:
@@ -140,25 +160,17 @@ def target_side(run: RunDir, profile: Profile, model_dir: Path, suite: dict, man
     running can be given instead: as `running` (ours, its flags are recorded) or as `server_url`.
     With `resume`, prompts that finished in an earlier run are kept and only the rest are queried.
     Whatever happens, the prompts that finished are written."""
-    from llm_parity.serve import VllmServer, spec_from_profile
     from llm_parity.target import VllmHttpClient, query_generations, query_perplexity
 
     started = time.monotonic()
     ensure_writable(run.side("target"))
-    spec = running.spec if running else spec_from_profile(profile, model_dir, api_key=api_key)
     done_gen, done_ppl = _finished_before(run, "target", suite, manifest) if resume else ({}, {})
     if resume:
         log(f"resume: keeping {len(done_gen)} prompts and {len(done_ppl)} passages that finished before")
-    prompts, passages = _runnable(suite, spec.max_model_len, done_gen, done_ppl)
-    server = running or (None if server_url else VllmServer(spec, log_path=run.server_log, cache_dir=cache_dir,
-                                                              health_timeout_s=profile.serve.get("health_timeout_s", 600)))
-    decoding = decoding_of(profile.decoding, spec.dtype)
-    info: dict = {}
     try:
-        if server and not running:
-            log(f"serve: starting vLLM ({spec.dtype}, max-num-seqs {spec.max_num_seqs}); log: {run.server_log}")
-        with (server if server and not running else nullcontext()):
-            url = server.url if server else server_url
+        with serving(run, profile, model_dir, server_url=server_url, running=running, cache_dir=cache_dir,
+                     api_key=api_key, log=log) as (url, server, spec):
+            prompts, passages = _runnable(suite, spec.max_model_len, done_gen, done_ppl)
             client = VllmHttpClient(url, spec.served_name, timeout_s=profile.decoding.get("request_timeout_s", 120),
                                     api_key=api_key or spec.api_key, server_gone=server.exited if server else lambda: None)
             info = client.server_info()
@@ -166,15 +178,33 @@ def target_side(run: RunDir, profile: Profile, model_dir: Path, suite: dict, man
                               concurrency=spec.max_num_seqs, done=done_gen, log=log)
             query_perplexity(client, passages, concurrency=spec.max_num_seqs, done=done_ppl, log=log)
     finally:
-        errors = _write_side(run, "target", suite, manifest, decoding, done_gen, done_ppl)
-    server_doc = {"url": server.url if server else server_url, "argv": server.argv if server else None,
-                  "graph_mode": spec.graph_mode if server else "unknown",
+        errors = _write_side(run, "target", suite, manifest, decoding_of(profile.decoding, profile.dtype), done_gen, done_ppl)
+    server_doc = {"url": url, "argv": server.argv if server else None, "graph_mode": spec.graph_mode if server else "unknown",
                   "tensor_parallel_size": spec.tensor_parallel_size, **info}
     write_json(run.provenance("target"), collect(
         side="target", backend="vllm-http", model_path=str(model_dir), manifest_sha256=manifest["sha256"],
-        suite_sha256=suite["sha256"], decoding=decoding, device="server", duration_s=time.monotonic() - started,
-        server=server_doc), "provenance")
+        suite_sha256=suite["sha256"], decoding=decoding_of(profile.decoding, profile.dtype), device="server",
+        duration_s=time.monotonic() - started, server=server_doc), "provenance")
     return errors
+
+
+def bench_side(run: RunDir, profile: Profile, model_dir: Path, suite: dict, *, server_url: str | None = None,
+               cache_dir: Path, concurrencies: tuple[int, ...], output_len: int, input_len: int | None = None,
+               requests_per_level: int | None = None, api_key: str | None = None, log=note) -> dict:
+    """The serving benchmark against the profile's server; writes target/bench.json. Prompts are the
+    suite's, or synthetic ones of `input_len` tokens."""
+    from llm_parity.bench import run_bench, suite_prompts, synthetic_prompts, total_requests
+
+    ensure_writable(run.side("target"))
+    with serving(run, profile, model_dir, server_url=server_url, cache_dir=cache_dir, api_key=api_key,
+                 log=log) as (url, _, spec):
+        count = total_requests(concurrencies, requests_per_level)
+        vocab_size = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))["vocab_size"]
+        prompts = synthetic_prompts(count, input_len, vocab_size=vocab_size) if input_len else suite_prompts(suite)
+        doc = run_bench(url, spec.served_name, prompts=prompts, output_len=output_len, concurrencies=concurrencies,
+                        requests_per_level=requests_per_level, api_key=api_key or spec.api_key, log=log)
+    write_json(run.bench, doc, "bench")
+    return doc
 
 
 def reference_side(run: RunDir, profile: Profile, model_dir: Path, suite: dict, manifest: dict, *,
@@ -217,9 +247,10 @@ def compare_and_report(run: RunDir, profile: Profile, *, lang: str = "zh") -> di
     )
     write_json(run.compare, result, "compare")
     provenance = {side: read_json(run.provenance(side), "provenance") for side in ("target", "reference")}
-    report = build_report(result, provenance, manifest=read_json(run.manifest, "manifest"), lang=lang)
+    bench = read_json(run.bench, "bench") if run.bench.is_file() else None
+    report = build_report(result, provenance, manifest=read_json(run.manifest, "manifest"), bench=bench, lang=lang)
     write_text_atomic(run.report_md, render_markdown(report))
-    write_text_atomic(run.report_html, render_html(report, result))
+    write_text_atomic(run.report_html, render_html(report, result, bench))
     write_sums(run)
     return result
 

@@ -176,6 +176,10 @@ class RunDir:
         return self.root / side / "provenance.json"
 
     @property
+    def bench(self) -> Path:
+        return self.root / "target" / "bench.json"
+
+    @property
     def dummy(self) -> Path:
         return self.root / "target" / "dummy.json"
 

@@ -127,9 +127,26 @@ def _revision_text(s: dict, manifest: dict | None) -> str:
     return text
 
 
-def build_report(compare: dict, provenance: dict, *, manifest: dict | None = None, lang: str = "zh") -> Report:
+def _bench(s: dict, bench: dict) -> Section:
+    section = Section(s["bench"], [s["concurrency"], "req/s", s["out_tps"], "TTFT p50/p99 ms", "TPOT p50/p99 ms",
+                                   "ITL p50/p99 ms", "E2E p50/p99 ms", s["failed"]], chart="bench")
+    for level in bench["levels"]:
+        summary = level["summary"]
+        pair = lambda name: f"{fmt(summary[name]['median'])} / {fmt(summary[name]['p99'])}"  # noqa: E731
+        section.rows.append([str(level["concurrency"]), f"{summary['request_throughput']:.2f}",
+                             f"{summary['output_throughput']:.1f}", pair("ttft_ms"), pair("tpot_ms"), pair("itl_ms"),
+                             pair("e2el_ms"), str(summary["failed"])])
+    settings = bench["settings"]
+    section.notes = [s["bench_note"].format(output=settings["output_len"], low=settings["input_len_min"],
+                                            high=settings["input_len_max"])]
+    return section
+
+
+def build_report(compare: dict, provenance: dict, *, manifest: dict | None = None, bench: dict | None = None,
+                 lang: str = "zh") -> Report:
     """`provenance` maps side name ("target", "reference") to its provenance document; `manifest`
-    (the run's model manifest) adds where the weights came from."""
+    (the run's model manifest) adds where the weights came from; `bench` (target/bench.json) adds
+    the serving benchmark."""
     if lang not in STRINGS:
         raise ValueError(f"report language {lang!r}: choose one of {sorted(STRINGS)}")
     s = STRINGS[lang]
@@ -138,5 +155,5 @@ def build_report(compare: dict, provenance: dict, *, manifest: dict | None = Non
     facts = [(s["dtype"], compare["dtype"]), (s["revision"], _revision_text(s, manifest)),
              (s["model"], compare["model_manifest_sha256"]), (s["suite"], compare["suite_sha256"])]
     sections = [_environment(s, provenance), items, _precision(s, compare, lang), _prompts(s, compare),
-                _passages(s, compare), _outputs(s, compare)]
+                _passages(s, compare)] + ([_bench(s, bench)] if bench else []) + [_outputs(s, compare)]
     return Report(f"{s['title']}: {compare['profile']}", f"{s['verdict']}: {s[compare['verdict']]}", facts, sections, lang)

@@ -18,12 +18,18 @@ code{background:#f6f6f6;padding:0 3px} svg{max-width:100%;height:auto;margin:.5e
 """
 
 
-def charts(compare: dict, lang: str) -> dict[str, str]:
+def charts(compare: dict, lang: str, bench: dict | None = None) -> dict[str, str]:
     s = STRINGS[lang]
     ok = [p for p in compare["prompts"] if p["status"] != "error"]
     split = {p["id"] for p in ok if p["status"] != "identical"}
     passages = [p for p in compare["passages"] if not p.get("error")]
-    return {
+    drawn = {}
+    if bench:
+        levels = bench["levels"]
+        drawn["bench"] = bars([str(level["concurrency"]) for level in levels],
+                              [(s["out_tps"], [level["summary"]["output_throughput"] for level in levels])],
+                              title=s["chart_bench"], x_label=s["concurrency"])
+    return drawn | {
         "delta": log_lines({p["id"]: p["abs_logprob_diffs"] for p in ok}, title=s["chart_delta"], x_label=s["position"]),
         "margin": bars([p["id"] for p in ok], [(s["min_margin"], [p["min_reference_margin"] for p in ok])],
                        title=s["chart_margin"], x_label=s["prompt"], highlight=split),
@@ -34,8 +40,8 @@ def charts(compare: dict, lang: str) -> dict[str, str]:
     }
 
 
-def render_html(report: Report, compare: dict) -> str:
-    drawn = charts(compare, report.lang)
+def render_html(report: Report, compare: dict, bench: dict | None = None) -> str:
+    drawn = charts(compare, report.lang, bench)
     out = [f'<!DOCTYPE html><html lang="{report.lang}"><head><meta charset="utf-8">',
            '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; style-src \'unsafe-inline\'; img-src data:">',
            f"<title>{escape(report.title)}</title><style>{STYLE}</style></head><body>",

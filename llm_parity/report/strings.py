@@ -17,6 +17,9 @@ STRINGS = {
         "outputs": "输出文本", "chart_delta": "各位置 |Δ logprob|(对数坐标)", "chart_margin": "各提示最小 top-1/top-2 间隔(红色:发生分歧)",
         "chart_ppl": "各段落 perplexity", "position": "位置", "mean_delta": "平均 |Δ logprob|", "topk_delta": "top-k 最大 |Δ logprob|",
         "min_margin": "最小 top-1/top-2 间隔(参考侧)",
+        "bench": "服务性能", "concurrency": "并发", "out_tps": "输出 token/s", "failed": "失败",
+        "bench_note": "流式 greedy 补全,每请求 {output} 个输出 token(忽略 EOS),输入 {low}-{high} token;与 vllm bench serve 定义相同。",
+        "chart_bench": "各并发的输出吞吐 (token/s)",
         "revision": "模型版本", "moving": "按分支名 {asked} 下载,该分支可能移动:请固定提交号",
     },
     "en": {
@@ -35,6 +38,9 @@ STRINGS = {
         "outputs": "Output text", "chart_delta": "|Δ logprob| along each sequence (log scale)", "chart_margin": "Smallest top-1/top-2 margin per prompt (red: sequences split)",
         "chart_ppl": "Perplexity per passage", "position": "position", "mean_delta": "mean |Δ logprob|", "topk_delta": "top-k max |Δ logprob|",
         "min_margin": "smallest top-1/top-2 margin (reference)",
+        "bench": "Serving performance", "concurrency": "concurrency", "out_tps": "output tok/s", "failed": "failed",
+        "bench_note": "Streamed greedy completions, {output} output tokens per request (EOS ignored), {low}-{high} input tokens; the same definitions as vllm bench serve.",
+        "chart_bench": "Output throughput per concurrency (tokens/s)",
         "revision": "model revision", "moving": "asked for the branch {asked}, which can move: pin the commit",
     },
 }

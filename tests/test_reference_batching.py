@@ -1,0 +1,126 @@
+"""The batched transformers reference gives the same records as one prompt at a time: left
+padding, masks and position ids change nothing in float32, and one bad prompt fails alone."""
+import pytest
+
+from llm_parity.reference import TransformersRunner, batch_size_for, length_batches, run_reference
+from llm_parity.suite import load_suite_source, render_suite
+
+pytestmark = pytest.mark.integration
+
+TOP_LOGPROBS = 5
+TOLERANCE = 1e-5
+# Smaller than the suite, so there are several batches and the last one is partial.
+BATCH_SIZE = 5
+
+
+@pytest.fixture(scope="module")
+def suite(tiny_model_dir):
+    return render_suite(load_suite_source(), tiny_model_dir, default_max_tokens=48)
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_model_dir):
+    with TransformersRunner(tiny_model_dir, dtype="float32") as runner:
+        yield runner
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time(runner, suite):
+    return run_reference(runner, suite, top_logprobs=TOP_LOGPROBS, log=lambda line: None, batch_size=1)
+
+
+def assert_same_generation(batched: dict, alone: dict) -> None:
+    assert batched["id"] == alone["id"]
+    for key in ("prompt_ids", "output_ids", "text", "finish_reason", "usage", "error"):
+        assert batched[key] == alone[key], (alone["id"], key)
+    assert batched["logprobs"] == pytest.approx(alone["logprobs"], abs=TOLERANCE, rel=0)
+    assert len(batched["top_logprobs"]) == len(alone["top_logprobs"])
+    for top_batched, top_alone in zip(batched["top_logprobs"], alone["top_logprobs"]):
+        assert [token for token, _ in top_batched] == [token for token, _ in top_alone]
+
+
+def test_batched_generations_and_perplexity_equal_one_at_a_time(runner, suite, one_at_a_time):
+    lengths = [len(prompt["prompt_ids"]) for prompt in suite["prompts"]]
+    batches = length_batches(lengths, [prompt["max_tokens"] for prompt in suite["prompts"]], BATCH_SIZE)
+    assert any(len({lengths[i] for i in batch}) > 1 for batch in batches)  # padding happens
+    lines = []
+    generations, perplexity = run_reference(runner, suite, top_logprobs=TOP_LOGPROBS, log=lines.append,
+                                            batch_size=BATCH_SIZE)
+    alone_generations, alone_perplexity = one_at_a_time
+    assert [g["id"] for g in generations] == [p["id"] for p in suite["prompts"]]
+    for batched, alone in zip(generations, alone_generations, strict=True):
+        assert_same_generation(batched, alone)
+    assert {g["finish_reason"] for g in generations} == {"stop", "length"}  # rows stop at different steps
+    assert [p["id"] for p in perplexity] == [p["id"] for p in suite["passages"]]
+    for batched, alone in zip(perplexity, alone_perplexity, strict=True):
+        assert batched["logprobs"] == pytest.approx(alone["logprobs"], abs=TOLERANCE, rel=0)
+        assert batched["perplexity"] == pytest.approx(alone["perplexity"], abs=TOLERANCE, rel=0)
+    assert f"reference: {len(suite['prompts'])}/{len(suite['prompts'])} " in "\n".join(lines)
+
+
+def test_memory_sized_batches_equal_one_at_a_time(runner, suite, one_at_a_time):
+    assert runner.prompt_batch_size(suite["prompts"]) > 1  # a 2-layer model fits many prompts in memory
+    generations, _ = run_reference(runner, suite, top_logprobs=TOP_LOGPROBS, log=lambda line: None)
+    for batched, alone in zip(generations, one_at_a_time[0], strict=True):
+        assert_same_generation(batched, alone)
+
+
+def test_position_ids_count_only_real_tokens(runner, suite):
+    """RoPE only sees position differences, so shifted positions would pass the test above by
+    float luck; the positions themselves must ignore the padding."""
+    short, long = sorted(suite["prompts"][:2], key=lambda prompt: len(prompt["prompt_ids"]))
+    n_short, n_long = len(short["prompt_ids"]), len(long["prompt_ids"])
+    assert n_short < n_long
+    seen = []
+    hook = runner.model.model.rotary_emb.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["position_ids"].tolist()), with_kwargs=True)
+    try:
+        runner.generate_batch([{**short, "max_tokens": 2}, {**long, "max_tokens": 2}], top_logprobs=TOP_LOGPROBS)
+    finally:
+        hook.remove()
+    prefill, decode = seen
+    assert prefill[0][n_long - n_short:] == list(range(n_short)) and prefill[1] == list(range(n_long))
+    assert decode == [[n_short], [n_long]]
+
+
+def test_one_bad_prompt_fails_alone(runner, suite, one_at_a_time):
+    vocab_size = runner.model.config.vocab_size
+    bad = {**suite["prompts"][1], "prompt_ids": suite["prompts"][1]["prompt_ids"] + [vocab_size + 7]}
+    broken = {**suite, "prompts": [suite["prompts"][0], bad, suite["prompts"][2]], "passages": []}
+    generations, perplexity = run_reference(runner, broken, top_logprobs=TOP_LOGPROBS, log=lambda line: None,
+                                            batch_size=3)
+    assert generations[1]["error"] and generations[1]["output_ids"] == [] and generations[1]["finish_reason"] is None
+    assert_same_generation(generations[0], one_at_a_time[0][0])
+    assert_same_generation(generations[2], one_at_a_time[0][2])
+    assert perplexity == []
+
+
+def test_batch_size_grows_with_the_budget_never_zero_and_capped():
+    per_sequence = 1000
+    sizes = [batch_size_for(budget, per_sequence, 64) for budget in (0, 999, 1000, 5_500, 40_000, 10**9)]
+    assert sizes == [1, 1, 1, 5, 40, 64]
+    assert batch_size_for(10**9, per_sequence, 0) == 1
+
+
+def test_length_batches_group_similar_lengths_cap_the_size_and_weigh_padding_against_steps():
+    lengths = [30, 244, 18, 40, 33, 22, 41]
+
+    def batched(steps_of_longest: int, size: int) -> list[list[int]]:
+        steps = [steps_of_longest if length == 244 else 32 for length in lengths]
+        return [[lengths[i] for i in batch] for batch in length_batches(lengths, steps, size)]
+
+    assert batched(32, 3) == [[18, 22, 30], [33, 40, 41], [244]]
+    # 6 rows padded by 203 tokens each cost more than 32 steps, less than 64.
+    assert batched(32, 10) == [[18, 22, 30, 33, 40, 41], [244]]
+    assert batched(64, 10) == [[18, 22, 30, 33, 40, 41, 244]]
+    shortest_first = sorted(range(len(lengths)), key=lengths.__getitem__)
+    assert length_batches(lengths, [32] * len(lengths), 1) == [[i] for i in shortest_first]
+    assert length_batches([], [], 4) == []
+
+
+def test_sequence_bytes_come_from_the_model_config(runner):
+    config = runner.model.config
+    kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4  # float32
+    assert runner.sequence_bytes(101, logit_rows=1) - runner.sequence_bytes(100, logit_rows=1) == kv_per_token
+    assert runner.sequence_bytes(100, logit_rows=2) - runner.sequence_bytes(100, logit_rows=1) >= config.vocab_size * 4
+    assert 1 <= runner.passage_batch_size([{"ids": [1] * 50}] * 3) <= 3

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from llm_parity.compare import IncompatibleRuns, compare_runs
 from llm_parity.download import sha256_file
+from llm_parity.records import SIDES
 from llm_parity.results import ResultFileError, RunDir, canonical_json, read_json, sha256_of, write_text_atomic
 from llm_parity.suite import suite_hash
 
-SIDES = ("target", "reference")
 
 
 def _listed_files(run: RunDir) -> list[Path]:

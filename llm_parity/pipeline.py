@@ -16,7 +16,7 @@ from llm_parity.download import DownloadError, build_manifest, fetch_hf, check_m
 from llm_parity.profiles import Profile
 from llm_parity.progress import note
 from llm_parity.provenance import collect
-from llm_parity.records import (decoding_of, failed_generation, failed_perplexity, generations_doc, perplexity_doc,
+from llm_parity.records import (SIDES, decoding_of, failed_generation, failed_perplexity, generations_doc, perplexity_doc,
                                 unrunnable_prompt)
 from llm_parity.report import build_report
 from llm_parity.report.html import render_html
@@ -246,7 +246,7 @@ def compare_and_report(run: RunDir, profile: Profile, *, lang: str = "zh") -> di
         thresholds=profile.thresholds(dtype), profile=profile.name,
     )
     write_json(run.compare, result, "compare")
-    provenance = {side: read_json(run.provenance(side), "provenance") for side in ("target", "reference")}
+    provenance = {side: read_json(run.provenance(side), "provenance") for side in SIDES}
     bench = read_json(run.bench, "bench") if run.bench.is_file() else None
     report = build_report(result, provenance, manifest=read_json(run.manifest, "manifest"), bench=bench, lang=lang)
     write_text_atomic(run.report_md, render_markdown(report))

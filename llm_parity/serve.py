@@ -184,7 +184,7 @@ class VllmServer:
             raise
         return self
 
-    def wait_healthy(self, progress=None) -> None:
+    def wait_healthy(self) -> None:
         deadline = time.monotonic() + self.health_timeout_s
         started = time.monotonic()
         last_note = started

@@ -1,8 +1,9 @@
 """What the invoke tasks call: each entry point runs stages and turns the outcome into an exit
 code scripts can rely on.
 
-Exit codes: 0 pass (or stage done), 1 verdict fail, 2 unusable input (bad file, wrong field,
-mismatched sides, missing model), 3 the server could not be started or reached."""
+Exit codes: 0 pass (or stage done), 1 verdict fail or failed prompts, 2 unusable input (bad file,
+wrong field, mismatched sides, missing model, unwritable results), 3 the server could not be
+started, 130 interrupted."""
 from __future__ import annotations
 
 import os
@@ -69,8 +70,9 @@ def _setup(profile_name: str, run: str, dtype: str | None, model: str | None, re
 def _side_done(side: str, run_dir: RunDir, errors: int) -> int:
     print(f"{side}: wrote {run_dir.side(side)}")
     if errors:
+        again = "rerun with --resume" if side == "target" else "rerun"
         raise StageFailed(f"{side}: {errors} prompts or passages failed (see the error fields in "
-                          f"{run_dir.generations(side)}); fix the cause and rerun with --resume", pipeline.EXIT_FAIL)
+                          f"{run_dir.generations(side)}); fix the cause and {again}", pipeline.EXIT_FAIL)
     return 0
 
 

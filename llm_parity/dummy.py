@@ -39,7 +39,6 @@ def _evidence(log_text: str, pattern: re.Pattern) -> str | None:
 def run_dummy(profile, model_dir: Path, *, out_path: Path, log_path: Path, cache_dir: Path,
               prompt_ids: list[int], log=note) -> dict:
     """Start vLLM on config + tokenizer with dummy weights, send one request, write dummy.json."""
-    checks = []
     error = None
     with tempfile.TemporaryDirectory(prefix="llm-parity-dummy-") as tmp:
         folder = config_only_copy(Path(model_dir), Path(tmp) / Path(model_dir).name)

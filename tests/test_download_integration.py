@@ -1,5 +1,6 @@
 """The download stage against a real Hub-compatible server (olah, offline mode) on loopback,
 serving the tiny model as a git model repository."""
+import json
 import os
 import shutil
 import subprocess
@@ -134,8 +135,6 @@ def test_download_task_writes_the_manifest_and_never_the_token(hub, tmp_path, mo
     profile = tmp_path / "hub-profile.json"
     doc = read_json(PROJECT_ROOT / "profiles" / "tiny-llama.json", "profile")
     doc["model"] = {"source": "hf", "repo_id": REPO, "revision": "main", "served_name": "tiny-llama-3"}
-    import json
-
     profile.write_text(json.dumps(doc))
     monkeypatch.setenv("HF_ENDPOINT", hub["url"])
     monkeypatch.setenv("HF_TOKEN", TOKEN)

@@ -3,7 +3,8 @@ the same prompt ids as the target, greedy, with per-token logprobs by log_softma
 
 Prompts and passages run in batches sized from the memory left after the model is loaded. One
 decoding step reads every weight once however many rows it carries, and on a CPU that read is
-most of the step for a large model, so a batch of prompts costs little more than one."""
+most of the step for a large model, so a step for a batch of prompts costs little more than one.
+Prefill is compute, not reads, so each prompt is prefilled alone and only decoding is shared."""
 from __future__ import annotations
 
 import inspect
@@ -23,13 +24,11 @@ MEMORY_FRACTION = 0.5
 # A logits row is held three times at the peak: as the model returns it, as float32, as log_softmax.
 LOGITS_COPIES = 3
 FLOAT32_BYTES = 4
-# Any id in the vocabulary: padded positions are masked out and finished rows' outputs are frozen.
+# Any id in the vocabulary: padded positions are masked out.
 PAD_ID = 0
-# What one decoding step costs in prompt tokens prefilled: a step reads every weight for a single
-# token per row, prefill computes on every token. Some tens on CPUs (about 90 for the benchmark's
-# 90M model on 2 cores); it decides when padding a long prompt into a batch costs more than
-# decoding it in a batch of its own (see length_batches).
-PREFILL_TOKENS_PER_STEP = 32
+# Padded tokens one more passage may add to a perplexity batch: past that, a forward pass of its
+# own costs less (on CPUs a forward pass costs about what some tens of tokens do).
+PASSAGE_PADDING_LIMIT = 32
 ITEM_ERRORS = (RuntimeError, ValueError, IndexError)
 
 
@@ -56,7 +55,7 @@ def batch_size_for(budget_bytes: int, bytes_per_sequence: int, items: int) -> in
 
 @dataclass
 class _Decoding:
-    """One row of a batched greedy decode; frozen once `finish_reason` is set."""
+    """One row of a batched greedy decode; done once `finish_reason` is set."""
 
     max_tokens: int
     output_ids: list[int] = field(default_factory=list)
@@ -142,38 +141,61 @@ class TransformersRunner:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           past_key_values=past_key_values, use_cache=True, **self._decode_kwargs)
 
-    def _left_padded(self, sequences: list[list[int]]):
-        """Input ids and attention mask with every row right-aligned, so the last column is each
-        row's last real token."""
+    def _prefill(self, prompts: list[dict]):
+        """The last position's logits of every prompt, the KV cache and the attention mask, rows
+        left-padded to the longest prompt.
+
+        Each prompt is prefilled alone, so prefill computes its own tokens and no padding (a
+        padded batch would compute every row at the longest prompt's length), and the caches are
+        joined with zeros on the left, which the mask hides. Caches that cannot be joined that way
+        (sliding windows, recurrent state) come from one padded batch prefill instead."""
+        torch = self.torch
+        sequences = [prompt["prompt_ids"] for prompt in prompts]
         width = max(len(ids) for ids in sequences)
-        ids = [[PAD_ID] * (width - len(row)) + list(row) for row in sequences]
-        mask = [[0] * (width - len(row)) + [1] * len(row) for row in sequences]
-        return (self.torch.tensor(ids, device=self.device), self.torch.tensor(mask, device=self.device))
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in sequences], device=self.device)
+        first = self._forward_alone(sequences[0])
+        if not _joinable(first.past_key_values):
+            input_ids = torch.tensor([[PAD_ID] * (width - len(ids)) + list(ids) for ids in sequences],
+                                     device=self.device)
+            out = self._forward(input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0))
+            return out.logits[:, -1], out.past_key_values, mask
+        alone = [first] + [self._forward_alone(ids) for ids in sequences[1:]]
+        logits = torch.cat([out.logits[:, -1] for out in alone])
+        return logits, _left_joined([out.past_key_values for out in alone], width, self.model.config), mask
+
+    def _forward_alone(self, ids: list[int]):
+        row = self.torch.tensor([ids], device=self.device)
+        return self._forward(row, self.torch.ones_like(row), self.torch.arange(len(ids), device=self.device)[None])
 
     def generate_batch(self, prompts: list[dict], *, top_logprobs: int) -> list[dict]:
         """Greedy decoding of several prompts at once with the KV cache, each row stopping at an
-        EOS id or its own max_tokens; a finished row is fed padding until the others finish.
+        EOS id or its own max_tokens and then leaving the batch, so the rows left decode faster.
 
-        Rows are left-padded; position ids count only a row's real tokens, so a padded prompt
-        sees the same positions as alone (transformers 5 takes positions from the cache length
-        when none are given, which would shift them by the padding)."""
+        Position ids count only a row's real tokens, so a padded row sees the same positions as
+        alone (transformers 5 takes positions from the cache length when none are given, which
+        would shift them by the padding)."""
         torch = self.torch
         rows = [_Decoding(prompt["max_tokens"]) for prompt in prompts]
+        active = rows
         with torch.inference_mode():
-            input_ids, mask = self._left_padded([prompt["prompt_ids"] for prompt in prompts])
-            out = self._forward(input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0))
+            logits, cache, mask = self._prefill(prompts)
             while True:
-                self._take_step(rows, out.logits[:, -1], top_logprobs)
-                if all(row.finish_reason for row in rows):
+                self._take_step(active, logits, top_logprobs)
+                going_on = [i for i, row in enumerate(active) if not row.finish_reason]
+                if not going_on:
                     break
-                fed = [[PAD_ID if row.finish_reason else row.output_ids[-1]] for row in rows]
+                if len(going_on) < len(active):
+                    kept = torch.tensor(going_on, device=self.device)
+                    cache.batch_select_indices(kept)
+                    mask, active = mask[kept], [active[i] for i in going_on]
+                fed = torch.tensor([[row.output_ids[-1]] for row in active], device=self.device)
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                out = self._forward(torch.tensor(fed, device=self.device), mask, mask.sum(-1, keepdim=True) - 1,
-                                    past_key_values=out.past_key_values)
+                out = self._forward(fed, mask, mask.sum(-1, keepdim=True) - 1, past_key_values=cache)
+                logits, cache = out.logits[:, -1], out.past_key_values
         return [self._generation_record(prompt, row) for prompt, row in zip(prompts, rows)]
 
     def _take_step(self, rows: list[_Decoding], last_logits, top_logprobs: int) -> None:
-        """The greedy token of each unfinished row, its logprob and the top-k, from one step's logits."""
+        """The greedy token of each row, its logprob and the top-k, from one step's logits."""
         torch = self.torch
         scores = torch.log_softmax(last_logits.float(), dim=-1)
         values, indices = torch.topk(scores, top_logprobs, dim=-1)
@@ -181,8 +203,7 @@ class TransformersRunner:
         chosen = scores.gather(1, tokens.unsqueeze(1)).squeeze(1)
         for row, token, logprob, top_ids, top_values in zip(
                 rows, tokens.tolist(), chosen.tolist(), indices.tolist(), values.tolist()):
-            if not row.finish_reason:
-                row.take(token, logprob, sort_top_k(zip(top_ids, top_values), top_logprobs), self.stop_ids)
+            row.take(token, logprob, sort_top_k(zip(top_ids, top_values), top_logprobs), self.stop_ids)
 
     def _generation_record(self, prompt: dict, row: _Decoding) -> dict:
         return {
@@ -222,6 +243,26 @@ class TransformersRunner:
         return self.perplexity_batch([passage])[0]
 
 
+def _joinable(cache) -> bool:
+    """Whether `cache` holds plain per-layer keys and values that rows can be joined along."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    return type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def _left_joined(caches: list, width: int, config):
+    """One cache holding every row of `caches` (each a batch of one), left-padded with zeros to `width`."""
+    import torch
+    from transformers import DynamicCache
+
+    def padded(states):
+        return torch.cat([torch.nn.functional.pad(s, (0, 0, width - s.shape[-2], 0)) for s in states])
+
+    return DynamicCache([(padded([k for k, _v, _w in layer]), padded([v for _k, v, _w in layer]))
+                         for layer in zip(*caches)], config=config)
+
+
 def _batch_or_alone(batch: list[dict], run_batch: Callable[[list[dict]], list[dict]],
                     failed: Callable[[dict, str], dict]) -> list[dict]:
     """The batch's records; if the batch fails, each item alone, so one bad item becomes its own
@@ -234,29 +275,28 @@ def _batch_or_alone(batch: list[dict], run_batch: Callable[[list[dict]], list[di
         return [record for item in batch for record in _batch_or_alone([item], run_batch, failed)]
 
 
-def length_batches(lengths: list[int], steps: list[int], size: int) -> list[list[int]]:
-    """Indices of items in batches of at most `size`, shortest first. A batch also ends where the
-    next item would pad its rows by more tokens than a batch of its own costs: `steps` decoding
-    steps (max_tokens for a prompt, one forward pass for a passage) of PREFILL_TOKENS_PER_STEP."""
+def length_batches(lengths: list[int], size: int, padding_limit: int | None = None) -> list[list[int]]:
+    """Indices of items in batches of at most `size`, shortest first. With a `padding_limit`, a
+    batch also ends where the next item would add more padded tokens than that."""
     batches: list[list[int]] = []
     for index in sorted(range(len(lengths)), key=lengths.__getitem__):
         batch = batches[-1] if batches else []
         # Sorted, so the item is the longest yet: every row already in the batch grows by the difference.
         added_padding = len(batch) * (lengths[index] - lengths[batch[-1]]) if batch else 0
-        if batch and len(batch) < size and added_padding <= PREFILL_TOKENS_PER_STEP * steps[index]:
+        if batch and len(batch) < size and (padding_limit is None or added_padding <= padding_limit):
             batch.append(index)
         else:
             batches.append([index])
     return batches
 
 
-def _run_batched(items: list[dict], lengths: list[int], steps: list[int], size: int,
+def _run_batched(items: list[dict], batches: list[list[int]],
                  run_batch: Callable[[list[dict]], list[dict]], failed: Callable[[dict, str], dict],
                  log: Callable[[str], None], label: str) -> list[dict]:
-    """Items in length batches, a progress line per record; the records in the items' order."""
+    """Items in `batches` (lists of indices), a progress line per record; the records in the items' order."""
     records: list[dict | None] = [None] * len(items)
     count = 0
-    for indices in length_batches(lengths, steps, size):
+    for indices in batches:
         for index, record in zip(indices, _batch_or_alone([items[i] for i in indices], run_batch, failed)):
             records[index] = record
             count += 1
@@ -274,10 +314,12 @@ def run_reference(runner: TransformersRunner, suite: dict, *, top_logprobs: int,
     prompts, passages = suite["prompts"], suite["passages"]
     prompt_batch = batch_size or runner.prompt_batch_size(prompts)
     log(f"reference: {len(prompts)} prompts in batches of up to {prompt_batch}")
-    generations = _run_batched(prompts, [len(prompt["prompt_ids"]) for prompt in prompts],
-                               [prompt["max_tokens"] for prompt in prompts], prompt_batch,
+    # Prompts are prefilled one by one, so padding costs them no compute, only masked cache.
+    prompt_batches = length_batches([len(prompt["prompt_ids"]) for prompt in prompts], prompt_batch)
+    generations = _run_batched(prompts, prompt_batches,
                                partial(runner.generate_batch, top_logprobs=top_logprobs), failed_generation, log, "")
-    perplexity = _run_batched(passages, [len(passage["ids"]) for passage in passages], [1] * len(passages),
-                              batch_size or runner.passage_batch_size(passages),
-                              runner.perplexity_batch, failed_perplexity, log, "perplexity ")
+    passage_batches = length_batches([len(passage["ids"]) for passage in passages],
+                                     batch_size or runner.passage_batch_size(passages), PASSAGE_PADDING_LIMIT)
+    perplexity = _run_batched(passages, passage_batches, runner.perplexity_batch, failed_perplexity, log,
+                              "perplexity ")
     return generations, perplexity

@@ -41,7 +41,7 @@ def assert_same_generation(batched: dict, alone: dict) -> None:
 
 def test_batched_generations_and_perplexity_equal_one_at_a_time(runner, suite, one_at_a_time):
     lengths = [len(prompt["prompt_ids"]) for prompt in suite["prompts"]]
-    batches = length_batches(lengths, [prompt["max_tokens"] for prompt in suite["prompts"]], BATCH_SIZE)
+    batches = length_batches(lengths, BATCH_SIZE)
     assert any(len({lengths[i] for i in batch}) > 1 for batch in batches)  # padding happens
     lines = []
     generations, perplexity = run_reference(runner, suite, top_logprobs=TOP_LOGPROBS, log=lines.append,
@@ -78,9 +78,26 @@ def test_position_ids_count_only_real_tokens(runner, suite):
         runner.generate_batch([{**short, "max_tokens": 2}, {**long, "max_tokens": 2}], top_logprobs=TOP_LOGPROBS)
     finally:
         hook.remove()
-    prefill, decode = seen
-    assert prefill[0][n_long - n_short:] == list(range(n_short)) and prefill[1] == list(range(n_long))
+    *prefill, decode = seen
+    assert prefill == [[list(range(n_short))], [list(range(n_long))]]  # each prompt prefilled alone
     assert decode == [[n_short], [n_long]]
+
+
+def test_finished_rows_leave_the_batch(runner, suite):
+    prompts = [{**prompt, "max_tokens": max_tokens} for prompt, max_tokens in zip(suite["prompts"][:3], (2, 7, 4))]
+    rows_per_call = []
+    hook = runner.model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows_per_call.append(len(kwargs["input_ids"])), with_kwargs=True)
+    try:
+        records = runner.generate_batch(prompts, top_logprobs=TOP_LOGPROBS)
+    finally:
+        hook.remove()
+    lengths = [len(record["output_ids"]) for record in records]
+    assert len(set(lengths)) > 1
+    decode_calls = rows_per_call[len(prompts):]  # after one prefill per prompt
+    assert decode_calls == [sum(length > step for length in lengths) for step in range(1, max(lengths))]
+    for record, prompt in zip(records, prompts, strict=True):
+        assert_same_generation(record, runner.generate(prompt, top_logprobs=TOP_LOGPROBS))
 
 
 def test_one_bad_prompt_fails_alone(runner, suite, one_at_a_time):
@@ -102,20 +119,22 @@ def test_batch_size_grows_with_the_budget_never_zero_and_capped():
     assert batch_size_for(10**9, per_sequence, 0) == 1
 
 
-def test_length_batches_group_similar_lengths_cap_the_size_and_weigh_padding_against_steps():
+def test_length_batches_group_similar_lengths_cap_the_size_and_limit_padding():
     lengths = [30, 244, 18, 40, 33, 22, 41]
 
-    def batched(steps_of_longest: int, size: int) -> list[list[int]]:
-        steps = [steps_of_longest if length == 244 else 32 for length in lengths]
-        return [[lengths[i] for i in batch] for batch in length_batches(lengths, steps, size)]
+    def batched(size: int, padding_limit: int | None = None) -> list[list[int]]:
+        return [[lengths[i] for i in batch] for batch in length_batches(lengths, size, padding_limit)]
 
-    assert batched(32, 3) == [[18, 22, 30], [33, 40, 41], [244]]
-    # 6 rows padded by 203 tokens each cost more than 32 steps, less than 64.
-    assert batched(32, 10) == [[18, 22, 30, 33, 40, 41], [244]]
-    assert batched(64, 10) == [[18, 22, 30, 33, 40, 41, 244]]
+    assert batched(3) == [[18, 22, 30], [33, 40, 41], [244]]
+    assert batched(10) == [[18, 22, 30, 33, 40, 41, 244]]
+    # 244 would pad the six rows before it by 203 tokens each.
+    assert batched(10, padding_limit=6 * 203 - 1) == [[18, 22, 30, 33, 40, 41], [244]]
+    assert batched(10, padding_limit=6 * 203) == [[18, 22, 30, 33, 40, 41, 244]]
+    # 22 pads 18 by 4, 30 pads both by 8 each.
+    assert batched(10, padding_limit=15) == [[18, 22], [30, 33, 40, 41], [244]]
     shortest_first = sorted(range(len(lengths)), key=lengths.__getitem__)
-    assert length_batches(lengths, [32] * len(lengths), 1) == [[i] for i in shortest_first]
-    assert length_batches([], [], 4) == []
+    assert length_batches(lengths, 1) == [[i] for i in shortest_first]
+    assert length_batches([], 4) == []
 
 
 def test_sequence_bytes_come_from_the_model_config(runner):
@@ -124,3 +143,39 @@ def test_sequence_bytes_come_from_the_model_config(runner):
     assert runner.sequence_bytes(101, logit_rows=1) - runner.sequence_bytes(100, logit_rows=1) == kv_per_token
     assert runner.sequence_bytes(100, logit_rows=2) - runner.sequence_bytes(100, logit_rows=1) >= config.vocab_size * 4
     assert 1 <= runner.passage_batch_size([{"ids": [1] * 50}] * 3) <= 3
+
+
+def test_sliding_window_caches_are_not_joined_and_batches_still_equal_one_at_a_time(tmp_path, tiny_model_dir, suite):
+    """A sliding-window cache keeps only its window, so left-padding it would misplace the rows;
+    such models take the padded batch prefill and must give the same records."""
+    import shutil
+
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from llm_parity.reference import _joinable
+    from llm_parity.suite import TOKENIZER_FILES
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=128256, hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             sliding_window=16))
+    model.save_pretrained(tmp_path)
+    for name in (*TOKENIZER_FILES, "generation_config.json"):
+        if (tiny_model_dir / name).is_file():
+            shutil.copyfile(tiny_model_dir / name, tmp_path / name)
+    prompts = [{**prompt, "max_tokens": 24} for prompt in suite["prompts"][:4]]
+    assert len({len(prompt["prompt_ids"]) for prompt in prompts}) > 1
+    with TransformersRunner(tmp_path, dtype="float32") as runner:
+        row = torch.tensor([prompts[0]["prompt_ids"]])
+        assert not _joinable(runner.model(input_ids=row, use_cache=True).past_key_values)
+        batched = runner.generate_batch(prompts, top_logprobs=TOP_LOGPROBS)
+        for record, prompt in zip(batched, prompts, strict=True):
+            assert_same_generation(record, runner.generate(prompt, top_logprobs=TOP_LOGPROBS))
+
+
+def test_llama_caches_are_joined(runner, suite):
+    from llm_parity.reference import _joinable
+
+    row = runner.torch.tensor([suite["prompts"][0]["prompt_ids"]])
+    assert _joinable(runner.model(input_ids=row, use_cache=True).past_key_values)

@@ -39,7 +39,7 @@ UNPINNED_FLAG = $(if $(filter 1,$(ALLOW_UNPINNED)),--allow-unpinned)
 SERVE_FLAGS = --max-model-len $(MAX_MODEL_LEN) --max-num-seqs $(MAX_NUM_SEQS) --port $(PORT) --tensor-parallel-size $(TP)
 SIDE_FLAGS = --profile $(PROFILE) --run $(RUN_NAME) --dtype $(or $(DTYPE),bfloat16)
 # Results and model cache are shared volumes; the Hub settings pass through, never written down.
-VOLUMES = -v $(RESULTS):/work/results -v $(MODELS):/work/models -e HF_ENDPOINT -e HF_TOKEN -e MODELSCOPE_ENDPOINT
+VOLUMES = -v $(RESULTS):/work/results -v $(MODELS):/work/models -e HF_ENDPOINT -e HF_TOKEN -e MODELSCOPE_ENDPOINT -e MODELSCOPE_API_TOKEN
 # The NPU devices and driver mounts vllm-ascend's docs list; no --privileged.
 NPU_FLAGS = $(foreach n,$(subst $(comma), ,$(NPUS)),--device /dev/davinci$(n)) \
 	--device /dev/davinci_manager --device /dev/devmm_svm --device /dev/hisi_hdc \

@@ -59,9 +59,11 @@ def tiny_model(c):
 @task(help={"profile": PROFILE_HELP, "run": RUN_HELP, "model": "use this local folder instead of downloading",
             "results": RESULTS_HELP})
 def download(c, profile=DEFAULT_PROFILE, run="run", model=None, results=None):
-    """Fetch the profile's model at its pinned revision into models/ (HF_ENDPOINT and HF_TOKEN honoured) and write results/<run>/model/manifest.json.
+    """Fetch the profile's model at its pinned revision into models/ and write results/<run>/model/manifest.json.
 
-    A branch name is resolved to its commit once; the manifest records that commit and every file's size and sha256.
+    Source hf honours HF_ENDPOINT and HF_TOKEN and resolves a branch name to its commit once; source modelscope
+    honours MODELSCOPE_ENDPOINT and MODELSCOPE_API_TOKEN (ModelScope names no commit: the report flags the revision).
+    The manifest records the revisions and every file's size and sha256.
     Pickle weights (.bin/.pt) are refused unless the profile allows them."""
     _finish(lambda: cli.download(profile=profile, run=run, model=model, results=results))
 

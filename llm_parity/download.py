@@ -1,16 +1,20 @@
-"""The download stage: a model snapshot at a pinned revision (Hugging Face Hub, mirrors through
-HF_ENDPOINT, or a local folder) and a sha256 manifest of every file, so an audit can prove that
-both sides ran the very same weights."""
+"""The download stage: a model snapshot at a pinned revision (Hugging Face Hub or a mirror through
+HF_ENDPOINT, ModelScope or a mirror through MODELSCOPE_ENDPOINT, or a local folder) and a sha256
+manifest of every file, so an audit can prove that both sides ran the very same weights."""
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import os
+import re
 from pathlib import Path
 
 from llm_parity.results import schema_tag, sha256_of
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 SKIPPED_PARTS = (".git", ".cache")
+PICKLE_PATTERNS = [f"*{suffix}" for suffix in PICKLE_SUFFIXES]
+COMMIT_ID = re.compile(r"[0-9a-f]{40}")
 
 
 class DownloadError(RuntimeError):
@@ -54,10 +58,15 @@ def build_manifest(folder: Path, *, source: str, repo_id: str, revision: str | N
     }
 
 
-def _hub_error(repo_id: str, revision: str | None, endpoint: str | None, err: Exception) -> DownloadError:
-    where = endpoint or "the Hugging Face Hub (set HF_ENDPOINT for a mirror)"
-    return DownloadError(f"could not fetch {repo_id}@{revision or 'main'} from {where}: {type(err).__name__}: "
+def _fetch_error(repo_id: str, revision: str, where: str, err: Exception) -> DownloadError:
+    return DownloadError(f"could not fetch {repo_id}@{revision} from {where}: {type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''}")
+
+
+def _require_safetensors(folder: Path, repo_id: str, revision: str, allow_pickle: bool) -> None:
+    if not allow_pickle and not any(p.suffix == ".safetensors" for p in model_files(folder)):
+        raise DownloadError(f"{repo_id}@{revision}: no safetensors weights; the repo has only pickle weights, which "
+                            "can run code when loaded: allow them explicitly (allow_pickle) if you trust it")
 
 
 def fetch_hf(repo_id: str, *, revision: str | None = None, local_dir: Path, token: str | None = None,
@@ -76,8 +85,6 @@ def fetch_hf(repo_id: str, *, revision: str | None = None, local_dir: Path, toke
 
     Returns: (the local folder, the resolved commit hash).
     Raises: DownloadError saying what to change."""
-    import os
-
     from huggingface_hub import HfApi, snapshot_download
 
     endpoint = endpoint or os.environ.get("HF_ENDPOINT")
@@ -85,14 +92,51 @@ def fetch_hf(repo_id: str, *, revision: str | None = None, local_dir: Path, toke
         info = HfApi(endpoint=endpoint, token=token).model_info(repo_id, revision=revision, timeout=timeout_s)
         commit = info.sha
         path = snapshot_download(repo_id, revision=commit, local_dir=local_dir, token=token, endpoint=endpoint,
-                                 ignore_patterns=None if allow_pickle else [f"*{s}" for s in PICKLE_SUFFIXES])
+                                 ignore_patterns=None if allow_pickle else PICKLE_PATTERNS)
     except Exception as err:  # noqa: BLE001 - the Hub client raises its HTTP library's errors (httpx, httpx2, ...) as well as its own
-        raise _hub_error(repo_id, revision, endpoint, err) from None
-    path = Path(path)
-    if not allow_pickle and not any(p.suffix == ".safetensors" for p in model_files(path)):
-        raise DownloadError(f"{repo_id}@{commit}: no safetensors weights; the repo has only pickle weights, which "
-                            "can run code when loaded: allow them explicitly (allow_pickle) if you trust it")
-    return path, commit
+        where = endpoint or "the Hugging Face Hub (set HF_ENDPOINT for a mirror)"
+        raise _fetch_error(repo_id, revision or "main", where, err) from None
+    _require_safetensors(Path(path), repo_id, commit, allow_pickle)
+    return Path(path), commit
+
+
+def fetch_modelscope(repo_id: str, *, revision: str | None = None, local_dir: Path, token: str | None = None,
+                     endpoint: str | None = None, allow_pickle: bool = False) -> tuple[Path, str | None]:
+    """Download a ModelScope snapshot into `local_dir`.
+
+    ModelScope's download API names no commit: a branch or tag is fetched as it stands, so unless
+    `revision` is itself a commit id, the resolved revision is None and the manifest's per-file
+    sha256 is what pins the weights (the report says so).
+
+    Args:
+        repo_id: the model repository, "owner/name".
+        revision: branch, tag or commit id (default "master", ModelScope's default branch).
+        local_dir: where the files go; an interrupted download resumes there.
+        token: ModelScope token (default: MODELSCOPE_API_TOKEN, else a saved login); never written anywhere.
+        endpoint: ModelScope or mirror URL with its scheme (default: MODELSCOPE_ENDPOINT, else ModelScope).
+        allow_pickle: also fetch .bin/.pt weights (they can run code when loaded).
+
+    An unreachable endpoint fails after the client's own retries (about 7 s when the connection is
+    refused; MODELSCOPE_REPO_TREE_PAGE_TIMEOUT_SECONDS and _MAX_ATTEMPTS bound a silent one).
+
+    Returns: (the local folder, the commit id or None).
+    Raises: DownloadError saying what to change."""
+    from modelscope import snapshot_download
+
+    revision = revision or "master"
+    endpoint = endpoint or os.environ.get("MODELSCOPE_ENDPOINT")
+    token = token or os.environ.get("MODELSCOPE_API_TOKEN")
+    try:
+        path = snapshot_download(repo_id, revision=revision, local_dir=str(local_dir), token=token, endpoint=endpoint,
+                                 ignore_file_pattern=None if allow_pickle else PICKLE_PATTERNS)
+    except Exception as err:  # noqa: BLE001 - the client raises requests', urllib3's and its own errors
+        where = endpoint or "ModelScope (set MODELSCOPE_ENDPOINT for a mirror)"
+        raise _fetch_error(repo_id, revision, where, err) from None
+    _require_safetensors(Path(path), repo_id, revision, allow_pickle)
+    return Path(path), revision if COMMIT_ID.fullmatch(revision) else None
+
+
+FETCHERS = {"hf": fetch_hf, "modelscope": fetch_modelscope}
 
 
 def verify_folder(folder: Path, manifest: dict, *, log=None) -> list[str]:

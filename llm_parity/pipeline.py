@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from llm_parity import compare as compare_mod
 from llm_parity.audit import write_sums
-from llm_parity.download import DownloadError, build_manifest, fetch_hf, check_model_folder
+from llm_parity.download import FETCHERS, DownloadError, build_manifest, check_model_folder
 from llm_parity.profiles import Profile
 from llm_parity.progress import note
 from llm_parity.provenance import collect
@@ -43,7 +43,8 @@ class ModelOrigin:
 def resolve_model(profile: Profile, model: str | None = None, *, models_root: Path = Path("models"),
                   log=note) -> tuple[Path, ModelOrigin]:
     """The local folder of the profile's model and where it came from: a folder given explicitly,
-    the tiny model (built), a local folder, or a Hub snapshot downloaded into `models_root`."""
+    the tiny model (built), a local folder, or a Hugging Face or ModelScope snapshot downloaded
+    into `models_root`."""
     if model:
         return Path(model), ModelOrigin("local", Path(model).name)
     source, repo_id = profile.model["source"], profile.model["repo_id"]
@@ -54,14 +55,11 @@ def resolve_model(profile: Profile, model: str | None = None, *, models_root: Pa
         return folder, ModelOrigin("local", folder.name)
     if source == "local":
         return Path(repo_id), ModelOrigin("local", Path(repo_id).name)
-    if source == "hf":
-        revision = profile.model.get("revision")
-        log(f"download: {repo_id}@{revision or 'main'} into {models_root / repo_id}")
-        folder, commit = fetch_hf(repo_id, revision=revision, local_dir=models_root / repo_id,
-                                  allow_pickle=profile.model.get("allow_pickle", False))
-        return folder, ModelOrigin("hf", repo_id, revision, commit)
-    raise DownloadError(f"{profile.path}: field model.source: {source!r} is not supported yet; download the model "
-                        "yourself and pass its folder with --model")
+    revision = profile.model.get("revision")
+    log(f"download: {repo_id}@{revision or 'default branch'} from {source} into {models_root / repo_id}")
+    folder, resolved = FETCHERS[source](repo_id, revision=revision, local_dir=models_root / repo_id,
+                                        allow_pickle=profile.model.get("allow_pickle", False))
+    return folder, ModelOrigin(source, repo_id, revision, resolved)
 
 
 def prepare(run: RunDir, profile: Profile, model_dir: Path, origin: ModelOrigin, *,

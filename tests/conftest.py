@@ -1,13 +1,14 @@
 """Shared fixtures. Integration tests share one real `vllm serve` of the tiny model for the whole
 test run and one results folder produced through it and through real transformers."""
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from llm_parity import pipeline
+from llm_parity import cli, pipeline
 from llm_parity.profiles import DEMO_PROFILE, load_profile
-from llm_parity.results import RunDir
+from llm_parity.results import RunDir, read_json
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +46,22 @@ def demo_run(vllm_server, tiny_model_dir, demo_profile, tmp_path_factory) -> Run
     pipeline.reference_side(run, demo_profile, tiny_model_dir, suite, manifest)
     pipeline.compare_and_report(run, demo_profile)
     return run
+
+
+@pytest.fixture
+def download_task(tmp_path, monkeypatch):
+    """Runs `inv download` (cli.download) on the demo profile with its model taken from a Hub:
+    `download_task(model, env)` sets `env`, downloads into tmp_path/models and results into
+    tmp_path/results, and returns the manifest."""
+    def download(model: dict, env: dict[str, str]) -> dict:
+        profile = tmp_path / "hub-profile.json"
+        doc = read_json(load_profile(DEMO_PROFILE).path, "profile")
+        doc["model"] = {**model, "served_name": "tiny-llama-3"}
+        profile.write_text(json.dumps(doc))
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr(cli, "MODELS_ROOT", tmp_path / "models")
+        assert cli.download(profile=str(profile), run="hub", results=str(tmp_path / "results")) == 0
+        return read_json(tmp_path / "results" / "hub" / "model" / "manifest.json", "manifest")
+
+    return download

@@ -1,6 +1,5 @@
 """The download stage against a real Hub-compatible server (olah, offline mode) on loopback,
 serving the tiny model as a git model repository."""
-import json
 import os
 import shutil
 import subprocess
@@ -11,9 +10,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from llm_parity import PROJECT_ROOT, cli
+from llm_parity import PROJECT_ROOT
 from llm_parity.download import DownloadError, build_manifest, fetch_hf, verify_folder
-from llm_parity.results import read_json
 from llm_parity.serve import free_port
 
 pytestmark = pytest.mark.integration
@@ -131,16 +129,9 @@ def test_pickle_only_repo_is_refused(hub, tmp_path):
     check_model_folder(folder, allow_pickle=True)
 
 
-def test_download_task_writes_the_manifest_and_never_the_token(hub, tmp_path, monkeypatch, capsys):
-    profile = tmp_path / "hub-profile.json"
-    doc = read_json(PROJECT_ROOT / "profiles" / "tiny-llama.json", "profile")
-    doc["model"] = {"source": "hf", "repo_id": REPO, "revision": "main", "served_name": "tiny-llama-3"}
-    profile.write_text(json.dumps(doc))
-    monkeypatch.setenv("HF_ENDPOINT", hub["url"])
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setattr(cli, "MODELS_ROOT", tmp_path / "models")
-    assert cli.download(profile=str(profile), run="hub", results=str(tmp_path / "results")) == 0
-    manifest = read_json(tmp_path / "results" / "hub" / "model" / "manifest.json", "manifest")
+def test_download_task_writes_the_manifest_and_never_the_token(hub, download_task, tmp_path, capsys):
+    manifest = download_task({"source": "hf", "repo_id": REPO, "revision": "main"},
+                             {"HF_ENDPOINT": hub["url"], "HF_TOKEN": TOKEN})
     assert (manifest["source"], manifest["revision"], manifest["resolved_revision"]) == ("hf", "main", hub["commit"])
     assert verify_folder(tmp_path / "models" / REPO, manifest) == []
     captured = capsys.readouterr()

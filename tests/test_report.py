@@ -27,6 +27,20 @@ def test_moving_branch_and_unpinned_image_are_flagged():
                                                          manifest=pinned, lang="en"))
 
 
+def test_a_revision_without_a_commit_is_flagged_and_a_local_folder_is_not():
+    def revision_line(manifest: dict, lang: str = "en") -> str:
+        text = render_markdown(build_report(compare_one(record([5]), record([5])), PROVENANCE, manifest=manifest,
+                                            lang=lang))
+        return next(line for line in text.splitlines() if manifest["repo_id"] in line)
+
+    modelscope = {**MANIFEST, "source": "modelscope", "revision": "master", "resolved_revision": None}
+    assert "ShanXi/KoLlama-3-8B-Instruct@master (modelscope) ⚠️ master was not resolved to a commit" \
+        in revision_line(modelscope)
+    assert "sha256" in revision_line(modelscope, "zh")
+    local = {**MANIFEST, "source": "local", "revision": None, "resolved_revision": None}
+    assert "⚠️" not in revision_line(local)
+
+
 def test_both_languages_render_every_section():
     compare = compare_one(record([5]), record([5]))
     zh = render_markdown(build_report(compare, PROVENANCE, manifest=MANIFEST))

@@ -119,6 +119,8 @@ def _revision_text(s: dict, manifest: dict | None) -> str:
     if manifest is None:
         return "—"
     asked, resolved = manifest["revision"], manifest["resolved_revision"]
+    if resolved is None and asked:
+        return f"{manifest['repo_id']}@{asked} ({manifest['source']}) ⚠️ {s['unresolved'].format(asked=asked)}"
     if resolved is None:
         return f"{manifest['repo_id']} ({manifest['source']})"
     text = f"{manifest['repo_id']}@{resolved}"

@@ -21,6 +21,7 @@ STRINGS = {
         "bench_note": "流式 greedy 补全,每请求 {output} 个输出 token(忽略 EOS),输入 {low}-{high} token;与 vllm bench serve 定义相同。",
         "chart_bench": "各并发的输出吞吐 (token/s)",
         "revision": "模型版本", "moving": "按分支名 {asked} 下载,该分支可能移动:请固定提交号",
+        "unresolved": "{asked} 未解析为提交号(该来源不提供提交号):文件由清单中的 sha256 固定",
     },
     "en": {
         "title": "Parity verification report", "verdict": "Verdict", "pass": "✅ pass", "fail": "❌ fail",
@@ -42,6 +43,7 @@ STRINGS = {
         "bench_note": "Streamed greedy completions, {output} output tokens per request (EOS ignored), {low}-{high} input tokens; the same definitions as vllm bench serve.",
         "chart_bench": "Output throughput per concurrency (tokens/s)",
         "revision": "model revision", "moving": "asked for the branch {asked}, which can move: pin the commit",
+        "unresolved": "{asked} was not resolved to a commit (the source names none): the manifest's sha256 pins the files",
     },
 }
 

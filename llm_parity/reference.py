@@ -4,7 +4,8 @@ the same prompt ids as the target, greedy, with per-token logprobs by log_softma
 Prompts and passages run in batches sized from the memory left after the model is loaded. One
 decoding step reads every weight once however many rows it carries, and on a CPU that read is
 most of the step for a large model, so a step for a batch of prompts costs little more than one.
-Prefill is compute, not reads, so each prompt is prefilled alone and only decoding is shared."""
+Prefill is compute, not reads, so where the model's cache allows it each prompt is prefilled
+alone and only decoding is shared."""
 from __future__ import annotations
 
 import inspect
@@ -24,7 +25,7 @@ MEMORY_FRACTION = 0.5
 # A logits row is held three times at the peak: as the model returns it, as float32, as log_softmax.
 LOGITS_COPIES = 3
 FLOAT32_BYTES = 4
-# Any id in the vocabulary: padded positions are masked out.
+# Any id in the vocabulary: padded positions are masked out, and what a finished row is fed is ignored.
 PAD_ID = 0
 # Padded tokens one more passage may add to a perplexity batch: past that, a forward pass of its
 # own costs less (on CPUs a forward pass costs about what some tens of tokens do).
@@ -96,6 +97,10 @@ class TransformersRunner:
         # compute them all and the last row is taken.
         keeps_last = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self._decode_kwargs = {"logits_to_keep": 1} if keeps_last else {}
+        # One token through the model shows its cache's layout, which decides how batches are built.
+        with torch.inference_mode():
+            probe = self.model(input_ids=torch.tensor([[PAD_ID]], device=device), use_cache=True).past_key_values
+        self._joins_rows, self._drops_rows = _cache_abilities(probe)
 
     @staticmethod
     def _stop_ids(*configs) -> set[int]:
@@ -145,23 +150,37 @@ class TransformersRunner:
         """The last position's logits of every prompt, the KV cache and the attention mask, rows
         left-padded to the longest prompt.
 
-        Each prompt is prefilled alone, so prefill computes its own tokens and no padding (a
-        padded batch would compute every row at the longest prompt's length), and the caches are
-        joined with zeros on the left, which the mask hides. Caches that cannot be joined that way
-        (sliding windows, recurrent state) come from one padded batch prefill instead."""
+        Where the model's cache allows it, each prompt is prefilled alone, so prefill computes no
+        padding (a padded batch computes every row at the longest prompt's length), and the caches
+        are joined with zeros on the left, which the mask hides. Other caches (sliding windows,
+        recurrent state) come from one padded batch prefill."""
         torch = self.torch
         sequences = [prompt["prompt_ids"] for prompt in prompts]
+        self._check_ids(sequences)
         width = max(len(ids) for ids in sequences)
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in sequences], device=self.device)
-        first = self._forward_alone(sequences[0])
-        if not _joinable(first.past_key_values):
+        if not self._joins_rows:
             input_ids = torch.tensor([[PAD_ID] * (width - len(ids)) + list(ids) for ids in sequences],
                                      device=self.device)
             out = self._forward(input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0))
             return out.logits[:, -1], out.past_key_values, mask
-        alone = [first] + [self._forward_alone(ids) for ids in sequences[1:]]
-        logits = torch.cat([out.logits[:, -1] for out in alone])
-        return logits, _left_joined([out.past_key_values for out in alone], width, self.model.config), mask
+        last_logits, caches = [], []
+        for ids in sequences:
+            out = self._forward_alone(ids)
+            last_logits.append(out.logits[:, -1])
+            caches.append(out.past_key_values)
+            del out  # the full output holds every position's logits where the model cannot keep only the last
+        return torch.cat(last_logits), _left_joined(caches, width), mask
+
+    def _check_ids(self, sequences: list[list[int]]) -> None:
+        """An id outside the vocabulary would index out of the embedding, which on CUDA is a
+        device-side assert that breaks every later call: refuse it before the forward pass."""
+        vocab_size = self.model.get_input_embeddings().num_embeddings
+        for ids in sequences:
+            bad = next((token for token in ids if not 0 <= token < vocab_size), None)
+            if bad is not None:
+                raise ValueError(f"token id {bad} is outside the model's vocabulary of {vocab_size} "
+                                 "(tokenizer and model do not match)")
 
     def _forward_alone(self, ids: list[int]):
         row = self.torch.tensor([ids], device=self.device)
@@ -169,7 +188,8 @@ class TransformersRunner:
 
     def generate_batch(self, prompts: list[dict], *, top_logprobs: int) -> list[dict]:
         """Greedy decoding of several prompts at once with the KV cache, each row stopping at an
-        EOS id or its own max_tokens and then leaving the batch, so the rows left decode faster.
+        EOS id or its own max_tokens. A finished row leaves the batch where the model's cache
+        allows it, so the rows left decode faster; otherwise it is fed padding until all finish.
 
         Position ids count only a row's real tokens, so a padded row sees the same positions as
         alone (transformers 5 takes positions from the cache length when none are given, which
@@ -184,18 +204,19 @@ class TransformersRunner:
                 going_on = [i for i, row in enumerate(active) if not row.finish_reason]
                 if not going_on:
                     break
-                if len(going_on) < len(active):
+                if self._drops_rows and len(going_on) < len(active):
                     kept = torch.tensor(going_on, device=self.device)
                     cache.batch_select_indices(kept)
                     mask, active = mask[kept], [active[i] for i in going_on]
-                fed = torch.tensor([[row.output_ids[-1]] for row in active], device=self.device)
+                fed = torch.tensor([[PAD_ID if row.finish_reason else row.output_ids[-1]] for row in active],
+                                   device=self.device)
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
                 out = self._forward(fed, mask, mask.sum(-1, keepdim=True) - 1, past_key_values=cache)
                 logits, cache = out.logits[:, -1], out.past_key_values
         return [self._generation_record(prompt, row) for prompt, row in zip(prompts, rows)]
 
     def _take_step(self, rows: list[_Decoding], last_logits, top_logprobs: int) -> None:
-        """The greedy token of each row, its logprob and the top-k, from one step's logits."""
+        """The greedy token of each unfinished row, its logprob and the top-k, from one step's logits."""
         torch = self.torch
         scores = torch.log_softmax(last_logits.float(), dim=-1)
         values, indices = torch.topk(scores, top_logprobs, dim=-1)
@@ -203,7 +224,8 @@ class TransformersRunner:
         chosen = scores.gather(1, tokens.unsqueeze(1)).squeeze(1)
         for row, token, logprob, top_ids, top_values in zip(
                 rows, tokens.tolist(), chosen.tolist(), indices.tolist(), values.tolist()):
-            row.take(token, logprob, sort_top_k(zip(top_ids, top_values), top_logprobs), self.stop_ids)
+            if not row.finish_reason:
+                row.take(token, logprob, sort_top_k(zip(top_ids, top_values), top_logprobs), self.stop_ids)
 
     def _generation_record(self, prompt: dict, row: _Decoding) -> dict:
         return {
@@ -226,6 +248,7 @@ class TransformersRunner:
         """One forward pass over right-padded passages; logprob of each real token given the ones
         before it (padding comes after a row's tokens, so it never sits in their context)."""
         torch = self.torch
+        self._check_ids([passage["ids"] for passage in passages])
         lengths = [len(passage["ids"]) for passage in passages]
         width = max(lengths)
         ids = torch.tensor([list(p["ids"]) + [PAD_ID] * (width - n) for p, n in zip(passages, lengths)],
@@ -243,24 +266,28 @@ class TransformersRunner:
         return self.perplexity_batch([passage])[0]
 
 
-def _joinable(cache) -> bool:
-    """Whether `cache` holds plain per-layer keys and values that rows can be joined along."""
+def _cache_abilities(cache) -> tuple[bool, bool]:
+    """What a model's KV cache allows: (rows prefilled alone can be joined into one batch,
+    finished rows can leave the batch). Only plain per-layer keys and values can be joined;
+    sliding-window layers can also drop rows; recurrent state and custom caches can do neither."""
     from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-    return type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in cache.layers)
+    layers = [type(layer) for layer in cache.layers] if type(cache) is DynamicCache else [None]
+    return (all(layer is DynamicLayer for layer in layers),
+            all(layer in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers))
 
 
-def _left_joined(caches: list, width: int, config):
+def _left_joined(caches: list, width: int):
     """One cache holding every row of `caches` (each a batch of one), left-padded with zeros to `width`."""
     import torch
     from transformers import DynamicCache
 
     def padded(states):
-        return torch.cat([torch.nn.functional.pad(s, (0, 0, width - s.shape[-2], 0)) for s in states])
+        return torch.cat([torch.nn.functional.pad(state, (0, 0, width - state.shape[-2], 0)) for state in states])
 
     return DynamicCache([(padded([k for k, _v, _w in layer]), padded([v for _k, v, _w in layer]))
-                         for layer in zip(*caches)], config=config)
+                         for layer in zip(*caches)])
 
 
 def _batch_or_alone(batch: list[dict], run_batch: Callable[[list[dict]], list[dict]],
@@ -270,9 +297,12 @@ def _batch_or_alone(batch: list[dict], run_batch: Callable[[list[dict]], list[di
     try:
         return run_batch(batch)
     except ITEM_ERRORS as err:
-        if len(batch) == 1:
-            return [failed(batch[0], f"{type(err).__name__}: {err}")]
-        return [record for item in batch for record in _batch_or_alone([item], run_batch, failed)]
+        error = f"{type(err).__name__}: {err}"
+    # Retried here, not in the except block, so the failed batch's traceback (and the tensors its
+    # frames hold) is released before the first retry.
+    if len(batch) == 1:
+        return [failed(batch[0], error)]
+    return [record for item in batch for record in _batch_or_alone([item], run_batch, failed)]
 
 
 def length_batches(lengths: list[int], size: int, padding_limit: int | None = None) -> list[list[int]]:
@@ -314,7 +344,8 @@ def run_reference(runner: TransformersRunner, suite: dict, *, top_logprobs: int,
     prompts, passages = suite["prompts"], suite["passages"]
     prompt_batch = batch_size or runner.prompt_batch_size(prompts)
     log(f"reference: {len(prompts)} prompts in batches of up to {prompt_batch}")
-    # Prompts are prefilled one by one, so padding costs them no compute, only masked cache.
+    # No padding limit for prompts: where they are prefilled one by one, padding only widens the
+    # masked part of the cache that each decoding step attends over.
     prompt_batches = length_batches([len(prompt["prompt_ids"]) for prompt in prompts], prompt_batch)
     generations = _run_batched(prompts, prompt_batches,
                                partial(runner.generate_batch, top_logprobs=top_logprobs), failed_generation, log, "")

@@ -106,7 +106,8 @@ def test_one_bad_prompt_fails_alone(runner, suite, one_at_a_time):
     broken = {**suite, "prompts": [suite["prompts"][0], bad, suite["prompts"][2]], "passages": []}
     generations, perplexity = run_reference(runner, broken, top_logprobs=TOP_LOGPROBS, log=lambda line: None,
                                             batch_size=3)
-    assert generations[1]["error"] and generations[1]["output_ids"] == [] and generations[1]["finish_reason"] is None
+    assert "outside the model's vocabulary" in generations[1]["error"]
+    assert generations[1]["output_ids"] == [] and generations[1]["finish_reason"] is None
     assert_same_generation(generations[0], one_at_a_time[0][0])
     assert_same_generation(generations[2], one_at_a_time[0][2])
     assert perplexity == []
@@ -145,37 +146,83 @@ def test_sequence_bytes_come_from_the_model_config(runner):
     assert 1 <= runner.passage_batch_size([{"ids": [1] * 50}] * 3) <= 3
 
 
-def test_sliding_window_caches_are_not_joined_and_batches_still_equal_one_at_a_time(tmp_path, tiny_model_dir, suite):
-    """A sliding-window cache keeps only its window, so left-padding it would misplace the rows;
-    such models take the padded batch prefill and must give the same records."""
+def random_model(folder, tiny_model_dir, model_class, config):
+    """A random-weight model of another architecture saved with the tiny model's tokenizer."""
     import shutil
 
     import torch
-    from transformers import MistralConfig, MistralForCausalLM
 
-    from llm_parity.reference import _joinable
     from llm_parity.suite import TOKENIZER_FILES
 
     torch.manual_seed(0)
-    model = MistralForCausalLM(MistralConfig(vocab_size=128256, hidden_size=32, intermediate_size=64,
-                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                             sliding_window=16))
-    model.save_pretrained(tmp_path)
+    model_class(config).save_pretrained(folder)
     for name in (*TOKENIZER_FILES, "generation_config.json"):
         if (tiny_model_dir / name).is_file():
-            shutil.copyfile(tiny_model_dir / name, tmp_path / name)
-    prompts = [{**prompt, "max_tokens": 24} for prompt in suite["prompts"][:4]]
-    assert len({len(prompt["prompt_ids"]) for prompt in prompts}) > 1
-    with TransformersRunner(tmp_path, dtype="float32") as runner:
-        row = torch.tensor([prompts[0]["prompt_ids"]])
-        assert not _joinable(runner.model(input_ids=row, use_cache=True).past_key_values)
+            shutil.copyfile(tiny_model_dir / name, folder / name)
+    return folder
+
+
+def mistral_with_a_sliding_window():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    return MistralForCausalLM, MistralConfig(vocab_size=128256, hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             sliding_window=16)
+
+
+def lfm2_with_recurrent_state():
+    from transformers import Lfm2Config, Lfm2ForCausalLM
+
+    return Lfm2ForCausalLM, Lfm2Config(vocab_size=128256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2,
+                                       layer_types=["conv", "full_attention"])
+
+
+@pytest.mark.parametrize(("architecture", "joins_rows", "drops_rows"),
+                         [(mistral_with_a_sliding_window, False, True), (lfm2_with_recurrent_state, False, False)])
+def test_caches_that_cannot_be_joined_still_batch_to_the_same_records(tmp_path, tiny_model_dir, suite, architecture,
+                                                                     joins_rows, drops_rows):
+    """A sliding-window cache keeps only its window and recurrent state has no positions, so
+    neither can be left-padded after the fact: such models take one padded batch prefill, and
+    finished rows leave the batch only where every cache layer can drop them."""
+    folder = random_model(tmp_path, tiny_model_dir, *architecture())
+    prompts = [{**prompt, "max_tokens": max_tokens} for prompt, max_tokens in zip(suite["prompts"][:4], (3, 24, 9, 16))]
+    n_tokens = [len(prompt["prompt_ids"]) for prompt in prompts]
+    assert len(set(n_tokens)) > 1 and max(n_tokens) > 16  # padded, and longer than the window
+    with TransformersRunner(folder, dtype="float32") as runner:
+        assert (runner._joins_rows, runner._drops_rows) == (joins_rows, drops_rows)
         batched = runner.generate_batch(prompts, top_logprobs=TOP_LOGPROBS)
         for record, prompt in zip(batched, prompts, strict=True):
             assert_same_generation(record, runner.generate(prompt, top_logprobs=TOP_LOGPROBS))
+    assert len({len(record["output_ids"]) for record in batched}) > 1  # rows finished at different steps
 
 
-def test_llama_caches_are_joined(runner, suite):
-    from llm_parity.reference import _joinable
+def test_padded_prefill_positions_count_only_real_tokens(tmp_path, tiny_model_dir, suite):
+    folder = random_model(tmp_path, tiny_model_dir, *mistral_with_a_sliding_window())
+    short, long = sorted(suite["prompts"][:2], key=lambda prompt: len(prompt["prompt_ids"]))
+    n_short, n_long = len(short["prompt_ids"]), len(long["prompt_ids"])
+    seen = []
+    with TransformersRunner(folder, dtype="float32") as runner:
+        hook = runner.model.model.rotary_emb.register_forward_pre_hook(
+            lambda module, args, kwargs: seen.append(kwargs["position_ids"].tolist()), with_kwargs=True)
+        runner.generate_batch([{**short, "max_tokens": 2}, {**long, "max_tokens": 2}], top_logprobs=TOP_LOGPROBS)
+        hook.remove()
+    prefill, decode = seen
+    assert prefill[0][n_long - n_short:] == list(range(n_short)) and prefill[1] == list(range(n_long))
+    assert decode == [[n_short], [n_long]]
 
-    row = runner.torch.tensor([suite["prompts"][0]["prompt_ids"]])
-    assert _joinable(runner.model(input_ids=row, use_cache=True).past_key_values)
+
+def test_llama_caches_are_joined_and_drop_rows(runner):
+    assert (runner._joins_rows, runner._drops_rows) == (True, True)
+
+
+def test_one_prompt_equals_transformers_generate(runner, suite):
+    """An independent check of prefill, cache joining and decoding: transformers' own greedy generate."""
+    import torch
+
+    prompt = {**suite["prompts"][2], "max_tokens": 12}
+    ours = runner.generate(prompt, top_logprobs=TOP_LOGPROBS)
+    with torch.inference_mode():
+        theirs = runner.model.generate(torch.tensor([prompt["prompt_ids"]]), do_sample=False, max_new_tokens=12,
+                                       eos_token_id=sorted(runner.stop_ids), pad_token_id=0)
+    assert ours["output_ids"] == theirs[0, len(prompt["prompt_ids"]):].tolist()

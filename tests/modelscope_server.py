@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -77,8 +78,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(404, {"Code": 404, "Message": f"no such endpoint {url.path}"})
         model, action = unquote(route[0]), route[1]
         repo = self.server.root / model
-        commit = _git(repo, "rev-parse", "--verify", "--quiet", f"{query.get('Revision', 'master')}^{{commit}}") \
-            if (repo / ".git").is_dir() else None
+        if not (repo / ".git").is_dir():
+            return self._send_json(404, {"Code": 10010205001, "Success": False, "Message": f"no model {model}"})
+        commit = _git(repo, "rev-parse", "--verify", "--quiet", f"{query.get('Revision', 'master')}^{{commit}}")
         if commit is None:
             return self._send_json(404, {"Code": 10010205002, "Success": False,
                                          "Message": f"model {model} has no revision {query.get('Revision')}"})
@@ -99,7 +101,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _send_file(self, content: bytes) -> None:
-        start = int(self.headers.get("Range", "bytes=0-").removeprefix("bytes=").split("-")[0] or 0)
+        """The bytes from the start of a `bytes=N-` range (the form a resuming client sends), else all."""
+        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+        start = int(match.group(1)) if match else 0
+        if start and start >= len(content):
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(content)}")
+            self.send_header("Content-Length", "0")
+            return self.end_headers()
         self.send_response(206 if start else 200)
         if start:
             self.send_header("Content-Range", f"bytes {start}-{len(content) - 1}/{len(content)}")

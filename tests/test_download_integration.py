@@ -129,12 +129,12 @@ def test_pickle_only_repo_is_refused(hub, tmp_path):
     check_model_folder(folder, allow_pickle=True)
 
 
-def test_download_task_writes_the_manifest_and_never_the_token(hub, download_task, tmp_path, capsys):
+def test_download_task_writes_the_manifest_and_never_the_token(hub, download_task, tmp_path, capfd):
     manifest = download_task({"source": "hf", "repo_id": REPO, "revision": "main"},
                              {"HF_ENDPOINT": hub["url"], "HF_TOKEN": TOKEN})
     assert (manifest["source"], manifest["revision"], manifest["resolved_revision"]) == ("hf", "main", hub["commit"])
     assert verify_folder(tmp_path / "models" / REPO, manifest) == []
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()
     assert TOKEN not in captured.out + captured.err
     for path in list((tmp_path / "results").rglob("*")) + list((tmp_path / "models").rglob("*")) + [hub["log"]]:
         if path.is_file():

@@ -91,8 +91,10 @@ def test_provenance_records_the_image_and_numerics_env_but_no_secrets(monkeypatc
     monkeypatch.setenv("HCCL_DETERMINISTIC", "true")
     monkeypatch.setenv("VLLM_API_KEY", "secret-value")
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    monkeypatch.setenv("HF_ENDPOINT", "https://mirror-user:mirror-secret@hub-mirror.invalid/hf")
     assert provenance.image() == {"reference": "quay.io/ascend/vllm-ascend:v0.18.0",
                                   "digest": "sha256:" + "0" * 64, "pinned": False}
     env = provenance.numeric_env()
     assert env["HCCL_DETERMINISTIC"] == "true"
     assert "VLLM_API_KEY" not in env and "HF_TOKEN" not in env
+    assert env["HF_ENDPOINT"] == "https://***@hub-mirror.invalid/hf"

@@ -37,6 +37,8 @@ def test_a_revision_without_a_commit_is_flagged_and_a_local_folder_is_not():
     assert "ShanXi/KoLlama-3-8B-Instruct@master (modelscope) ⚠️ master was not resolved to a commit" \
         in revision_line(modelscope)
     assert "sha256" in revision_line(modelscope, "zh")
+    default_branch = {**modelscope, "revision": None}
+    assert "@the default branch (modelscope) ⚠️ the default branch was not resolved" in revision_line(default_branch)
     local = {**MANIFEST, "source": "local", "revision": None, "resolved_revision": None}
     assert "⚠️" not in revision_line(local)
 

@@ -119,10 +119,11 @@ def _revision_text(s: dict, manifest: dict | None) -> str:
     if manifest is None:
         return "—"
     asked, resolved = manifest["revision"], manifest["resolved_revision"]
-    if resolved is None and asked:
-        return f"{manifest['repo_id']}@{asked} ({manifest['source']}) ⚠️ {s['unresolved'].format(asked=asked)}"
-    if resolved is None:
+    if resolved is None and manifest["source"] == "local":
         return f"{manifest['repo_id']} ({manifest['source']})"
+    if resolved is None:
+        asked = asked or s["default_branch"]
+        return f"{manifest['repo_id']}@{asked} ({manifest['source']}) ⚠️ {s['unresolved'].format(asked=asked)}"
     text = f"{manifest['repo_id']}@{resolved}"
     if asked and asked != resolved:
         text += f" ⚠️ {s['moving'].format(asked=asked)}"

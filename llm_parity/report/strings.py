@@ -22,6 +22,7 @@ STRINGS = {
         "chart_bench": "各并发的输出吞吐 (token/s)",
         "revision": "模型版本", "moving": "按分支名 {asked} 下载,该分支可能移动:请固定提交号",
         "unresolved": "{asked} 未解析为提交号(该来源不提供提交号):文件由清单中的 sha256 固定",
+        "default_branch": "默认分支",
     },
     "en": {
         "title": "Parity verification report", "verdict": "Verdict", "pass": "✅ pass", "fail": "❌ fail",
@@ -44,6 +45,7 @@ STRINGS = {
         "chart_bench": "Output throughput per concurrency (tokens/s)",
         "revision": "model revision", "moving": "asked for the branch {asked}, which can move: pin the commit",
         "unresolved": "{asked} was not resolved to a commit (the source names none): the manifest's sha256 pins the files",
+        "default_branch": "the default branch",
     },
 }
 

@@ -7,7 +7,7 @@ the same process on the same machine, one after the other, at each answer length
 perplexity cost the same either way, so the longer the answers, the more batching saves.
 Random weights never pick EOS, so every answer runs to max_tokens.
 
-    python benchmarks/reference_batching.py [--max-tokens 32,256] [--prompts 14]
+    python benchmarks/reference_batching.py [--max-tokens 32,256] [--prompts 14] [--device cpu]
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default 32,256: short answers, and the KoLlama profile's max_tokens)")
     parser.add_argument("--prompts", type=int, default=None,
                         help="how many prompts, the default suite's repeated as needed (default: the suite's 14)")
+    parser.add_argument("--device", default="cpu", help="torch device for the reference (default cpu; cuda works)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's own choice); 1 is steadier on a busy machine")
     return parser.parse_args(argv)
@@ -114,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = Path(tmp)
         parameters = build_model(model_dir)
         suite = benchmark_suite(model_dir, max_tokens=1, prompts=args.prompts)
-        print(f"model: {parameters / 1e6:.0f}M parameters, float32, cpu, {torch.get_num_threads()} threads; "
+        print(f"model: {parameters / 1e6:.0f}M parameters, float32, {args.device}, {torch.get_num_threads()} threads; "
               f"{len(suite['prompts'])} prompts, {len(suite['passages'])} passages", flush=True)
-        with TransformersRunner(model_dir, dtype="float32") as runner:
+        with TransformersRunner(model_dir, dtype="float32", device=args.device) as runner:
             for max_tokens in args.max_tokens:
                 compare_at(runner, model_dir, max_tokens=max_tokens, prompts=args.prompts)
     return 0

@@ -99,7 +99,8 @@ def compare_at(runner: TransformersRunner, model_dir: Path, *, max_tokens: int, 
     batched_s, batched = timed(runner, suite, chosen)
     identical = sum(a["output_ids"] == b["output_ids"] for a, b in zip(one, batched))
     ratio = one_s / batched_s
-    print(f"max_tokens {max_tokens}: one at a time {one_s:.2f} s, batches of up to {chosen} {batched_s:.2f} s: "
+    print(f"max_tokens {max_tokens}, {len(suite['prompts'])} prompts, {len(suite['passages'])} passages: "
+          f"one at a time {one_s:.2f} s, batches of up to {chosen} {batched_s:.2f} s: "
           f"{ratio:.2f}x (goal >= {GOAL:.0f}x: {'met' if ratio >= GOAL else 'not met'}); "
           f"identical outputs {identical}/{len(one)}", flush=True)
     return ratio
@@ -114,9 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp)
         parameters = build_model(model_dir)
-        suite = benchmark_suite(model_dir, max_tokens=1, prompts=args.prompts)
-        print(f"model: {parameters / 1e6:.0f}M parameters, float32, {args.device}, {torch.get_num_threads()} threads; "
-              f"{len(suite['prompts'])} prompts, {len(suite['passages'])} passages", flush=True)
+        print(f"model: {parameters / 1e6:.0f}M parameters, float32, {args.device}, {torch.get_num_threads()} threads",
+              flush=True)
         with TransformersRunner(model_dir, dtype="float32", device=args.device) as runner:
             for max_tokens in args.max_tokens:
                 compare_at(runner, model_dir, max_tokens=max_tokens, prompts=args.prompts)

@@ -126,6 +126,7 @@ def fetch_modelscope(repo_id: str, *, revision: str | None = None, local_dir: Pa
     from modelscope import snapshot_download
 
     revision = revision or "master"
+    # The client reads these variables once per process; reading them here honours later changes.
     endpoint = endpoint or os.environ.get("MODELSCOPE_ENDPOINT")
     token = token or os.environ.get("MODELSCOPE_API_TOKEN")
     try:

@@ -154,14 +154,10 @@ class TransformersRunner:
         padding (a padded batch computes every row at the longest prompt's length), and the caches
         are joined with zeros on the left, which the mask hides. Other caches (sliding windows,
         recurrent state) come from one padded batch prefill."""
-        torch = self.torch
         sequences = [prompt["prompt_ids"] for prompt in prompts]
         self._check_ids(sequences)
-        width = max(len(ids) for ids in sequences)
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in sequences], device=self.device)
+        input_ids, mask = self._left_padded(sequences)
         if not self._joins_rows:
-            input_ids = torch.tensor([[PAD_ID] * (width - len(ids)) + list(ids) for ids in sequences],
-                                     device=self.device)
             out = self._forward(input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0))
             return out.logits[:, -1], out.past_key_values, mask
         last_logits, caches = [], []
@@ -170,7 +166,15 @@ class TransformersRunner:
             last_logits.append(out.logits[:, -1])
             caches.append(out.past_key_values)
             del out  # the full output holds every position's logits where the model cannot keep only the last
-        return torch.cat(last_logits), _left_joined(caches, width), mask
+        return self.torch.cat(last_logits), _left_joined(caches, mask.shape[1]), mask
+
+    def _left_padded(self, sequences: list[list[int]]):
+        """Input ids and attention mask with every row right-aligned, so the last column is each
+        row's last real token."""
+        width = max(len(ids) for ids in sequences)
+        ids = [[PAD_ID] * (width - len(row)) + list(row) for row in sequences]
+        mask = [[0] * (width - len(row)) + [1] * len(row) for row in sequences]
+        return self.torch.tensor(ids, device=self.device), self.torch.tensor(mask, device=self.device)
 
     def _check_ids(self, sequences: list[list[int]]) -> None:
         """An id outside the vocabulary would index out of the embedding, which on CUDA is a

@@ -10,6 +10,7 @@ revision or file is a 404, as on the Hub. Each request's path and Authorization 
 in `requests_seen` so a test can check what the client sent."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -28,6 +29,7 @@ def _git(repo: Path, *args: str) -> bytes | None:
     return done.stdout if done.returncode == 0 else None
 
 
+@functools.lru_cache(maxsize=None)  # a commit's files never change; hashing them once per listing is slow
 def _files_at(repo: Path, commit: str) -> list[dict]:
     entries = []
     for line in _git(repo, "ls-tree", "-r", "-z", commit).decode().split("\0"):

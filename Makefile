@@ -11,54 +11,78 @@ HOST_INV := $(HOST_VENV)/bin/inv
 HOST_STAMP := $(HOST_VENV)/.llm-parity-installed
 comma := ,
 
-# --- knobs; defaults are the seed report's -------------------------------------------------
+# --- knobs ---------------------------------------------------------------------------------
+# A serve knob left empty is not passed: the profile's value applies (profiles/$(PROFILE).json;
+# the seed profile serves bfloat16, --max-model-len 8192 --max-num-seqs 16 --port 8000, TP 1).
 PROFILE ?= kollama-3-8b-instruct
 RUN ?=
 DTYPE ?=
-MAX_MODEL_LEN ?= 8192
-MAX_NUM_SEQS ?= 16
-PORT ?= 8000
-TP ?= 1
+MAX_MODEL_LEN ?=
+MAX_NUM_SEQS ?=
+PORT ?=
+TP ?=
+EAGER ?=
 NPUS ?= 0
 DEVICE ?= cpu
 REPORT_LANG ?= zh
 RESULTS ?= $(CURDIR)/results
 MODELS ?= $(CURDIR)/models
 # vllm-ascend release matching the seed (vLLM 0.18.0, torch_npu 2.9.0.post1, CANN 8.5.1);
-# ASCEND_VARIANT: -a3, -310p or -openeuler; ASCEND_TAG=v0.23.0 for the newest stable release.
+# ASCEND_VARIANT: -a3 or -openeuler (-310p is refused, see below); ASCEND_TAG=v0.23.0 for the newest stable release.
 ASCEND_TAG ?= v0.18.0
 ASCEND_VARIANT ?=
 ASCEND_BASE ?= quay.io/ascend/vllm-ascend:$(ASCEND_TAG)$(ASCEND_VARIANT)
 REFERENCE_BASE ?= python:3.11.10-slim-bookworm
+# A registry mirror in front of the base images (e.g. one that serves quay.io under a prefix);
+# the digest from images.lock.json is kept, so the bytes are the same.
+IMAGE_MIRROR ?=
 ALLOW_UNPINNED ?= 0
 IMAGE_ASCEND ?= llm-parity-ascend:$(ASCEND_TAG)$(ASCEND_VARIANT)
 IMAGE_REFERENCE ?= llm-parity-reference:latest
 
+# 310P runs float16 only (no profile holds float16 thresholds), and v0.18.0's release notes say 310P
+# needs CANN 9.0.0 with torch-npu 2.9.0.post2 while its -310p image ships CANN 8.5.1.
+ifeq ($(ASCEND_VARIANT),-310p)
+$(error ASCEND_VARIANT=-310p is not supported: 310P cards run float16 only and no profile holds float16 thresholds; besides, vllm-ascend v0.18.0's release notes say 310P needs CANN 9.0.0 while its -310p image ships 8.5.1. Use an A2 (910B) or A3 host)
+endif
+
 RUN_NAME = $(or $(RUN),$(PROFILE))
-UNPINNED_FLAG = $(if $(filter 1,$(ALLOW_UNPINNED)),--allow-unpinned)
-SERVE_FLAGS = --max-model-len $(MAX_MODEL_LEN) --max-num-seqs $(MAX_NUM_SEQS) --port $(PORT) --tensor-parallel-size $(TP)
-SIDE_FLAGS = --profile $(PROFILE) --run $(RUN_NAME) --dtype $(or $(DTYPE),bfloat16)
+IMAGE_BASE_FLAGS = $(if $(filter 1,$(ALLOW_UNPINNED)),--allow-unpinned) $(if $(IMAGE_MIRROR),--mirror $(IMAGE_MIRROR))
+SERVE_FLAGS = $(strip $(if $(MAX_MODEL_LEN),--max-model-len $(MAX_MODEL_LEN)) $(if $(MAX_NUM_SEQS),--max-num-seqs $(MAX_NUM_SEQS)) \
+	$(if $(PORT),--port $(PORT)) $(if $(TP),--tensor-parallel-size $(TP)) $(if $(filter 1,$(EAGER)),--enforce-eager))
+SIDE_FLAGS = $(strip --profile $(PROFILE) --run $(RUN_NAME) $(if $(DTYPE),--dtype $(DTYPE)))
 # Results and model cache are shared volumes; the Hub settings pass through, never written down.
 VOLUMES = -v $(RESULTS):/work/results -v $(MODELS):/work/models -e HF_ENDPOINT -e HF_TOKEN -e MODELSCOPE_ENDPOINT -e MODELSCOPE_API_TOKEN
+# Only the host's cards NPUS are mounted, and the runtime numbers them from 0 inside, so
+# ASCEND_RT_VISIBLE_DEVICES stays unset (as in vllm-ascend's docs); the host ids go to provenance.
+NPU_LIST = $(subst $(comma), ,$(NPUS))
 # The NPU devices and driver mounts vllm-ascend's docs list; no --privileged.
-NPU_FLAGS = $(foreach n,$(subst $(comma), ,$(NPUS)),--device /dev/davinci$(n)) \
+NPU_FLAGS = $(foreach n,$(NPU_LIST),--device /dev/davinci$(n)) \
 	--device /dev/davinci_manager --device /dev/devmm_svm --device /dev/hisi_hdc \
 	-v /usr/local/dcmi:/usr/local/dcmi -v /usr/local/bin/npu-smi:/usr/local/bin/npu-smi \
 	-v /usr/local/Ascend/driver/lib64/:/usr/local/Ascend/driver/lib64/ \
 	-v /usr/local/Ascend/driver/version.info:/usr/local/Ascend/driver/version.info \
 	-v /etc/ascend_install.info:/etc/ascend_install.info \
-	--shm-size=1g -e ASCEND_RT_VISIBLE_DEVICES=$(NPUS)
+	--shm-size=1g -e LLM_PARITY_HOST_NPUS=$(NPUS)
+# The Ascend container runs as root (the device nodes need it); what it writes is handed to the caller.
+OWNER_FLAGS = -e LLM_PARITY_OWNER=$$(id -u):$$(id -g)
 GPU_FLAGS = $(if $(filter cuda%,$(DEVICE)),--gpus all)
 IMAGE_ID = $$(docker image inspect --format '{{.Id}}' $(1))
+# Every environment here (the pins, jsonschema, invoke) needs Python 3.10+; older distributions
+# on Ascend hosts ship older ones, so say so before creating anything.
+REQUIRE_PYTHON = @$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null || { \
+	echo "error: llm-parity needs Python 3.10 or newer, and $(PYTHON) is older or missing: install one and run make PYTHON=python3.10 (or newer)" >&2; exit 2; }
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo test clean verify reference compare audit image-ascend image-reference pin
 
 help: ## list the targets and knobs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
-	@echo "  knobs: PROFILE RUN DTYPE MAX_MODEL_LEN MAX_NUM_SEQS PORT TP NPUS DEVICE REPORT_LANG RESULTS MODELS ASCEND_TAG ASCEND_VARIANT ALLOW_UNPINNED"
+	@echo "  knobs: PROFILE RUN DTYPE MAX_MODEL_LEN MAX_NUM_SEQS PORT TP EAGER NPUS DEVICE REPORT_LANG RESULTS MODELS"
+	@echo "         ASCEND_TAG ASCEND_VARIANT IMAGE_MIRROR ALLOW_UNPINNED (empty serve knobs: the profile's values)"
 
 $(STAMP): requirements/*.txt pyproject.toml scripts/install.sh
+	$(REQUIRE_PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	scripts/install.sh dev $(VENV)/bin/python
@@ -68,11 +92,13 @@ $(STAMP): requirements/*.txt pyproject.toml scripts/install.sh
 OLAH_VENV ?= .venv-olah
 OLAH_STAMP := $(OLAH_VENV)/.installed
 $(OLAH_STAMP): requirements/olah.txt
+	$(REQUIRE_PYTHON)
 	$(PYTHON) -m venv $(OLAH_VENV)
 	$(OLAH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/olah.txt
 	touch $@
 
 $(HOST_STAMP): requirements/base.txt pyproject.toml scripts/install.sh
+	$(REQUIRE_PYTHON)
 	$(PYTHON) -m venv $(HOST_VENV)
 	scripts/install.sh host $(HOST_VENV)/bin/python
 	touch $@
@@ -86,17 +112,17 @@ test: $(STAMP) $(OLAH_STAMP) ## run the tests (starts one real vLLM server and a
 	LLM_PARITY_OLAH=$(abspath $(OLAH_VENV))/bin/olah-cli $(INV) test
 
 image-ascend: $(HOST_STAMP) ## build the Ascend target image from the pinned vllm-ascend base
-	read -r base pinned < <($(HOST_INV) image-base --tag $(ASCEND_BASE) $(UNPINNED_FLAG)) && \
+	read -r base pinned < <($(HOST_INV) image-base --tag $(ASCEND_BASE) $(IMAGE_BASE_FLAGS)) && \
 	docker build -f Dockerfile.ascend --build-arg BASE_IMAGE=$$base --build-arg BASE_PINNED=$$pinned -t $(IMAGE_ASCEND) .
 
 image-reference: $(HOST_STAMP) ## build the CPU/CUDA reference image from the pinned Python base
-	read -r base pinned < <($(HOST_INV) image-base --tag $(REFERENCE_BASE) $(UNPINNED_FLAG)) && \
+	read -r base pinned < <($(HOST_INV) image-base --tag $(REFERENCE_BASE) $(IMAGE_BASE_FLAGS)) && \
 	docker build -f Dockerfile.cpu-ref --build-arg BASE_IMAGE=$$base --build-arg BASE_PINNED=$$pinned -t $(IMAGE_REFERENCE) .
 
 verify: image-ascend ## Ascend host: download, dummy check, serve, query -> results/<run>/target/
 	mkdir -p $(RESULTS) $(MODELS)
-	docker run --rm $(NPU_FLAGS) $(VOLUMES) -e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_ASCEND)) \
-		$(IMAGE_ASCEND) verify $(SIDE_FLAGS) $(SERVE_FLAGS)
+	docker run --rm $(NPU_FLAGS) $(OWNER_FLAGS) $(VOLUMES) -e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_ASCEND)) \
+		$(IMAGE_ASCEND) verify $(strip $(SIDE_FLAGS) $(SERVE_FLAGS))
 
 reference: image-reference ## CPU/GPU host (DEVICE=cuda for GPUs): the reference side -> results/<run>/reference/
 	mkdir -p $(RESULTS) $(MODELS)

@@ -101,7 +101,10 @@ def target(c, profile=DEFAULT_PROFILE, run="run", dtype=None, model=None, server
 @task(help={**SIDE_HELP, **SERVE_HELP})
 def verify(c, profile=DEFAULT_PROFILE, run="run", dtype=None, model=None, results=None, max_model_len=None,
            max_num_seqs=None, port=None, tensor_parallel_size=None, enforce_eager=False):
-    """What `make verify` runs in the Ascend image: download, dummy check, serve, query (the target side)."""
+    """What `make verify` runs in the Ascend image: preflight, download, dummy check, serve, query (the target side).
+
+    The preflight (where vllm-ascend is installed) checks that torch_npu sees an NPU and that bishengir-compile is on
+    PATH, and exits 3 before downloading anything when either fails."""
     serve = _serve(max_model_len, max_num_seqs, port, tensor_parallel_size, enforce_eager)
     _finish(lambda: cli.verify(profile=profile, run=run, dtype=dtype, model=model, results=results, **serve))
 
@@ -155,10 +158,11 @@ def plan(c, model, dtype="bfloat16", max_model_len=8192, max_num_seqs=16, card_g
 
 
 @task(name="image-base", help={"tag": "base image tag as written in images.lock.json",
-                                "allow_unpinned": "accept a tag with no digest (the image then records it was unpinned)"})
-def image_base(c, tag, allow_unpinned=False):
+                                "allow_unpinned": "accept a tag with no digest (the image then records it was unpinned)",
+                                "mirror": "pull through this registry prefix (e.g. a mirror that serves quay.io under a path); the digest is kept"})
+def image_base(c, tag, allow_unpinned=False, mirror=None):
     """Print `REFERENCE PINNED` for a base image: tag@digest and 1 from the lock, or the bare tag and 0 with --allow-unpinned."""
-    _finish(lambda: cli.image_base(tag, allow_unpinned=allow_unpinned))
+    _finish(lambda: cli.image_base(tag, allow_unpinned=allow_unpinned, mirror=mirror))
 
 
 @task(help={"tag": "base image tag to resolve; repeatable", "all_missing": "resolve every tag whose digest is missing"},

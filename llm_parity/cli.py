@@ -11,7 +11,7 @@ import shutil
 import signal
 from pathlib import Path
 
-from llm_parity import pipeline
+from llm_parity import ascend, pipeline
 from llm_parity.audit import audit_run
 from llm_parity.audit import summary as audit_summary
 from llm_parity.compare import IncompatibleRuns
@@ -106,9 +106,26 @@ def dummy(*, profile: str, run: str, dtype: str | None = None, model: str | None
     return guarded(action)
 
 
+def preflight(*, on_ascend: bool | None = None, checks=ascend.preflight) -> int:
+    """On an Ascend host (vllm-ascend installed): the NPU is visible and the kernel compiler is on
+    PATH, one line each; exit 3 before anything is downloaded or loaded when one fails."""
+    if not (ascend.is_ascend() if on_ascend is None else on_ascend):
+        print("preflight: vllm-ascend is not installed here: no NPU checks (CPU or GPU target)")
+        return 0
+    results = checks()
+    for check in results:
+        print(f"preflight: {'PASS' if check.passed else 'FAIL'} {check.name}: {check.detail}")
+    failed = [check.name for check in results if not check.passed]
+    if failed:
+        raise StageFailed(f"preflight: {', '.join(failed)} failed; nothing was downloaded or started", EXIT_SERVER)
+    return 0
+
+
 def verify(*, profile: str, run: str, dtype: str | None = None, model: str | None = None,
            results: str | None = None, **serve) -> int:
-    """The target side as `make verify` runs it on an Ascend host: download, dummy, serve, query."""
+    """The target side as `make verify` runs it on an Ascend host: preflight, download, dummy,
+    serve, query."""
+    preflight()
     code = dummy(profile=profile, run=run, dtype=dtype, model=model, results=results, **serve)
     return code or target(profile=profile, run=run, dtype=dtype, model=model, results=results, **serve)
 
@@ -157,10 +174,10 @@ def _clear(run_dir: RunDir) -> None:
 
 
 
-def image_base(tag: str, *, allow_unpinned: bool) -> int:
+def image_base(tag: str, *, allow_unpinned: bool, mirror: str | None = None) -> int:
     """Print the base image reference (tag@digest, or the bare tag when allowed) and 1/0 for pinned."""
     def action():
-        reference, pinned = base_reference(tag, allow_unpinned=allow_unpinned)
+        reference, pinned = base_reference(tag, allow_unpinned=allow_unpinned, mirror=mirror)
         print(reference, int(pinned))
         return 0
     return guarded(action)

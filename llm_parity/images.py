@@ -20,17 +20,20 @@ def load_lock(path: Path = LOCK_PATH) -> dict:
     return read_json(path, "images-lock")
 
 
-def base_reference(tag: str, *, allow_unpinned: bool = False, path: Path = LOCK_PATH) -> tuple[str, bool]:
+def base_reference(tag: str, *, allow_unpinned: bool = False, mirror: str | None = None,
+                   path: Path = LOCK_PATH) -> tuple[str, bool]:
     """`tag@digest` and True when the lock pins `tag`; the bare tag and False when it does not
-    and `allow_unpinned` is set."""
+    and `allow_unpinned` is set. With `mirror` (a registry prefix such as `mirror.example/`) the
+    image is pulled through it under the same digest, so the bytes are the ones the lock names."""
     entry = load_lock(path)["images"].get(tag)
+    pulled = f"{mirror.rstrip('/')}/{tag}" if mirror else tag
     if entry and entry["digest"]:
-        return f"{tag}@{entry['digest']}", True
+        return f"{pulled}@{entry['digest']}", True
     if not allow_unpinned:
         why = "is not in" if entry is None else "has no digest in"
         raise UnpinnedImage(f"{path}: field images.{tag}: the base image {why} the lock; run `make pin` on a host "
                             "that reaches the registry, or build unpinned with ALLOW_UNPINNED=1 (the report will say so)")
-    return tag, False
+    return pulled, False
 
 
 def record_digest(tag: str, digest: str, *, path: Path = LOCK_PATH) -> None:

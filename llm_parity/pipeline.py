@@ -15,7 +15,7 @@ from llm_parity.audit import write_sums
 from llm_parity.download import FETCHERS, DownloadError, build_manifest, check_model_folder
 from llm_parity.profiles import Profile
 from llm_parity.progress import note
-from llm_parity.provenance import collect
+from llm_parity.provenance import collect, numeric_env, serving_device
 from llm_parity.records import (SIDES, decoding_of, failed_generation, failed_perplexity, generations_doc, perplexity_doc,
                                 unrunnable_prompt)
 from llm_parity.report import build_report
@@ -169,19 +169,22 @@ def target_side(run: RunDir, profile: Profile, model_dir: Path, suite: dict, man
         with serving(run, profile, model_dir, server_url=server_url, running=running, cache_dir=cache_dir,
                      api_key=api_key, log=log) as (url, server, spec):
             prompts, passages = _runnable(suite, spec.max_model_len, done_gen, done_ppl)
-            client = VllmHttpClient(url, spec.served_name, timeout_s=profile.decoding.get("request_timeout_s", 120),
-                                    api_key=api_key or spec.api_key, server_gone=server.exited if server else lambda: None)
-            info = client.server_info()
-            query_generations(client, prompts, top_logprobs=profile.decoding["top_logprobs"],
-                              concurrency=spec.max_num_seqs, done=done_gen, log=log)
-            query_perplexity(client, passages, concurrency=spec.max_num_seqs, done=done_ppl, log=log)
+            with VllmHttpClient(url, spec.served_name, timeout_s=profile.decoding.get("request_timeout_s", 120),
+                                api_key=api_key or spec.api_key,
+                                server_gone=server.exited if server else lambda: None) as client:
+                info = client.server_info()
+                inside = numeric_env(server.group_environment()) if server else None
+                query_generations(client, prompts, top_logprobs=profile.decoding["top_logprobs"],
+                                  concurrency=spec.max_num_seqs, done=done_gen, log=log)
+                query_perplexity(client, passages, concurrency=spec.max_num_seqs, done=done_ppl, log=log)
     finally:
         errors = _write_side(run, "target", suite, manifest, decoding_of(profile.decoding, profile.dtype), done_gen, done_ppl)
     server_doc = {"url": url, "argv": server.argv if server else None, "graph_mode": spec.graph_mode if server else "unknown",
-                  "tensor_parallel_size": spec.tensor_parallel_size, **info}
+                  "tensor_parallel_size": spec.tensor_parallel_size, "env": inside, **info}
     write_json(run.provenance("target"), collect(
         side="target", backend="vllm-http", model_path=str(model_dir), manifest_sha256=manifest["sha256"],
-        suite_sha256=suite["sha256"], decoding=decoding_of(profile.decoding, profile.dtype), device="server",
+        suite_sha256=suite["sha256"], decoding=decoding_of(profile.decoding, profile.dtype),
+        device=serving_device() if server else "server",
         duration_s=time.monotonic() - started, server=server_doc), "provenance")
     return errors
 

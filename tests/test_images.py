@@ -16,9 +16,20 @@ DOCKERFILES = ("Dockerfile.ascend", "Dockerfile.cpu-ref")
 
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_hadolint_passes(name):
-    hadolint = shutil.which("hadolint", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
-    assert hadolint, "hadolint is installed by requirements/test.txt"
-    result = subprocess.run([hadolint, str(PROJECT_ROOT / name)], capture_output=True, text=True)
+    result = subprocess.run([tool("hadolint"), str(PROJECT_ROOT / name)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    assert found, f"{name} is installed by requirements/test.txt"
+    return found
+
+
+def test_shellcheck_passes_on_the_scripts():
+    scripts = sorted(str(path) for path in (PROJECT_ROOT / "scripts").glob("*.sh"))
+    assert any(path.endswith("entrypoint.sh") for path in scripts)
+    result = subprocess.run([tool("shellcheck"), *scripts], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

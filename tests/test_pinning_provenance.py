@@ -27,7 +27,7 @@ def test_lock_digests_are_well_formed_and_every_default_base_is_in_the_lock():
         assert entry["source"]
     ascend = f"quay.io/ascend/vllm-ascend:{make_default('ASCEND_TAG')}"
     assert ascend in images and make_default("REFERENCE_BASE") in images
-    for variant in ("-a3", "-310p", "-openeuler"):
+    for variant in ("-a3", "-openeuler"):
         assert f"{ascend}{variant}" in images
     assert "quay.io/ascend/vllm-ascend:v0.23.0" in images
 
@@ -71,12 +71,12 @@ def test_make_verify_runs_the_ascend_image_with_every_npu_mount_and_the_shared_v
     for flag in ("--device /dev/davinci0", "--device /dev/davinci_manager", "--device /dev/devmm_svm",
                  "--device /dev/hisi_hdc", "-v /usr/local/dcmi:", "-v /usr/local/bin/npu-smi:",
                  "-v /usr/local/Ascend/driver/lib64/:", "-v /usr/local/Ascend/driver/version.info:",
-                 "-v /etc/ascend_install.info:", "--shm-size=1g", "ASCEND_RT_VISIBLE_DEVICES=0",
-                 f"{PROJECT_ROOT}/results:/work/results", "--dtype bfloat16", "--max-model-len 8192",
-                 "--max-num-seqs 16", "--port 8000", "--tensor-parallel-size 1"):
+                 "-v /etc/ascend_install.info:", "--shm-size=1g", f"{PROJECT_ROOT}/results:/work/results",
+                 "verify --profile kollama-3-8b-instruct --run kollama-3-8b-instruct"):
         assert flag in commands, flag
     assert "--privileged" not in commands
-    assert "--device /dev/davinci1" in make_dry_run("verify", "NPUS=0,1", "TP=2")
+    two_cards = make_dry_run("verify", "NPUS=0,1", "TP=2")
+    assert "--device /dev/davinci0 --device /dev/davinci1" in two_cards and "--tensor-parallel-size 2" in two_cards
 
 
 def test_make_reference_with_cuda_requests_gpus():

@@ -1,6 +1,8 @@
 """llm-parity tasks. `inv --list` shows them, `inv --help TASK` explains one.
 
 Exit codes: 0 pass / done, 1 verdict fail, 2 unusable input, 3 server failure."""
+import functools
+import inspect
 import sys
 
 from invoke import Exit, task
@@ -11,16 +13,26 @@ from llm_parity.profiles import DEFAULT_PROFILE
 DTYPE_HELP = "serving and reference dtype: float32, bfloat16 or float16 (default: the profile's)"
 RUN_HELP = "name of the results folder under results/ (or LLM_PARITY_RESULTS)"
 PROFILE_HELP = f"profile name in profiles/ or a path to a profile JSON (default {DEFAULT_PROFILE})"
-MODEL_HELP = "local folder of the model (default: the profile's; downloaded into models/ for a Hub source)"
 RESULTS_HELP = "results root folder (default results/)"
-SERVE_HELP = {
-    "max_model_len": "vllm serve --max-model-len (default: the profile's; seed 8192)",
-    "max_num_seqs": "vllm serve --max-num-seqs, also the query concurrency (seed 16)",
-    "port": "vllm serve --port (seed 8000; 0 picks a free port)",
-    "tensor_parallel_size": "vllm serve --tensor-parallel-size (seed 1)",
-    "enforce_eager": "turn graph capture off (ACL graph on Ascend); the report says which mode ran",
+# The options every side task takes, and those of the tasks that serve: declared once, here.
+SIDE_OPTIONS = {
+    "profile": (DEFAULT_PROFILE, PROFILE_HELP),
+    "run": ("run", RUN_HELP),
+    "dtype": (None, DTYPE_HELP),
+    "model": (None, "local folder of the model (default: the profile's; downloaded into models/ for a Hub source)"),
+    "results": (None, RESULTS_HELP),
+    "suite": (None, "prompt suite: a suite JSON (suites/*.json) or JSONL, one {\"id\": ..., \"messages\": [...]} chat "
+                    "request per line (default suites/default-ko.json); used when the run's suite.json is first written"),
+    "limit": (None, "a quick subset: only the first N prompts of the suite"),
 }
-SIDE_HELP = {"profile": PROFILE_HELP, "run": RUN_HELP, "dtype": DTYPE_HELP, "model": MODEL_HELP, "results": RESULTS_HELP}
+SERVE_OPTIONS = {
+    "max_model_len": (None, "vllm serve --max-model-len (default: the profile's; seed 8192)"),
+    "max_num_seqs": (None, "vllm serve --max-num-seqs, also the query concurrency (seed 16)"),
+    "port": (None, "vllm serve --port (seed 8000; 0 picks a free port)"),
+    "tensor_parallel_size": (None, "vllm serve --tensor-parallel-size (seed 1)"),
+    "enforce_eager": (False, "turn graph capture off (ACL graph on Ascend); the report says which mode ran"),
+}
+SERVER_URL_HELP = "use a vLLM server already running at this URL instead of starting one"
 
 
 def _finish(call) -> None:
@@ -40,14 +52,39 @@ def _serve(max_model_len, max_num_seqs, port, tensor_parallel_size, enforce_eage
             "enforce_eager": enforce_eager or None}
 
 
+def side_task(*, serve: bool = False, **task_options):
+    """An invoke task that takes the side options (and, with `serve`, the serve options) on top of
+    its own. The body is called as `body(c, side, **own_options)`, where `side` holds the side
+    options as keyword arguments for cli, the serve overrides under "serve"."""
+    declared = {**SIDE_OPTIONS, **(SERVE_OPTIONS if serve else {})}
+
+    def decorate(body):
+        own = list(inspect.signature(body).parameters.values())
+        added = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
+                 for name, (default, _) in declared.items()]
+
+        @functools.wraps(body)
+        def wrapper(c, **options):
+            side = {name: options.pop(name) for name in SIDE_OPTIONS}
+            if serve:
+                side["serve"] = _serve(**{name: options.pop(name) for name in SERVE_OPTIONS})
+            return body(c, side, **options)
+
+        wrapper.__signature__ = inspect.Signature([own[0], *added, *own[2:]])
+        helps = {name: text for name, (_, text) in declared.items()} | task_options.pop("help", {})
+        return task(help=helps, **task_options)(wrapper)
+    return decorate
+
+
 @task(help={"dtype": DTYPE_HELP, "run": RUN_HELP, "lang": "report language: zh (default) or en",
-            "server_url": "query a vLLM server already running at this URL instead of starting one",
-            "results": RESULTS_HELP})
-def demo(c, dtype=None, run="demo", lang="zh", server_url=None, results=None):
+            "server_url": SERVER_URL_HELP, "results": RESULTS_HELP, "suite": SIDE_OPTIONS["suite"][1],
+            "limit": SIDE_OPTIONS["limit"][1]})
+def demo(c, dtype=None, run="demo", lang="zh", server_url=None, results=None, suite=None, limit=None):
     """Run the whole path on the embedded tiny model: build it, serve with vLLM, query, transformers reference, compare, report.
 
     Writes results/<run>/ and prints the verdict and the report's path. Exit 0 pass, 1 fail."""
-    _finish(lambda: cli.demo(dtype=dtype, run=run, lang=lang, server_url=server_url, results=results))
+    _finish(lambda: cli.demo(dtype=dtype, run=run, lang=lang, server_url=server_url, results=results, suite=suite,
+                             limit=limit))
 
 
 @task(name="tiny-model")
@@ -56,16 +93,15 @@ def tiny_model(c):
     _finish(cli.tiny_model)
 
 
-@task(help={"profile": PROFILE_HELP, "run": RUN_HELP, "model": "use this local folder instead of downloading",
-            "results": RESULTS_HELP})
-def download(c, profile=DEFAULT_PROFILE, run="run", model=None, results=None):
+@side_task()
+def download(c, side):
     """Fetch the profile's model at its pinned revision into models/ and write results/<run>/model/manifest.json.
 
     Source hf honours HF_ENDPOINT and HF_TOKEN and resolves a branch name to its commit once; source modelscope
     honours MODELSCOPE_ENDPOINT and MODELSCOPE_API_TOKEN (ModelScope names no commit: the report flags the revision).
     The manifest records the revisions and every file's size and sha256.
     Pickle weights (.bin/.pt) are refused unless the profile allows them."""
-    _finish(lambda: cli.download(profile=profile, run=run, model=model, results=results))
+    _finish(lambda: cli.download(**side))
 
 
 @task(name="check-model", help={"model": "model folder to re-hash", "manifest": "manifest.json to check it against"})
@@ -74,63 +110,52 @@ def check_model(c, model, manifest):
     _finish(lambda: cli.check_model(model=model, manifest=manifest))
 
 
-@task(help={**SIDE_HELP, **SERVE_HELP})
-def dummy(c, profile=DEFAULT_PROFILE, run="run", dtype=None, model=None, results=None, max_model_len=None,
-          max_num_seqs=None, port=None, tensor_parallel_size=None, enforce_eager=False):
+@side_task(serve=True)
+def dummy(c, side):
     """Dummy-weights check: config and tokenizer only, `vllm serve --load-format dummy`, one request; writes target/dummy.json.
 
     Shows the architecture parses, graphs compile, the KV cache is allocated and the server answers. Exit 1 if not."""
-    serve = _serve(max_model_len, max_num_seqs, port, tensor_parallel_size, enforce_eager)
-    _finish(lambda: cli.dummy(profile=profile, run=run, dtype=dtype, model=model, results=results, **serve))
+    _finish(lambda: cli.dummy(**side))
 
 
-@task(help={**SIDE_HELP, **SERVE_HELP, "server_url": "use a vLLM server already running at this URL instead of starting one",
-            "resume": "keep the prompts that finished in an earlier run of this side and query only the rest"})
-def target(c, profile=DEFAULT_PROFILE, run="run", dtype=None, model=None, server_url=None, results=None,
-           max_model_len=None, max_num_seqs=None, port=None, tensor_parallel_size=None, enforce_eager=False, resume=False):
+@side_task(serve=True, help={"server_url": SERVER_URL_HELP,
+                             "resume": "keep the prompts that finished in an earlier run of this side and query only the rest"})
+def target(c, side, server_url=None, resume=False):
     """Target side: start `vllm serve` with the profile's flags, query the suite, write results/<run>/target/.
 
     The server binds 127.0.0.1 unless the profile says otherwise; with LLM_PARITY_API_KEY set it requires that key
     and the client sends it. Exit 1 when some prompts failed (they are recorded; --resume reruns only those),
     3 when the server did not start, 130 when interrupted (what finished is written)."""
-    serve = _serve(max_model_len, max_num_seqs, port, tensor_parallel_size, enforce_eager)
-    _finish(lambda: cli.target(profile=profile, run=run, dtype=dtype, model=model, server_url=server_url,
-                               results=results, resume=resume, **serve))
+    _finish(lambda: cli.target(**side, server_url=server_url, resume=resume))
 
 
-@task(help={**SIDE_HELP, **SERVE_HELP})
-def verify(c, profile=DEFAULT_PROFILE, run="run", dtype=None, model=None, results=None, max_model_len=None,
-           max_num_seqs=None, port=None, tensor_parallel_size=None, enforce_eager=False):
+@side_task(serve=True)
+def verify(c, side):
     """What `make verify` runs in the Ascend image: preflight, download, dummy check, serve, query (the target side).
 
     The preflight (where vllm-ascend is installed) checks that torch_npu sees an NPU and that bishengir-compile is on
     PATH, and exits 3 before downloading anything when either fails."""
-    serve = _serve(max_model_len, max_num_seqs, port, tensor_parallel_size, enforce_eager)
-    _finish(lambda: cli.verify(profile=profile, run=run, dtype=dtype, model=model, results=results, **serve))
+    _finish(lambda: cli.verify(**side))
 
 
-@task(help={**SIDE_HELP, **SERVE_HELP, "server_url": "benchmark a vLLM server already running at this URL",
-            "concurrencies": "comma-separated sweep (default 1,2,4,8,16)", "output_len": "output tokens per request (default 64, EOS ignored)",
-            "input_len": "synthetic prompts of this many tokens instead of the suite's prompts",
-            "requests_per_level": "requests at each concurrency (default 2 x concurrency, at least 4)"})
-def bench(c, profile=DEFAULT_PROFILE, run="run", dtype=None, model=None, server_url=None, concurrencies="1,2,4,8,16",
-          output_len=64, input_len=None, requests_per_level=None, results=None, max_model_len=None, max_num_seqs=None,
-          port=None, tensor_parallel_size=None, enforce_eager=False):
+@side_task(serve=True, help={
+    "server_url": "benchmark a vLLM server already running at this URL",
+    "concurrencies": "comma-separated sweep (default 1,2,4,8,16)", "output_len": "output tokens per request (default 64, EOS ignored)",
+    "input_len": "synthetic prompts of this many tokens instead of the suite's prompts",
+    "requests_per_level": "requests at each concurrency (default 2 x concurrency, at least 4)"})
+def bench(c, side, server_url=None, concurrencies="1,2,4,8,16", output_len=64, input_len=None, requests_per_level=None):
     """Serving benchmark like `vllm bench serve`: TTFT, TPOT, ITL, end-to-end latency (mean, median, p90, p99) and throughput per concurrency.
 
     Streams greedy completions with fixed lengths; writes results/<run>/target/bench.json and prints a table; the report shows it."""
-    serve = _serve(max_model_len, max_num_seqs, port, tensor_parallel_size, enforce_eager)
-    _finish(lambda: cli.bench(profile=profile, run=run, dtype=dtype, model=model, server_url=server_url,
-                              concurrencies=concurrencies, output_len=int(output_len),
+    _finish(lambda: cli.bench(**side, server_url=server_url, concurrencies=concurrencies, output_len=int(output_len),
                               input_len=int(input_len) if input_len else None,
-                              requests_per_level=int(requests_per_level) if requests_per_level else None,
-                              results=results, **serve))
+                              requests_per_level=int(requests_per_level) if requests_per_level else None))
 
 
-@task(help={**SIDE_HELP, "device": "torch device for transformers: cpu (default) or cuda"})
-def reference(c, profile=DEFAULT_PROFILE, run="run", dtype=None, model=None, device="cpu", results=None):
+@side_task(help={"device": "torch device for transformers: cpu (default) or cuda"})
+def reference(c, side, device="cpu"):
     """Reference side: the same suite ids through transformers, write results/<run>/reference/."""
-    _finish(lambda: cli.reference(profile=profile, run=run, dtype=dtype, model=model, device=device, results=results))
+    _finish(lambda: cli.reference(**side, device=device))
 
 
 @task(help={"profile": PROFILE_HELP, "run": RUN_HELP, "lang": "report language: zh (default) or en",
@@ -140,9 +165,9 @@ def compare(c, profile=DEFAULT_PROFILE, run="run", lang="zh", results=None):
     _finish(lambda: cli.compare(profile=profile, run=run, lang=lang, results=results))
 
 
-@task(help={"run": RUN_HELP, "results": RESULTS_HELP})
+@task(help={"run": "a run name under results/, or the path of any results folder", "results": RESULTS_HELP})
 def audit(c, run="run", results=None):
-    """Re-check results/<run>/ from its files alone: schemas, SHA256SUMS, same suite/model/decoding on both sides, and the verdict recomputed from the raw records. Exit 0 only if all hold."""
+    """Re-check a results folder from its files alone: schemas, SHA256SUMS, same suite/model/decoding on both sides, and the verdict recomputed from the raw records. Exit 0 only if all hold."""
     _finish(lambda: cli.audit(run=run, results=results))
 
 

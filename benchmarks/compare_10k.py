@@ -14,7 +14,7 @@ import time
 
 from llm_parity.compare import compare_runs
 from llm_parity.profiles import DEMO_PROFILE, load_profile
-from llm_parity.records import decoding_of, generations_doc, perplexity_doc, perplexity_of, sort_top_k
+from llm_parity.records import Generation, PassageScore, decoding_of, generations_doc, perplexity_doc, sort_top_k
 from llm_parity.results import schema_tag, sha256_of, validate
 
 GOAL_S = 5.0
@@ -44,18 +44,13 @@ def top_k_at(rng: random.Random, chosen: int) -> list[list]:
     return sort_top_k([(chosen, best), *((token, best - rng.uniform(0.5, 4.0)) for token in others)], TOP_K)
 
 
-def generation(prompt: dict, top: list[list[list]], *, chat: bool) -> dict:
+def generation(prompt: dict, top: list[list[list]], *, chat: bool) -> Generation:
     """A generation record whose output is the best token of each position of `top`."""
     output_ids = [position[0][0] for position in top]
-    record = {
-        "id": prompt["id"], "prompt_ids": list(prompt["prompt_ids"]), "output_ids": output_ids,
-        "text": " ".join(f"w{token}" for token in output_ids), "logprobs": [position[0][1] for position in top],
-        "top_logprobs": top, "finish_reason": "length",
-        "usage": {"prompt_tokens": len(prompt["prompt_ids"]), "completion_tokens": len(output_ids)}, "error": None,
-    }
-    if chat:
-        record["chat_prompt_ids"] = list(prompt["prompt_ids"])
-    return record
+    return Generation(id=prompt["id"], prompt_ids=list(prompt["prompt_ids"]), output_ids=output_ids,
+                      text=" ".join(f"w{token}" for token in output_ids), logprobs=[position[0][1] for position in top],
+                      top_logprobs=top, finish_reason="length", prompt_tokens=len(prompt["prompt_ids"]),
+                      completion_tokens=len(output_ids), chat_prompt_ids=list(prompt["prompt_ids"]) if chat else None)
 
 
 def noisy(rng: random.Random, top: list[list]) -> list[list]:
@@ -100,8 +95,7 @@ def build_run(args: argparse.Namespace) -> dict:
     for passage in passages:
         logprobs = [-rng.uniform(0.5, 5.0) for _ in passage["ids"][1:]]
         for side, values in (("target", logprobs), ("reference", [v + rng.uniform(-NOISE, NOISE) for v in logprobs])):
-            ppl[side].append({"id": passage["id"], "logprobs": values, "perplexity": perplexity_of(values),
-                              "error": None})
+            ppl[side].append(PassageScore(id=passage["id"], logprobs=values))
     return {
         "suite": suite,
         "target": generations_doc("target", suite, MODEL_SHA, decoding, targets),

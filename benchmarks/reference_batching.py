@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from llm_parity.records import Generation
 from llm_parity.reference import TransformersRunner, run_reference
 from llm_parity.suite import TOKENIZER_FILES, load_suite_source, render_suite
 from llm_parity.tiny_model import build_tiny_model
@@ -84,7 +85,7 @@ def benchmark_suite(model_dir: Path, *, max_tokens: int, prompts: int | None) ->
     return {**suite, "prompts": [{**prompt, "id": f"{prompt['id']}-{i}"} for i, prompt in enumerate(cycled)]}
 
 
-def timed(runner: TransformersRunner, suite: dict, batch_size: int) -> tuple[float, list[dict]]:
+def timed(runner: TransformersRunner, suite: dict, batch_size: int) -> tuple[float, list[Generation]]:
     started = time.perf_counter()
     generations, _perplexity = run_reference(runner, suite, top_logprobs=TOP_LOGPROBS, log=lambda line: None,
                                              batch_size=batch_size)
@@ -97,7 +98,7 @@ def compare_at(runner: TransformersRunner, model_dir: Path, *, max_tokens: int, 
     chosen = runner.prompt_batch_size(suite["prompts"])
     one_s, one = timed(runner, suite, 1)
     batched_s, batched = timed(runner, suite, chosen)
-    identical = sum(a["output_ids"] == b["output_ids"] for a, b in zip(one, batched))
+    identical = sum(a.output_ids == b.output_ids for a, b in zip(one, batched))
     ratio = one_s / batched_s
     print(f"max_tokens {max_tokens}, {len(suite['prompts'])} prompts, {len(suite['passages'])} passages: "
           f"one at a time {one_s:.2f} s, batches of up to {chosen} {batched_s:.2f} s: "
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         parameters = build_model(model_dir)
         print(f"model: {parameters / 1e6:.0f}M parameters, float32, {args.device}, {torch.get_num_threads()} threads",
               flush=True)
-        with TransformersRunner(model_dir, dtype="float32", device=args.device) as runner:
+        stop_ids = render_suite(load_suite_source(), model_dir, default_max_tokens=1)["stop_ids"]
+        with TransformersRunner(model_dir, dtype="float32", device=args.device, stop_ids=stop_ids) as runner:
             for max_tokens in args.max_tokens:
                 compare_at(runner, model_dir, max_tokens=max_tokens, prompts=args.prompts)
     return 0

@@ -1,31 +1,27 @@
-"""What the invoke tasks call: each entry point runs stages and turns the outcome into an exit
-code scripts can rely on.
+"""What the invoke tasks call: each entry point runs one flow of llm_parity.pipeline and turns
+its outcome into an exit code scripts can rely on.
 
 Exit codes: 0 pass (or stage done), 1 verdict fail or failed prompts, 2 unusable input (bad file,
 wrong field, mismatched sides, missing model, unwritable results), 3 the server could not be
-started, 130 interrupted."""
+started (or the Ascend preflight failed), 130 interrupted."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from pathlib import Path
 
-from llm_parity import ascend, pipeline
-from llm_parity.audit import audit_run
+from llm_parity import pipeline
 from llm_parity.audit import summary as audit_summary
 from llm_parity.compare import IncompatibleRuns
 from llm_parity.download import DownloadError, verify_folder
-from llm_parity.dummy import run_dummy
 from llm_parity.images import base_reference
-from llm_parity.profiles import DEMO_PROFILE, load_profile
 from llm_parity.plan import GIB, load_config, plan_memory, render_plan
+from llm_parity.profiles import DEMO_PROFILE, load_profile
 from llm_parity.progress import note
-from llm_parity.results import ResultFileError, RunDir, ensure_writable, read_json, write_json
+from llm_parity.results import ResultFileError, RunDir, read_json, write_json
 from llm_parity.serve import ServerError
 
-EXIT_SERVER = 3
-EXIT_INTERRUPTED = 130
+EXIT_PASS, EXIT_FAIL, EXIT_UNUSABLE, EXIT_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 API_KEY_ENV = "LLM_PARITY_API_KEY"
 RESULTS_ROOT = Path(os.environ.get("LLM_PARITY_RESULTS", "results"))
 CACHE_DIR = Path(os.environ.get("LLM_PARITY_CACHE", ".cache"))
@@ -50,128 +46,132 @@ def guarded(action):
     try:
         return action()
     except (ResultFileError, IncompatibleRuns, DownloadError, ValueError) as err:
-        raise StageFailed(f"error: {err}", pipeline.EXIT_UNUSABLE) from None
-    except ServerError as err:
+        raise StageFailed(f"error: {err}", EXIT_UNUSABLE) from None
+    except (ServerError, pipeline.PreflightFailed) as err:
         raise StageFailed(f"error: {err}", EXIT_SERVER) from None
+    except pipeline.DummyFailed as err:
+        raise StageFailed(str(err), EXIT_FAIL) from None
     except KeyboardInterrupt:
         raise StageFailed("interrupted: the server was stopped; what finished was written (rerun with --resume)",
                           EXIT_INTERRUPTED) from None
 
 
-def _setup(profile_name: str, run: str, dtype: str | None, model: str | None, results: str | None,
-           serve: dict | None = None):
-    profile = load_profile(profile_name).with_serve(dtype=dtype, **(serve or {}))
-    run_dir = RunDir.under(Path(results) if results else RESULTS_ROOT, run)
-    ensure_writable(run_dir.root)
-    model_dir, origin = pipeline.resolve_model(profile, model, models_root=MODELS_ROOT)
-    return profile, run_dir, model_dir, origin
+def request(*, profile: str, run: str, results: str | None = None, serve: dict | None = None,
+            limit: int | None = None, **options) -> pipeline.Request:
+    """A pipeline request from a task's options; folders and the API key from the environment."""
+    return pipeline.Request(profile=profile, run=run, results_root=Path(results) if results else RESULTS_ROOT,
+                            models_root=MODELS_ROOT, cache_dir=CACHE_DIR, serve=serve or {},
+                            limit=None if limit is None else int(limit), api_key=os.environ.get(API_KEY_ENV), **options)
 
 
-def _side_done(side: str, run_dir: RunDir, errors: int) -> int:
-    print(f"{side}: wrote {run_dir.side(side)}")
-    if errors:
-        again = "rerun with --resume" if side == "target" else "rerun"
-        raise StageFailed(f"{side}: {errors} prompts or passages failed (see the error fields in "
-                          f"{run_dir.generations(side)}); fix the cause and {again}", pipeline.EXIT_FAIL)
-    return 0
+def side_exit(outcome: pipeline.SideOutcome) -> int:
+    print(f"{outcome.side}: wrote {outcome.folder}")
+    if outcome.errors:
+        again = "rerun with --resume" if outcome.side == "target" else "rerun"
+        raise StageFailed(f"{outcome.side}: {outcome.errors} prompts or passages failed (see the error fields in "
+                          f"{outcome.generations}); fix the cause and {again}", EXIT_FAIL)
+    return EXIT_PASS
 
 
-def target(*, profile: str, run: str, dtype: str | None = None, model: str | None = None,
-           server_url: str | None = None, results: str | None = None, resume: bool = False, **serve) -> int:
-    """`serve` overrides the profile's serve settings (max_model_len, max_num_seqs, port, ...).
-    An API key in LLM_PARITY_API_KEY is required by the server we start and sent by the client."""
-    def action():
-        prof, run_dir, model_dir, origin = _setup(profile, run, dtype, model, results, serve)
-        suite, manifest = pipeline.prepare(run_dir, prof, model_dir, origin)
-        errors = pipeline.target_side(run_dir, prof, model_dir, suite, manifest, server_url=server_url,
-                                      cache_dir=CACHE_DIR, resume=resume, api_key=os.environ.get(API_KEY_ENV))
-        return _side_done("target", run_dir, errors)
-    return guarded(action)
+def verdict_exit(outcome: pipeline.CompareOutcome) -> int:
+    print(summary_line(outcome.result))
+    print(f"report: {outcome.report}")
+    return EXIT_PASS if outcome.result["verdict"] == "pass" else EXIT_FAIL
 
 
-def dummy(*, profile: str, run: str, dtype: str | None = None, model: str | None = None,
-          results: str | None = None, **serve) -> int:
+def target(**options) -> int:
+    """The target side: serve (or use --server-url), query, write target/."""
+    return guarded(lambda: side_exit(pipeline.target(request(**options))))
+
+
+def reference(**options) -> int:
+    """The reference side: transformers on --device, write reference/."""
+    return guarded(lambda: side_exit(pipeline.reference(request(**options))))
+
+
+def dummy(**options) -> int:
     """The dummy-weights check on the profile's config and tokenizer; exit 1 if it fails."""
-    def action():
-        prof, run_dir, model_dir, origin = _setup(profile, run, dtype, model, results, serve)
-        suite, _ = pipeline.prepare(run_dir, prof, model_dir, origin)
-        doc = run_dummy(prof, model_dir, out_path=run_dir.dummy, log_path=run_dir.side("target") / "dummy-server.log",
-                        cache_dir=CACHE_DIR, prompt_ids=suite["prompts"][0]["prompt_ids"])
-        for check in doc["checks"]:
-            print(f"dummy: {'PASS' if check['passed'] else 'FAIL'} {check['name']}: {check['evidence']}")
-        if not doc["passed"]:
-            raise StageFailed(f"dummy: vLLM could not serve {model_dir.name} with dummy weights: {doc['error']} "
-                              f"(log: {run_dir.side('target') / 'dummy-server.log'})", pipeline.EXIT_FAIL)
-        return 0
-    return guarded(action)
+    return guarded(lambda: pipeline.dummy(request(**options)) and EXIT_PASS)
 
 
-def preflight(*, on_ascend: bool | None = None, checks=ascend.preflight) -> int:
-    """On an Ascend host (vllm-ascend installed): the NPU is visible and the kernel compiler is on
-    PATH, one line each; exit 3 before anything is downloaded or loaded when one fails."""
-    if not (ascend.is_ascend() if on_ascend is None else on_ascend):
-        print("preflight: vllm-ascend is not installed here: no NPU checks (CPU or GPU target)")
-        return 0
-    results = checks()
-    for check in results:
-        print(f"preflight: {'PASS' if check.passed else 'FAIL'} {check.name}: {check.detail}")
-    failed = [check.name for check in results if not check.passed]
-    if failed:
-        raise StageFailed(f"preflight: {', '.join(failed)} failed; nothing was downloaded or started", EXIT_SERVER)
-    return 0
+def verify(**options) -> int:
+    """The target side as `make verify` runs it on an Ascend host: preflight, download, dummy, serve, query."""
+    return guarded(lambda: side_exit(pipeline.verify(request(**options))))
 
 
-def verify(*, profile: str, run: str, dtype: str | None = None, model: str | None = None,
-           results: str | None = None, **serve) -> int:
-    """The target side as `make verify` runs it on an Ascend host: preflight, download, dummy,
-    serve, query."""
-    preflight()
-    code = dummy(profile=profile, run=run, dtype=dtype, model=model, results=results, **serve)
-    return code or target(profile=profile, run=run, dtype=dtype, model=model, results=results, **serve)
+def compare(*, lang: str = "zh", **options) -> int:
+    return guarded(lambda: verdict_exit(pipeline.compare_run(request(**options), lang=lang)))
 
 
-def reference(*, profile: str, run: str, dtype: str | None = None, model: str | None = None,
-              device: str = "cpu", results: str | None = None) -> int:
-    def action():
-        prof, run_dir, model_dir, origin = _setup(profile, run, dtype, model, results)
-        suite, manifest = pipeline.prepare(run_dir, prof, model_dir, origin)
-        errors = pipeline.reference_side(run_dir, prof, model_dir, suite, manifest, device=device)
-        return _side_done("reference", run_dir, errors)
-    return guarded(action)
-
-
-def compare(*, profile: str, run: str, lang: str = "zh", results: str | None = None) -> int:
-    def action():
-        prof = load_profile(profile)
-        run_dir = RunDir.under(Path(results) if results else RESULTS_ROOT, run)
-        result = pipeline.compare_and_report(run_dir, prof, lang=lang)
-        print(pipeline.summary_line(result))
-        print(f"report: {run_dir.report_md}")
-        return pipeline.EXIT_PASS if result["verdict"] == "pass" else pipeline.EXIT_FAIL
-    return guarded(action)
-
-
-def demo(*, dtype: str | None = None, run: str = "demo", lang: str = "zh", server_url: str | None = None,
-         results: str | None = None) -> int:
+def demo(*, lang: str = "zh", run: str = "demo", **options) -> int:
     """The whole path on the embedded tiny model: prepare, target, reference, compare, report."""
+    return guarded(lambda: verdict_exit(pipeline.demo(request(profile=DEMO_PROFILE, run=run, **options), lang=lang)))
+
+
+def download(**options) -> int:
+    """Fetch the profile's model (or take a local folder) and write the run's manifest and suite."""
     def action():
-        prof, run_dir, model_dir, origin = _setup(DEMO_PROFILE, run, dtype, None, results)
-        _clear(run_dir)
-        suite, manifest = pipeline.prepare(run_dir, prof, model_dir, origin)
-        pipeline.target_side(run_dir, prof, model_dir, suite, manifest, server_url=server_url, cache_dir=CACHE_DIR)
-        pipeline.reference_side(run_dir, prof, model_dir, suite, manifest)
-        result = pipeline.compare_and_report(run_dir, prof, lang=lang)
-        print(pipeline.summary_line(result))
-        print(f"report: {run_dir.report_md}")
-        return pipeline.EXIT_PASS if result["verdict"] == "pass" else pipeline.EXIT_FAIL
+        workspace = pipeline.download(request(**options))
+        manifest = workspace.manifest
+        print(f"download: {workspace.model_dir} ({len(manifest['files'])} files, manifest {manifest['sha256'][:16]}…) "
+              f"-> {workspace.run.manifest}")
+        return EXIT_PASS
     return guarded(action)
 
 
-def _clear(run_dir: RunDir) -> None:
-    """A demo run starts from an empty folder so its suite and manifest are this model's."""
-    if run_dir.root.exists():
-        shutil.rmtree(run_dir.root)
+def results_folder(run: str, results: str | None = None) -> Path:
+    """A run name under the results root, or a path to any results folder (an auditor receives
+    a folder, not a run name)."""
+    if "/" in run or run.startswith("."):
+        return Path(run)
+    return RunDir.under(Path(results) if results else RESULTS_ROOT, run).root
 
+
+def audit(*, run: str, results: str | None = None) -> int:
+    """Re-check a results folder from its files alone; exit 0 only if every check holds."""
+    def action():
+        result = pipeline.audit(results_folder(run, results))
+        print(audit_summary(result))
+        if result.ok:
+            return EXIT_PASS
+        return EXIT_UNUSABLE if result.unreadable else EXIT_FAIL
+    return guarded(action)
+
+
+def bench(*, concurrencies: str = "1,2,4,8,16", output_len: int = 64, input_len: int | None = None,
+          requests_per_level: int | None = None, **options) -> int:
+    """Serving benchmark: TTFT, TPOT, ITL, end-to-end latency and throughput at each concurrency."""
+    def action():
+        from llm_parity.bench import render_bench
+
+        asked = request(**options)
+        levels = tuple(int(level) for level in concurrencies.split(","))
+        doc = pipeline.bench(asked, concurrencies=levels, output_len=output_len, input_len=input_len,
+                             requests_per_level=requests_per_level)
+        print(render_bench(doc))
+        path = RunDir.under(asked.results_root, asked.run).bench
+        print(f"bench: wrote {path}")
+        failed = sum(level["summary"]["failed"] for level in doc["levels"])
+        if failed:
+            raise StageFailed(f"bench: {failed} requests failed (see {path})", EXIT_FAIL)
+        return EXIT_PASS
+    return guarded(action)
+
+
+def summary_line(result: dict) -> str:
+    s = result["summary"]
+    return (f"verdict: {result['verdict'].upper()} ({result['dtype']}) - {s['identical']}/{s['prompts']} prompts identical, "
+            f"{s['split_within_top_k']} split within top-k, {s['split_outside_top_k']} outside, {s['errors']} errors; "
+            f"max |Δ logprob| {s['max_abs_logprob_diff']:.3g}; max perplexity diff {_pct(s['max_perplexity_rel_diff'])}; "
+            f"smallest top-1/top-2 margin {_num(s['min_reference_margin'])}")
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{value * 100:.4g}%"
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
 
 
 def image_base(tag: str, *, allow_unpinned: bool, mirror: str | None = None) -> int:
@@ -183,27 +183,6 @@ def image_base(tag: str, *, allow_unpinned: bool, mirror: str | None = None) -> 
     return guarded(action)
 
 
-def audit(*, run: str, results: str | None = None) -> int:
-    """Re-check a results folder from its files alone; exit 0 only if every check holds."""
-    def action():
-        result = audit_run(RunDir.under(Path(results) if results else RESULTS_ROOT, run))
-        print(audit_summary(result))
-        if result.ok:
-            return 0
-        return pipeline.EXIT_UNUSABLE if result.unreadable else pipeline.EXIT_FAIL
-    return guarded(action)
-
-
-def download(*, profile: str, run: str, model: str | None = None, results: str | None = None) -> int:
-    """Fetch the profile's model (or take a local folder) and write the run's manifest and suite."""
-    def action():
-        prof, run_dir, model_dir, origin = _setup(profile, run, None, model, results)
-        _, manifest = pipeline.prepare(run_dir, prof, model_dir, origin)
-        print(f"download: {model_dir} ({len(manifest['files'])} files, manifest {manifest['sha256'][:16]}…) -> {run_dir.manifest}")
-        return 0
-    return guarded(action)
-
-
 def check_model(*, model: str, manifest: str) -> int:
     """Re-hash a model folder against a manifest; exit 1 naming every changed, missing or extra file."""
     def action():
@@ -211,7 +190,7 @@ def check_model(*, model: str, manifest: str) -> int:
         for problem in problems:
             print(f"check-model: {problem}")
         if problems:
-            raise StageFailed(f"check-model: {model} does not match {manifest} ({len(problems)} problems)", pipeline.EXIT_FAIL)
+            raise StageFailed(f"check-model: {model} does not match {manifest} ({len(problems)} problems)", EXIT_FAIL)
         print(f"check-model: {model} matches {manifest}")
         return 0
     return guarded(action)
@@ -250,32 +229,12 @@ def tiny_model() -> int:
         folder = build_tiny_model()
         profile = load_profile(DEMO_PROFILE)
         suite = render_suite(load_suite_source(), folder, default_max_tokens=profile.decoding["max_tokens"])
-        with TransformersRunner(folder, dtype="float32") as runner:
+        with TransformersRunner(folder, dtype="float32", stop_ids=suite["stop_ids"]) as runner:
             generations, _ = run_reference(runner, {**suite, "passages": []}, top_logprobs=2, log=lambda _: None)
-        margins = [top_margin(top) for record in generations for top in record["top_logprobs"]]
+        margins = [top_margin(top) for record in generations for top in record.top_logprobs]
         print(folder)
         print(f"smallest top-1/top-2 logprob margin over the suite's greedy outputs: {min(margins):.4f}")
         return 0
     return guarded(action)
 
 
-def bench(*, profile: str, run: str, dtype: str | None = None, model: str | None = None, server_url: str | None = None,
-          concurrencies: str = "1,2,4,8,16", output_len: int = 64, input_len: int | None = None,
-          requests_per_level: int | None = None, results: str | None = None, **serve) -> int:
-    """Serving benchmark: TTFT, TPOT, ITL, end-to-end latency and throughput at each concurrency."""
-    def action():
-        from llm_parity.bench import render_bench
-
-        prof, run_dir, model_dir, origin = _setup(profile, run, dtype, model, results, serve)
-        suite, _ = pipeline.prepare(run_dir, prof, model_dir, origin)
-        levels = tuple(int(level) for level in concurrencies.split(","))
-        doc = pipeline.bench_side(run_dir, prof, model_dir, suite, server_url=server_url, cache_dir=CACHE_DIR,
-                                  concurrencies=levels, output_len=output_len, input_len=input_len,
-                                  requests_per_level=requests_per_level, api_key=os.environ.get(API_KEY_ENV))
-        print(render_bench(doc))
-        print(f"bench: wrote {run_dir.bench}")
-        failed = sum(level["summary"]["failed"] for level in doc["levels"])
-        if failed:
-            raise StageFailed(f"bench: {failed} requests failed (see {run_dir.bench})", pipeline.EXIT_FAIL)
-        return 0
-    return guarded(action)

@@ -7,10 +7,16 @@ import datetime as _dt
 import hashlib
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from llm_parity.progress import note
 from llm_parity.provenance import without_credentials
 from llm_parity.results import schema_tag, sha256_of
+
+if TYPE_CHECKING:
+    from llm_parity.profiles import Profile
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 SKIPPED_PARTS = (".git", ".cache")
@@ -156,3 +162,35 @@ def verify_folder(folder: Path, manifest: dict, *, log=None) -> list[str]:
         if present[name].stat().st_size != expected[name]["size"] or sha256_file(present[name]) != expected[name]["sha256"]:
             problems.append(f"{folder / name}: content differs from the manifest (sha256)")
     return problems
+
+
+@dataclass(frozen=True)
+class ModelOrigin:
+    """Where the model files came from, as the manifest records it."""
+
+    source: str
+    repo_id: str
+    revision: str | None = None
+    resolved_revision: str | None = None
+
+
+def resolve_model(profile: Profile, model: str | None = None, *, models_root: Path = Path("models"),
+                  log=note) -> tuple[Path, ModelOrigin]:
+    """The local folder of the profile's model and where it came from: a folder given explicitly,
+    the tiny model (built), a local folder, or a Hugging Face or ModelScope snapshot downloaded
+    into `models_root`."""
+    if model:
+        return Path(model), ModelOrigin("local", Path(model).name)
+    source, repo_id = profile.model["source"], profile.model["repo_id"]
+    if source == "tiny":
+        from llm_parity.tiny_model import build_tiny_model
+
+        folder = build_tiny_model(log=log)
+        return folder, ModelOrigin("local", folder.name)
+    if source == "local":
+        return Path(repo_id), ModelOrigin("local", Path(repo_id).name)
+    revision = profile.model.get("revision")
+    log(f"download: {repo_id}@{revision or 'default branch'} from {source} into {models_root / repo_id}")
+    folder, resolved = FETCHERS[source](repo_id, revision=revision, local_dir=models_root / repo_id,
+                                        allow_pickle=profile.model.get("allow_pickle", False))
+    return folder, ModelOrigin(source, repo_id, revision, resolved)

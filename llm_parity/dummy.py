@@ -70,7 +70,7 @@ def run_dummy(profile, model_dir: Path, *, out_path: Path, log_path: Path, cache
                 with VllmHttpClient(server.url, spec.served_name, timeout_s=120) as client:
                     record = client.generate({"id": "dummy", "prompt_ids": prompt_ids, "max_tokens": 4,
                                               "messages": [{"role": "user", "content": "hi"}]}, top_logprobs=1)
-                answered = len(record["output_ids"]) > 0
+                answered = len(record.output_ids) > 0
         except (ServerError, OSError, ValueError, KeyError) as err:
             error = str(err).splitlines()[0]
     text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""

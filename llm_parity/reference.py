@@ -12,11 +12,12 @@ import inspect
 import os
 from dataclasses import dataclass, field
 from functools import partial
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable
 
+from llm_parity.backend import Backend, SideSetup
 from llm_parity.progress import note
-from llm_parity.records import failed_generation, failed_perplexity, perplexity_of, sort_top_k
+from llm_parity.records import Generation, PassageScore, Record, sort_top_k
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 # Share of the free memory a batch may take: the estimate counts the KV cache and the logits,
@@ -80,9 +81,10 @@ class TransformersRunner:
 
     Use as a context manager to free the model on exit."""
 
-    def __init__(self, model_dir: Path, *, dtype: str, device: str = "cpu", trust_remote_code: bool = False):
+    def __init__(self, model_dir: Path, *, dtype: str, stop_ids: Iterable[int], device: str = "cpu",
+                 trust_remote_code: bool = False):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
         self.device = device
@@ -91,7 +93,9 @@ class TransformersRunner:
             use_safetensors=True,
         ).to(device)
         self.model.eval()
-        self.stop_ids = self._stop_ids(GenerationConfig.from_pretrained(model_dir), self.model.config)
+        # The suite's stop ids, rendered once for both sides, not the model's own configs: the
+        # target stops on exactly these too.
+        self.stop_ids = set(stop_ids)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         # Only the last position's logits are needed while decoding; models that cannot say so
         # compute them all and the last row is taken.
@@ -101,14 +105,6 @@ class TransformersRunner:
         with torch.inference_mode():
             probe = self.model(input_ids=torch.tensor([[PAD_ID]], device=device), use_cache=True).past_key_values
         self._joins_rows, self._drops_rows = _cache_abilities(probe)
-
-    @staticmethod
-    def _stop_ids(*configs) -> set[int]:
-        stop: set[int] = set()
-        for config in configs:
-            eos = getattr(config, "eos_token_id", None)
-            stop.update([eos] if isinstance(eos, int) else (eos or []))
-        return stop
 
     def __enter__(self) -> "TransformersRunner":
         return self
@@ -190,7 +186,7 @@ class TransformersRunner:
         row = self.torch.tensor([ids], device=self.device)
         return self._forward(row, self.torch.ones_like(row), self.torch.arange(len(ids), device=self.device)[None])
 
-    def generate_batch(self, prompts: list[dict], *, top_logprobs: int) -> list[dict]:
+    def generate_batch(self, prompts: list[dict], *, top_logprobs: int) -> list[Generation]:
         """Greedy decoding of several prompts at once with the KV cache, each row stopping at an
         EOS id or its own max_tokens. A finished row leaves the batch where the model's cache
         allows it, so the rows left decode faster; otherwise it is fed padding until all finish.
@@ -231,24 +227,17 @@ class TransformersRunner:
             if not row.finish_reason:
                 row.take(token, logprob, sort_top_k(zip(top_ids, top_values), top_logprobs), self.stop_ids)
 
-    def _generation_record(self, prompt: dict, row: _Decoding) -> dict:
-        return {
-            "id": prompt["id"],
-            "prompt_ids": list(prompt["prompt_ids"]),
-            "output_ids": row.output_ids,
-            "text": self.tokenizer.decode(row.output_ids, skip_special_tokens=True),
-            "logprobs": row.logprobs,
-            "top_logprobs": row.top,
-            "finish_reason": row.finish_reason,
-            "usage": {"prompt_tokens": len(prompt["prompt_ids"]), "completion_tokens": len(row.output_ids)},
-            "error": None,
-        }
+    def _generation_record(self, prompt: dict, row: _Decoding) -> Generation:
+        return Generation(id=prompt["id"], prompt_ids=list(prompt["prompt_ids"]), output_ids=row.output_ids,
+                          text=self.tokenizer.decode(row.output_ids, skip_special_tokens=True), logprobs=row.logprobs,
+                          top_logprobs=row.top, finish_reason=row.finish_reason,
+                          prompt_tokens=len(prompt["prompt_ids"]), completion_tokens=len(row.output_ids))
 
-    def generate(self, prompt: dict, *, top_logprobs: int) -> dict:
+    def generate(self, prompt: dict, *, top_logprobs: int) -> Generation:
         """One prompt: a batch of one."""
         return self.generate_batch([prompt], top_logprobs=top_logprobs)[0]
 
-    def perplexity_batch(self, passages: list[dict]) -> list[dict]:
+    def perplexity_batch(self, passages: list[dict]) -> list[PassageScore]:
         """One forward pass over right-padded passages; logprob of each real token given the ones
         before it (padding comes after a row's tokens, so it never sits in their context)."""
         torch = self.torch
@@ -262,10 +251,9 @@ class TransformersRunner:
             logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
             scores = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             chosen = scores.gather(2, ids[:, 1:].unsqueeze(2)).squeeze(2).tolist()
-        return [{"id": passage["id"], "logprobs": row[:n - 1], "perplexity": perplexity_of(row[:n - 1]), "error": None}
-                for passage, row, n in zip(passages, chosen, lengths)]
+        return [PassageScore(id=passage["id"], logprobs=row[:n - 1]) for passage, row, n in zip(passages, chosen, lengths)]
 
-    def perplexity(self, passage: dict) -> dict:
+    def perplexity(self, passage: dict) -> PassageScore:
         """One passage: a batch of one."""
         return self.perplexity_batch([passage])[0]
 
@@ -294,8 +282,8 @@ def _left_joined(caches: list, width: int):
                          for layer in zip(*caches)])
 
 
-def _batch_or_alone(batch: list[dict], run_batch: Callable[[list[dict]], list[dict]],
-                    failed: Callable[[dict, str], dict]) -> list[dict]:
+def _batch_or_alone(batch: list[dict], run_batch: Callable[[list[dict]], list[Record]],
+                    failed: Callable[[dict, str], Record]) -> list[Record]:
     """The batch's records; if the batch fails, each item alone, so one bad item becomes its own
     error record instead of taking the others down."""
     try:
@@ -324,37 +312,89 @@ def length_batches(lengths: list[int], size: int, padding_limit: int | None = No
     return batches
 
 
-def _run_batched(items: list[dict], batches: list[list[int]],
-                 run_batch: Callable[[list[dict]], list[dict]], failed: Callable[[dict, str], dict],
-                 log: Callable[[str], None], label: str) -> list[dict]:
-    """Items in `batches` (lists of indices), a progress line per record; the records in the items' order."""
-    records: list[dict | None] = [None] * len(items)
+def _run_batched(items: list[dict], batches: list[list[int]], run_batch: Callable[[list[dict]], list[Record]],
+                 failed: Callable[[dict, str], Record], log: Callable[[str], None], label: str,
+                 on_record: Callable[[Record], None]) -> list[Record]:
+    """Items in `batches` (lists of indices), each record to `on_record` and a progress line as it
+    comes; the records in the items' order."""
+    records: list[Record | None] = [None] * len(items)
     count = 0
     for indices in batches:
         for index, record in zip(indices, _batch_or_alone([items[i] for i in indices], run_batch, failed)):
             records[index] = record
+            on_record(record)
             count += 1
-            log(f"reference: {label}{count}/{len(items)} {record['id']}")
+            log(f"reference: {label}{count}/{len(items)} {record.id}")
     return records
 
 
-def run_reference(runner: TransformersRunner, suite: dict, *, top_logprobs: int, log=note,
-                  batch_size: int | None = None) -> tuple[list[dict], list[dict]]:
-    """Every prompt and passage of the suite, in suite order; a failure becomes that item's error
-    record. `batch_size` forces the batch size (1: one item at a time); None sizes batches from
-    the free memory."""
+def _check_batch_size(batch_size: int | None) -> None:
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-    prompts, passages = suite["prompts"], suite["passages"]
-    prompt_batch = batch_size or runner.prompt_batch_size(prompts)
-    log(f"reference: {len(prompts)} prompts in batches of up to {prompt_batch}")
+
+
+def reference_generations(runner: TransformersRunner, prompts: list[dict], *, top_logprobs: int, log=note,
+                          batch_size: int | None = None, on_record=lambda record: None) -> list[Generation]:
+    """Every prompt greedily, in the prompts' order; a failure becomes that prompt's error record.
+    `batch_size` forces the batch size (1: one at a time); None sizes batches from the free memory."""
+    _check_batch_size(batch_size)
+    size = batch_size or runner.prompt_batch_size(prompts)
+    log(f"reference: {len(prompts)} prompts in batches of up to {size}")
     # No padding limit for prompts: where they are prefilled one by one, padding only widens the
     # masked part of the cache that each decoding step attends over.
-    prompt_batches = length_batches([len(prompt["prompt_ids"]) for prompt in prompts], prompt_batch)
-    generations = _run_batched(prompts, prompt_batches,
-                               partial(runner.generate_batch, top_logprobs=top_logprobs), failed_generation, log, "")
-    passage_batches = length_batches([len(passage["ids"]) for passage in passages],
-                                     batch_size or runner.passage_batch_size(passages), PASSAGE_PADDING_LIMIT)
-    perplexity = _run_batched(passages, passage_batches, runner.perplexity_batch, failed_perplexity, log,
-                              "perplexity ")
-    return generations, perplexity
+    batches = length_batches([len(prompt["prompt_ids"]) for prompt in prompts], size)
+    return _run_batched(prompts, batches, partial(runner.generate_batch, top_logprobs=top_logprobs), Generation.failed,
+                        log, "", on_record)
+
+
+def reference_scores(runner: TransformersRunner, passages: list[dict], *, log=note, batch_size: int | None = None,
+                     on_record=lambda record: None) -> list[PassageScore]:
+    """Prompt logprobs of every passage, in the passages' order."""
+    _check_batch_size(batch_size)
+    batches = length_batches([len(passage["ids"]) for passage in passages],
+                             batch_size or runner.passage_batch_size(passages), PASSAGE_PADDING_LIMIT)
+    return _run_batched(passages, batches, runner.perplexity_batch, PassageScore.failed, log, "perplexity ", on_record)
+
+
+def run_reference(runner: TransformersRunner, suite: dict, *, top_logprobs: int, log=note,
+                  batch_size: int | None = None) -> tuple[list[Generation], list[PassageScore]]:
+    """Every prompt and passage of the suite, in suite order."""
+    return (reference_generations(runner, suite["prompts"], top_logprobs=top_logprobs, log=log, batch_size=batch_size),
+            reference_scores(runner, suite["passages"], log=log, batch_size=batch_size))
+
+
+class TransformersBackend(Backend):
+    """The reference: the model in transformers on the CPU or a GPU, batched greedy decoding with
+    the suite's stop ids."""
+
+    name = "transformers"
+    label = "transformers"
+
+    def __init__(self, runner: TransformersRunner, max_model_len: int, log):
+        self.runner, self._max_model_len, self._log = runner, max_model_len, log
+
+    @classmethod
+    def open(cls, setup: SideSetup) -> "TransformersBackend":
+        profile = setup.profile
+        setup.log(f"reference: loading {setup.model_dir} ({profile.dtype}, {setup.device})")
+        runner = TransformersRunner(setup.model_dir, dtype=profile.dtype, device=setup.device,
+                                    stop_ids=setup.suite["stop_ids"],
+                                    trust_remote_code=profile.model.get("trust_remote_code", False))
+        # The target's limit: prompts it could not serve are not run here either.
+        return cls(runner, profile.serve["max_model_len"], setup.log)
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    def generate(self, prompts: list[dict], *, top_logprobs: int, on_record: Callable[[Generation], None]) -> None:
+        reference_generations(self.runner, prompts, top_logprobs=top_logprobs, log=self._log, on_record=on_record)
+
+    def score(self, passages: list[dict], *, on_record: Callable[[PassageScore], None]) -> None:
+        reference_scores(self.runner, passages, log=self._log, on_record=on_record)
+
+    def describe(self) -> dict:
+        return {"device": self.runner.device, "server": None}
+
+    def close(self) -> None:
+        self.runner.__exit__()

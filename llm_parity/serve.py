@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import requests
 
 from llm_parity import PROJECT_ROOT, is_installed
 from llm_parity.http import http_session
+from llm_parity.progress import note
 
 CPU_LAUNCHER = PROJECT_ROOT / "scripts" / "vllm_cpu.py"
 
@@ -262,3 +264,19 @@ class VllmServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+
+
+@contextmanager
+def serving(profile, model_dir: Path, *, log_path: Path, cache_dir: Path, server_url: str | None = None,
+            running: VllmServer | None = None, api_key: str | None = None, log=note):
+    """Yield (base URL, our server or None, its spec): a server already running (`running`, ours,
+    or a bare `server_url`), or a `vllm serve` started now with the profile's flags and torn
+    down on exit, whatever happens."""
+    spec = running.spec if running else spec_from_profile(profile, model_dir, api_key=api_key)
+    if running or server_url:
+        yield (running.url if running else server_url), running, spec
+        return
+    server = VllmServer(spec, log_path=log_path, cache_dir=cache_dir, health_timeout_s=profile.serve.get("health_timeout_s", 600))
+    log(f"serve: starting vLLM ({spec.dtype}, max-num-seqs {spec.max_num_seqs}); log: {log_path}")
+    with server:
+        yield server.url, server, spec

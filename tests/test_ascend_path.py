@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_parity import PROJECT_ROOT, ascend, cli, provenance
+from llm_parity import PROJECT_ROOT, ascend, cli, pipeline, provenance
 from llm_parity.http import http_session, is_loopback
 from llm_parity.results import read_json, write_json
 from llm_parity.serve import ServerError, ensure_port_free
@@ -166,10 +166,10 @@ def test_the_preflight_passes_in_the_entrypoints_environment_and_names_what_is_m
 def test_verify_stops_before_downloading_when_the_preflight_fails(capsys):
     failing = [ascend.PreflightCheck("npu_visible", False, "no NPU is visible")]
     with pytest.raises(cli.StageFailed) as stopped:
-        cli.preflight(on_ascend=True, checks=lambda: failing)
+        cli.guarded(lambda: pipeline.preflight(on_ascend=True, checks=lambda: failing))
     assert stopped.value.code == cli.EXIT_SERVER and "npu_visible" in str(stopped.value)
     assert "preflight: FAIL npu_visible: no NPU is visible" in capsys.readouterr().out
-    assert cli.preflight(on_ascend=False) == 0
+    assert pipeline.preflight(on_ascend=False) == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="handing files to another user needs root, as in the container")
@@ -226,7 +226,7 @@ def test_the_target_on_an_ascend_host_records_its_npus(monkeypatch, tmp_path):
     monkeypatch.setattr(provenance, "command_stdout",
                         lambda argv: samples["board" if "board" in argv else "info"] if argv[0] == "npu-smi" else None)
     assert provenance.serving_device() == "npu"
-    doc = provenance.collect(side="target", backend="vllm-http", model_path="m", manifest_sha256="a" * 64,
+    doc = provenance.collect(side="target", backend="vllm-http", backend_label="vLLM (HTTP)", model_path="m", manifest_sha256="a" * 64,
                              suite_sha256="b" * 64, decoding={"temperature": 0, "top_logprobs": 5, "dtype": "bfloat16"},
                              device=provenance.serving_device(), duration_s=1.0)
     write_json(tmp_path / "provenance.json", doc, "provenance")  # valid against the schema

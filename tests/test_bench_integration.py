@@ -130,7 +130,7 @@ def test_bench_task_writes_bench_json_and_the_report_shows_it(demo_run, vllm_ser
     assert code == 0 and "| 2 |" in capsys.readouterr().out
     run = RunDir(tmp_path / "demo")
     assert [level["concurrency"] for level in read_json(run.bench, "bench")["levels"]] == [1, 2]
-    pipeline.compare_and_report(run, load_profile("tiny-llama"), lang="en")
+    pipeline.compare(run, load_profile("tiny-llama"), lang="en")
     assert "## Serving performance" in run.report_md.read_text()
     page = run.report_html.read_text()
     assert "Output throughput per concurrency" in page and page.count("<svg") == 4

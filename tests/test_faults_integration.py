@@ -17,7 +17,8 @@ import requests
 from llm_parity import PROJECT_ROOT, cli, pipeline
 from llm_parity.results import RunDir, read_json
 from llm_parity.serve import ServerError, VllmServer, free_port, spec_from_profile
-from llm_parity.suite import render_suite
+from llm_parity.download import ModelOrigin
+from llm_parity.suite import load_suite_source, render_suite
 from llm_parity.target import VllmHttpClient, query_generations
 
 pytestmark = pytest.mark.integration
@@ -148,7 +149,7 @@ def test_api_key_is_required_and_sent_and_never_written(keyed_server, tiny_model
     assert requests.post(f"{keyed_server.url}/v1/completions", json=payload, timeout=30).status_code == 401
     monkeypatch.setenv("HF_TOKEN", "hf_neverWrittenAnywhere42")
     run = RunDir(tmp_path / "keyed")
-    suite, manifest = pipeline.prepare(run, demo_profile, tiny_model_dir, pipeline.ModelOrigin("local", "tiny"))
+    suite, manifest = pipeline.prepare(run, demo_profile, tiny_model_dir, ModelOrigin("local", "tiny"))
     suite = {**suite, "prompts": suite["prompts"][:3]}
     errors = pipeline.target_side(run, demo_profile, tiny_model_dir, suite, manifest, running=keyed_server,
                                   cache_dir=Path(".cache"))
@@ -163,7 +164,7 @@ def test_server_killed_mid_suite_keeps_finished_prompts_and_records_the_rest(key
     """Row 2 with a real kill: the server's process group dies after the second answer. Runs last in
     this module: it ends the keyed server."""
     run = RunDir(tmp_path / "killed")
-    suite, manifest = pipeline.prepare(run, demo_profile, tiny_model_dir, pipeline.ModelOrigin("local", "tiny"))
+    suite, manifest = pipeline.prepare(run, demo_profile, tiny_model_dir, ModelOrigin("local", "tiny"))
     profile = demo_profile.with_serve(max_num_seqs=1)
     notes = []
 
@@ -236,17 +237,18 @@ def test_5xx_is_retried_4xx_recorded_timeouts_bounded(proxy, vllm_server, tiny_m
     prompt = one_prompt(tiny_model_dir)
     proxy.fail_first = 2
     record = VllmHttpClient(url, vllm_server.spec.served_name, timeout_s=30).generate(prompt, top_logprobs=2)
-    assert record["output_ids"] and proxy.requests == 4  # 2 injected 503s, then completion + chat
+    assert record.output_ids and proxy.requests == 4  # 2 injected 503s, then completion + chat
 
     proxy.requests, done = 0, {}
-    query_generations(VllmHttpClient(url, "no-such-model", timeout_s=30), [prompt], top_logprobs=2, concurrency=1, done=done)
-    assert "HTTP 404" in done["p"]["error"] and proxy.requests == 1  # recorded, not retried
+    query_generations(VllmHttpClient(url, "no-such-model", timeout_s=30), [prompt], top_logprobs=2, concurrency=1,
+                      on_record=lambda record: done.__setitem__(record.id, record))
+    assert "HTTP 404" in done["p"].error and proxy.requests == 1  # recorded, not retried
 
     proxy.requests, proxy.delay_s, done = 0, 3.0, {}
     started = time.monotonic()
     query_generations(VllmHttpClient(url, vllm_server.spec.served_name, timeout_s=1, retries=1), [prompt],
-                      top_logprobs=2, concurrency=1, done=done)
-    assert "timed out" in done["p"]["error"].lower() and time.monotonic() - started < 15
+                      top_logprobs=2, concurrency=1, on_record=lambda record: done.__setitem__(record.id, record))
+    assert "timed out" in done["p"].error.lower() and time.monotonic() - started < 15
 
 
 def test_prompts_that_cannot_run_are_recorded_and_the_run_goes_on(vllm_server, tiny_model_dir, demo_profile, tmp_path):
@@ -260,8 +262,8 @@ def test_prompts_that_cannot_run_are_recorded_and_the_run_goes_on(vllm_server, t
     suite_path = tmp_path / "faulty.json"
     suite_path.write_text(json.dumps(source))
     run = RunDir(tmp_path / "faulty")
-    suite, manifest = pipeline.prepare(run, demo_profile, tiny_model_dir, pipeline.ModelOrigin("local", "tiny"),
-                                       suite_path=suite_path)
+    suite, manifest = pipeline.prepare(run, demo_profile, tiny_model_dir, ModelOrigin("local", "tiny"),
+                                       suite_source=load_suite_source(suite_path))
     assert pipeline.target_side(run, demo_profile, tiny_model_dir, suite, manifest, running=vllm_server,
                                 cache_dir=Path(".cache")) == 2
     assert pipeline.reference_side(run, demo_profile, tiny_model_dir, suite, manifest) == 2
@@ -270,7 +272,7 @@ def test_prompts_that_cannot_run_are_recorded_and_the_run_goes_on(vllm_server, t
         assert records["fine"]["error"] is None and records["empty"]["error"] is None
         assert "exceeds max-model-len 1024" in records["too-long"]["error"]
         assert "could not render" in records["bad-unicode"]["error"]
-    result = pipeline.compare_and_report(run, demo_profile)
+    result = pipeline.compare(run, demo_profile).result
     statuses = {p["id"]: p["status"] for p in result["prompts"]}
     assert statuses == {"fine": "identical", "too-long": "error", "empty": "identical", "bad-unicode": "error"}
 
@@ -283,8 +285,9 @@ def test_load_at_max_num_seqs_loses_and_duplicates_nothing(vllm_server, demo_run
     rounds = []
     for _ in range(3):
         done = {}
-        query_generations(client, prompts, top_logprobs=5, concurrency=16, done=done, log=lambda m: None)
+        query_generations(client, prompts, top_logprobs=5, concurrency=16,
+                          on_record=lambda record: done.__setitem__(record.id, record), log=lambda m: None)
         assert sorted(done) == sorted(p["id"] for p in prompts)
-        assert not any(r["error"] for r in done.values())
-        rounds.append({key: r["output_ids"] for key, r in done.items()})
+        assert not any(r.error for r in done.values())
+        rounds.append({key: r.output_ids for key, r in done.items()})
     assert rounds[0] == rounds[1] == rounds[2]

@@ -2,6 +2,7 @@
 padding, masks and position ids change nothing in float32, and one bad prompt fails alone."""
 import pytest
 
+from llm_parity.records import Generation
 from llm_parity.reference import TransformersRunner, batch_size_for, length_batches, run_reference
 from llm_parity.suite import load_suite_source, render_suite
 
@@ -19,8 +20,8 @@ def suite(tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def runner(tiny_model_dir):
-    with TransformersRunner(tiny_model_dir, dtype="float32") as runner:
+def runner(tiny_model_dir, suite):
+    with TransformersRunner(tiny_model_dir, dtype="float32", stop_ids=suite["stop_ids"]) as runner:
         yield runner
 
 
@@ -29,7 +30,8 @@ def one_at_a_time(runner, suite):
     return run_reference(runner, suite, top_logprobs=TOP_LOGPROBS, log=lambda line: None, batch_size=1)
 
 
-def assert_same_generation(batched: dict, alone: dict) -> None:
+def assert_same_generation(batched: Generation, alone: Generation) -> None:
+    batched, alone = batched.to_json(), alone.to_json()
     assert batched["id"] == alone["id"]
     for key in ("prompt_ids", "output_ids", "text", "finish_reason", "usage", "error"):
         assert batched[key] == alone[key], (alone["id"], key)
@@ -47,14 +49,14 @@ def test_batched_generations_and_perplexity_equal_one_at_a_time(runner, suite, o
     generations, perplexity = run_reference(runner, suite, top_logprobs=TOP_LOGPROBS, log=lines.append,
                                             batch_size=BATCH_SIZE)
     alone_generations, alone_perplexity = one_at_a_time
-    assert [g["id"] for g in generations] == [p["id"] for p in suite["prompts"]]
+    assert [g.id for g in generations] == [p["id"] for p in suite["prompts"]]
     for batched, alone in zip(generations, alone_generations, strict=True):
         assert_same_generation(batched, alone)
-    assert {g["finish_reason"] for g in generations} == {"stop", "length"}  # rows stop at different steps
-    assert [p["id"] for p in perplexity] == [p["id"] for p in suite["passages"]]
+    assert {g.finish_reason for g in generations} == {"stop", "length"}  # rows stop at different steps
+    assert [p.id for p in perplexity] == [p["id"] for p in suite["passages"]]
     for batched, alone in zip(perplexity, alone_perplexity, strict=True):
-        assert batched["logprobs"] == pytest.approx(alone["logprobs"], abs=TOLERANCE, rel=0)
-        assert batched["perplexity"] == pytest.approx(alone["perplexity"], abs=TOLERANCE, rel=0)
+        assert batched.logprobs == pytest.approx(alone.logprobs, abs=TOLERANCE, rel=0)
+        assert batched.perplexity == pytest.approx(alone.perplexity, abs=TOLERANCE, rel=0)
     assert f"reference: {len(suite['prompts'])}/{len(suite['prompts'])} " in "\n".join(lines)
 
 
@@ -92,7 +94,7 @@ def test_finished_rows_leave_the_batch(runner, suite):
         records = runner.generate_batch(prompts, top_logprobs=TOP_LOGPROBS)
     finally:
         hook.remove()
-    lengths = [len(record["output_ids"]) for record in records]
+    lengths = [len(record.output_ids) for record in records]
     assert len(set(lengths)) > 1
     decode_calls = rows_per_call[len(prompts):]  # after one prefill per prompt
     assert decode_calls == [sum(length > step for length in lengths) for step in range(1, max(lengths))]
@@ -106,8 +108,8 @@ def test_one_bad_prompt_fails_alone(runner, suite, one_at_a_time):
     broken = {**suite, "prompts": [suite["prompts"][0], bad, suite["prompts"][2]], "passages": []}
     generations, perplexity = run_reference(runner, broken, top_logprobs=TOP_LOGPROBS, log=lambda line: None,
                                             batch_size=3)
-    assert "outside the model's vocabulary" in generations[1]["error"]
-    assert generations[1]["output_ids"] == [] and generations[1]["finish_reason"] is None
+    assert "outside the model's vocabulary" in generations[1].error
+    assert generations[1].output_ids == [] and generations[1].finish_reason is None
     assert_same_generation(generations[0], one_at_a_time[0][0])
     assert_same_generation(generations[2], one_at_a_time[0][2])
     assert perplexity == []
@@ -189,12 +191,12 @@ def test_caches_that_cannot_be_joined_still_batch_to_the_same_records(tmp_path, 
     prompts = [{**prompt, "max_tokens": max_tokens} for prompt, max_tokens in zip(suite["prompts"][:4], (3, 24, 9, 16))]
     n_tokens = [len(prompt["prompt_ids"]) for prompt in prompts]
     assert len(set(n_tokens)) > 1 and max(n_tokens) > 16  # padded, and longer than the window
-    with TransformersRunner(folder, dtype="float32") as runner:
+    with TransformersRunner(folder, dtype="float32", stop_ids=suite["stop_ids"]) as runner:
         assert (runner._joins_rows, runner._drops_rows) == (joins_rows, drops_rows)
         batched = runner.generate_batch(prompts, top_logprobs=TOP_LOGPROBS)
         for record, prompt in zip(batched, prompts, strict=True):
             assert_same_generation(record, runner.generate(prompt, top_logprobs=TOP_LOGPROBS))
-    assert len({len(record["output_ids"]) for record in batched}) > 1  # rows finished at different steps
+    assert len({len(record.output_ids) for record in batched}) > 1  # rows finished at different steps
 
 
 def test_padded_prefill_positions_count_only_real_tokens(tmp_path, tiny_model_dir, suite):
@@ -202,7 +204,7 @@ def test_padded_prefill_positions_count_only_real_tokens(tmp_path, tiny_model_di
     short, long = sorted(suite["prompts"][:2], key=lambda prompt: len(prompt["prompt_ids"]))
     n_short, n_long = len(short["prompt_ids"]), len(long["prompt_ids"])
     seen = []
-    with TransformersRunner(folder, dtype="float32") as runner:
+    with TransformersRunner(folder, dtype="float32", stop_ids=suite["stop_ids"]) as runner:
         hook = runner.model.model.rotary_emb.register_forward_pre_hook(
             lambda module, args, kwargs: seen.append(kwargs["position_ids"].tolist()), with_kwargs=True)
         runner.generate_batch([{**short, "max_tokens": 2}, {**long, "max_tokens": 2}], top_logprobs=TOP_LOGPROBS)
@@ -225,4 +227,4 @@ def test_one_prompt_equals_transformers_generate(runner, suite):
     with torch.inference_mode():
         theirs = runner.model.generate(torch.tensor([prompt["prompt_ids"]]), do_sample=False, max_new_tokens=12,
                                        eos_token_id=sorted(runner.stop_ids), pad_token_id=0)
-    assert ours["output_ids"] == theirs[0, len(prompt["prompt_ids"]):].tolist()
+    assert ours.output_ids == theirs[0, len(prompt["prompt_ids"]):].tolist()

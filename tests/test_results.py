@@ -5,7 +5,7 @@ import json
 import pytest
 
 from llm_parity.profiles import load_profile
-from llm_parity.records import decoding_of, generations_doc
+from llm_parity.records import Generation, decoding_of, generations_doc
 from llm_parity.results import ResultFileError, RunDir, read_json, write_json
 from llm_parity.suite import load_suite_source
 
@@ -13,9 +13,8 @@ SUITE = {"sha256": "a" * 64}
 
 
 def valid_generations():
-    record = {"id": "p1", "prompt_ids": [1, 2], "output_ids": [3], "text": "x", "logprobs": [-0.5],
-              "top_logprobs": [[[3, -0.5], [4, -1.5]]], "finish_reason": "length",
-              "usage": {"prompt_tokens": 2, "completion_tokens": 1}, "error": None}
+    record = Generation(id="p1", prompt_ids=[1, 2], output_ids=[3], text="x", logprobs=[-0.5],
+                        top_logprobs=[[[3, -0.5], [4, -1.5]]], finish_reason="length", prompt_tokens=2, completion_tokens=1)
     return generations_doc("target", SUITE, "b" * 64, decoding_of({"top_logprobs": 2}, "float32"), [record])
 
 

@@ -27,16 +27,20 @@ def tokenizer_sha256(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def render_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Chat template to text, then text to ids without adding special tokens again: the same
-    two steps vLLM's chat endpoint takes, so the ids can be checked against the server's."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def render_prompt_text(tokenizer, messages: list[dict]) -> str:
+    """The chat template's output, ending with the assistant's header."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def text_ids(tokenizer, text: str) -> list[int]:
+    """Text to ids without adding special tokens: a rendered prompt already has its own, so
+    this is the second of the two steps vLLM's chat endpoint takes and the ids can be checked
+    against the server's."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def render_passage_ids(tokenizer, text: str) -> list[int]:
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
+    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + text_ids(tokenizer, text)
 
 
 def stop_ids(model_dir: Path, tokenizer) -> list[int]:
@@ -58,7 +62,8 @@ def _render_prompt(tokenizer, prompt: dict, default_max_tokens: int) -> dict:
     rendered = {"id": prompt["id"], "kind": prompt["kind"], "messages": prompt["messages"],
                 "max_tokens": prompt.get("max_tokens", default_max_tokens)}
     try:
-        rendered["prompt_ids"] = render_prompt_ids(tokenizer, prompt["messages"])
+        rendered["prompt_text"] = render_prompt_text(tokenizer, prompt["messages"])
+        rendered["prompt_ids"] = text_ids(tokenizer, rendered["prompt_text"])
     except (TypeError, ValueError, UnicodeError) as err:
         rendered["prompt_ids"] = []
         rendered["render_error"] = f"{type(err).__name__}: {err}"
@@ -66,6 +71,8 @@ def _render_prompt(tokenizer, prompt: dict, default_max_tokens: int) -> dict:
 
 
 def suite_hash(prompts: list[dict], passages: list[dict], stop: list[int]) -> str:
+    """Covers every field of the prompts as stored (text, ids, max_tokens...), so audit.py can
+    recompute it from suite.json alone."""
     return sha256_of({"prompts": prompts, "passages": passages, "stop_ids": stop})
 
 

@@ -3,18 +3,88 @@ chat template, and hash it. Both sides consume the rendered ids, never the text.
 from __future__ import annotations
 
 import hashlib
+import json
+from functools import lru_cache
 from pathlib import Path
 
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
 from llm_parity import PROJECT_ROOT
-from llm_parity.results import read_json, schema_tag, sha256_of
+from llm_parity.results import ResultFileError, _field_path, _registry, read_json, schema_tag, sha256_of
 
 DEFAULT_SUITE = PROJECT_ROOT / "suites" / "default-ko.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "tokenizer.model")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+DEFAULT_KIND = "custom"
 
 
 def load_suite_source(path: Path | str = DEFAULT_SUITE) -> dict:
-    """A suite as written (suites/*.json), validated against schemas/suite-source.schema.json."""
-    return read_json(Path(path), "suite-source")
+    """A suite as written, as a dict valid against schemas/suite-source.schema.json: either a suite
+    file (JSON) or, for a .jsonl/.ndjson file, one chat request per line,
+    {"id", "messages", optional "kind" (default "custom") and "max_tokens"}, named after the file's stem.
+
+    Problems raise ResultFileError: one line naming the file, the line or field."""
+    path = Path(path)
+    return _read_jsonl(path) if path.suffix.lower() in JSONL_SUFFIXES else _read_suite_file(path)
+
+
+def _read_suite_file(path: Path) -> dict:
+    source = read_json(path, "suite-source")
+    for section in ("prompts", "passages"):
+        ids = [item["id"] for item in source[section]]
+        if (pair := _first_duplicate(ids)) is not None:
+            first, again = pair
+            raise ResultFileError(f'{path}: field {section}[{again}].id: duplicate id "{ids[again]}" (first at {section}[{first}])')
+    return source
+
+
+def _read_jsonl(path: Path) -> dict:
+    try:
+        raw_lines = path.read_bytes().split(b"\n")
+    except FileNotFoundError:
+        raise ResultFileError(f"{path}: file not found") from None
+    numbered = [(number, _parse_line(path, number, raw)) for number, raw in enumerate(raw_lines, start=1) if raw.strip()]
+    if not numbered:
+        raise ResultFileError(f"{path}: no prompts: every line is blank")
+    ids = [prompt["id"] for _, prompt in numbered]
+    if (pair := _first_duplicate(ids)) is not None:
+        first, again = pair
+        raise ResultFileError(f'{path}: line {numbered[again][0]}: duplicate id "{ids[again]}" (first on line {numbered[first][0]})')
+    return {"schema": schema_tag("suite-source"), "name": path.stem, "prompts": [prompt for _, prompt in numbered], "passages": []}
+
+
+def _parse_line(path: Path, number: int, raw: bytes) -> dict:
+    """One JSONL line as a suite prompt, checked against the suite file's own prompt schema so
+    that a field is named the same way in both formats."""
+    where = f"{path}: line {number}"
+    try:
+        request = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ResultFileError(f"{where}: not UTF-8 ({err.reason} at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise ResultFileError(f"{where}: not JSON ({err.msg} at column {err.colno})") from None
+    prompt = {"kind": DEFAULT_KIND, **request} if isinstance(request, dict) else request
+    error = best_match(_prompt_validator().iter_errors(prompt))
+    if error is not None:
+        message = error.message if len(error.message) <= 200 else error.message[:197] + "..."
+        raise ResultFileError(f"{where}: field {_field_path(error)}: {message}".replace("\n", " "))
+    return prompt
+
+
+@lru_cache(maxsize=None)
+def _prompt_validator() -> Draft202012Validator:
+    return Draft202012Validator({"$ref": "suite-source.schema.json#/$defs/prompt"}, registry=_registry())
+
+
+def _first_duplicate(ids: list[str]) -> tuple[int, int] | None:
+    """Positions of the first id seen a second time and of its first occurrence."""
+    seen: dict[str, int] = {}
+    for index, item_id in enumerate(ids):
+        if item_id in seen:
+            return seen[item_id], index
+        seen[item_id] = index
+    return None
 
 
 def tokenizer_sha256(model_dir: Path) -> str:

@@ -19,18 +19,24 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 DEFAULT_KIND = "custom"
 
 
-def load_suite_source(path: Path | str = DEFAULT_SUITE) -> dict:
+def load_suite_source(path: Path | str = DEFAULT_SUITE, *, limit: int | None = None) -> dict:
     """A suite as written, as a dict valid against schemas/suite-source.schema.json: either a suite
     file (JSON) or, for a .jsonl/.ndjson file, one chat request per line,
     {"id", "messages", optional "kind" (default "custom") and "max_tokens"}, named after the file's stem.
 
-    Problems raise ResultFileError: one line naming the file, the line or field."""
+    `limit` keeps the first `limit` prompts and every passage (there are few, and each is one
+    forward pass). Problems raise ResultFileError: one line naming the file, the line or field."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
     path = Path(path)
-    return _read_jsonl(path) if path.suffix.lower() in JSONL_SUFFIXES else _read_suite_file(path)
+    source = _read_jsonl(path) if path.suffix.lower() in JSONL_SUFFIXES else _read_suite_file(path)
+    return source if limit is None else _first_prompts(source, limit)
 
 
 def _read_suite_file(path: Path) -> dict:
     source = read_json(path, "suite-source")
+    if "limit" in source:
+        raise ResultFileError(f"{path}: field limit: set by --limit when the suite is loaded, not in the file")
     for section in ("prompts", "passages"):
         ids = [item["id"] for item in source[section]]
         if (pair := _first_duplicate(ids)) is not None:
@@ -85,6 +91,14 @@ def _first_duplicate(ids: list[str]) -> tuple[int, int] | None:
             return seen[item_id], index
         seen[item_id] = index
     return None
+
+
+def _first_prompts(source: dict, limit: int) -> dict:
+    """The limit is recorded only when it cuts: a limit at or above the suite's size gives the
+    whole suite, with the whole suite's hashes."""
+    if limit >= len(source["prompts"]):
+        return source
+    return {**source, "prompts": source["prompts"][:limit], "limit": limit}
 
 
 def tokenizer_sha256(model_dir: Path) -> str:
@@ -157,9 +171,11 @@ def render_suite(source: dict, model_dir: Path, *, default_max_tokens: int) -> d
         for passage in source["passages"]
     ]
     stop = stop_ids(model_dir, tokenizer)
+    limit = {"limit": source["limit"]} if "limit" in source else {}
     return {
         "schema": schema_tag("suite"),
         "name": source["name"],
+        **limit,
         "sha256": suite_hash(prompts, passages, stop),
         "stop_ids": stop,
         "source_sha256": sha256_of(source),

@@ -1,5 +1,5 @@
 """Suites: the JSON suite file and the JSONL chat-request format load to the same source, bad
-lines are refused by line number, and the rendered suite keeps the
+lines are refused by line number, --limit cuts and re-hashes, and the rendered suite keeps the
 chat template's text beside its ids."""
 import json
 from pathlib import Path
@@ -49,7 +49,7 @@ def test_jsonl_renders_to_the_same_ids_as_the_json_format(tmp_path, tiny_model_d
     from_jsonl = render_suite(as_jsonl, tiny_model_dir, default_max_tokens=8)
     from_json = render_suite(load_suite_source(as_json), tiny_model_dir, default_max_tokens=8)
     validate(from_jsonl, "suite", "rendered")
-    assert from_jsonl["name"] == "mine"
+    assert from_jsonl["name"] == "mine" and "limit" not in from_jsonl
     assert [p["prompt_ids"] for p in from_jsonl["prompts"]] == [p["prompt_ids"] for p in from_json["prompts"]]
     assert all(p["prompt_ids"] and "render_error" not in p for p in from_jsonl["prompts"])
     assert [p["max_tokens"] for p in from_jsonl["prompts"]] == [8, 5, 8]
@@ -79,6 +79,27 @@ def test_prompt_text_is_the_chat_templates_output_and_is_hashed(tiny_model_dir, 
         assert tokenizer.decode(prompt["prompt_ids"]) == prompt["prompt_text"]
     edited = [{**suite["prompts"][0], "prompt_text": suite["prompts"][0]["prompt_text"] + " "}, *suite["prompts"][1:]]
     assert suite_hash(edited, suite["passages"], suite["stop_ids"]) != suite["sha256"]
+
+
+def test_limit_keeps_the_first_prompts_and_every_passage_and_hashes_differently(tiny_model_dir, default_suite):
+    whole = default_suite
+    cut = render_suite(load_suite_source(DEFAULT_SUITE, limit=3), tiny_model_dir, default_max_tokens=8)
+    validate(cut, "suite", "rendered")
+    assert cut["limit"] == 3 and cut["name"] == whole["name"]
+    assert cut["prompts"] == whole["prompts"][:3] and cut["passages"] == whole["passages"]
+    assert cut["sha256"] != whole["sha256"] and cut["source_sha256"] != whole["source_sha256"]
+
+
+def test_a_limit_that_cuts_nothing_is_the_whole_suite(tmp_path):
+    path = write_jsonl(tmp_path, REQUESTS)
+    assert load_suite_source(path, limit=len(REQUESTS)) == load_suite_source(path)
+    assert [p["id"] for p in load_suite_source(path, limit=1)["prompts"]] == ["q1"]
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_limit_below_one_is_refused(limit):
+    with pytest.raises(ValueError, match="limit must be at least 1"):
+        load_suite_source(DEFAULT_SUITE, limit=limit)
 
 
 def test_duplicate_id_names_both_lines(tmp_path):
@@ -135,6 +156,10 @@ def test_json_suite_with_a_duplicate_passage_id_is_refused(tmp_path):
     passages = read_json(DEFAULT_SUITE, "suite-source")["passages"]
     path = suite_file(tmp_path, passages=[*passages, passages[0]])
     assert refusal(path) == f'field passages[{len(passages)}].id: duplicate id "{passages[0]["id"]}" (first at passages[0])'
+
+
+def test_json_suite_may_not_carry_its_own_limit(tmp_path):
+    assert refusal(suite_file(tmp_path, limit=2)).startswith("field limit: ")
 
 
 def test_unsafe_id_in_a_json_suite_is_refused(tmp_path):

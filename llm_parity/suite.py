@@ -3,18 +3,102 @@ chat template, and hash it. Both sides consume the rendered ids, never the text.
 from __future__ import annotations
 
 import hashlib
+import json
+from functools import lru_cache
 from pathlib import Path
 
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
 from llm_parity import PROJECT_ROOT
-from llm_parity.results import read_json, schema_tag, sha256_of
+from llm_parity.results import ResultFileError, _field_path, _registry, read_json, schema_tag, sha256_of
 
 DEFAULT_SUITE = PROJECT_ROOT / "suites" / "default-ko.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "tokenizer.model")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+DEFAULT_KIND = "custom"
 
 
-def load_suite_source(path: Path | str = DEFAULT_SUITE) -> dict:
-    """A suite as written (suites/*.json), validated against schemas/suite-source.schema.json."""
-    return read_json(Path(path), "suite-source")
+def load_suite_source(path: Path | str = DEFAULT_SUITE, *, limit: int | None = None) -> dict:
+    """A suite as written, as a dict valid against schemas/suite-source.schema.json: either a suite
+    file (JSON) or, for a .jsonl/.ndjson file, one chat request per line,
+    {"id", "messages", optional "kind" (default "custom") and "max_tokens"}, named after the file's stem.
+
+    `limit` keeps the first `limit` prompts and every passage (there are few, and each is one
+    forward pass). Problems raise ResultFileError: one line naming the file, the line or field."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    path = Path(path)
+    source = _read_jsonl(path) if path.suffix.lower() in JSONL_SUFFIXES else _read_suite_file(path)
+    return source if limit is None else _first_prompts(source, limit)
+
+
+def _read_suite_file(path: Path) -> dict:
+    source = read_json(path, "suite-source")
+    if "limit" in source:
+        raise ResultFileError(f"{path}: field limit: set by --limit when the suite is loaded, not in the file")
+    for section in ("prompts", "passages"):
+        ids = [item["id"] for item in source[section]]
+        if (pair := _first_duplicate(ids)) is not None:
+            first, again = pair
+            raise ResultFileError(f'{path}: field {section}[{again}].id: duplicate id "{ids[again]}" (first at {section}[{first}])')
+    return source
+
+
+def _read_jsonl(path: Path) -> dict:
+    try:
+        raw_lines = path.read_bytes().split(b"\n")
+    except FileNotFoundError:
+        raise ResultFileError(f"{path}: file not found") from None
+    numbered = [(number, _parse_line(path, number, raw)) for number, raw in enumerate(raw_lines, start=1) if raw.strip()]
+    if not numbered:
+        raise ResultFileError(f"{path}: no prompts: every line is blank")
+    ids = [prompt["id"] for _, prompt in numbered]
+    if (pair := _first_duplicate(ids)) is not None:
+        first, again = pair
+        raise ResultFileError(f'{path}: line {numbered[again][0]}: duplicate id "{ids[again]}" (first on line {numbered[first][0]})')
+    return {"schema": schema_tag("suite-source"), "name": path.stem, "prompts": [prompt for _, prompt in numbered], "passages": []}
+
+
+def _parse_line(path: Path, number: int, raw: bytes) -> dict:
+    """One JSONL line as a suite prompt, checked against the suite file's own prompt schema so
+    that a field is named the same way in both formats."""
+    where = f"{path}: line {number}"
+    try:
+        request = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ResultFileError(f"{where}: not UTF-8 ({err.reason} at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise ResultFileError(f"{where}: not JSON ({err.msg} at column {err.colno})") from None
+    prompt = {"kind": DEFAULT_KIND, **request} if isinstance(request, dict) else request
+    error = best_match(_prompt_validator().iter_errors(prompt))
+    if error is not None:
+        message = error.message if len(error.message) <= 200 else error.message[:197] + "..."
+        raise ResultFileError(f"{where}: field {_field_path(error)}: {message}".replace("\n", " "))
+    return prompt
+
+
+@lru_cache(maxsize=None)
+def _prompt_validator() -> Draft202012Validator:
+    return Draft202012Validator({"$ref": "suite-source.schema.json#/$defs/prompt"}, registry=_registry())
+
+
+def _first_duplicate(ids: list[str]) -> tuple[int, int] | None:
+    """Positions of the first id seen a second time and of its first occurrence."""
+    seen: dict[str, int] = {}
+    for index, item_id in enumerate(ids):
+        if item_id in seen:
+            return seen[item_id], index
+        seen[item_id] = index
+    return None
+
+
+def _first_prompts(source: dict, limit: int) -> dict:
+    """The limit is recorded only when it cuts: a limit at or above the suite's size gives the
+    whole suite, with the whole suite's hashes."""
+    if limit >= len(source["prompts"]):
+        return source
+    return {**source, "prompts": source["prompts"][:limit], "limit": limit}
 
 
 def tokenizer_sha256(model_dir: Path) -> str:
@@ -27,16 +111,20 @@ def tokenizer_sha256(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def render_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Chat template to text, then text to ids without adding special tokens again: the same
-    two steps vLLM's chat endpoint takes, so the ids can be checked against the server's."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def render_prompt_text(tokenizer, messages: list[dict]) -> str:
+    """The chat template's output, ending with the assistant's header."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def text_ids(tokenizer, text: str) -> list[int]:
+    """Text to ids without adding special tokens: a rendered prompt already has its own, so
+    this is the second of the two steps vLLM's chat endpoint takes and the ids can be checked
+    against the server's."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def render_passage_ids(tokenizer, text: str) -> list[int]:
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
+    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + text_ids(tokenizer, text)
 
 
 def stop_ids(model_dir: Path, tokenizer) -> list[int]:
@@ -58,7 +146,8 @@ def _render_prompt(tokenizer, prompt: dict, default_max_tokens: int) -> dict:
     rendered = {"id": prompt["id"], "kind": prompt["kind"], "messages": prompt["messages"],
                 "max_tokens": prompt.get("max_tokens", default_max_tokens)}
     try:
-        rendered["prompt_ids"] = render_prompt_ids(tokenizer, prompt["messages"])
+        rendered["prompt_text"] = render_prompt_text(tokenizer, prompt["messages"])
+        rendered["prompt_ids"] = text_ids(tokenizer, rendered["prompt_text"])
     except (TypeError, ValueError, UnicodeError) as err:
         rendered["prompt_ids"] = []
         rendered["render_error"] = f"{type(err).__name__}: {err}"
@@ -66,6 +155,8 @@ def _render_prompt(tokenizer, prompt: dict, default_max_tokens: int) -> dict:
 
 
 def suite_hash(prompts: list[dict], passages: list[dict], stop: list[int]) -> str:
+    """Covers every field of the prompts as stored (text, ids, max_tokens...), so audit.py can
+    recompute it from suite.json alone."""
     return sha256_of({"prompts": prompts, "passages": passages, "stop_ids": stop})
 
 
@@ -80,9 +171,11 @@ def render_suite(source: dict, model_dir: Path, *, default_max_tokens: int) -> d
         for passage in source["passages"]
     ]
     stop = stop_ids(model_dir, tokenizer)
+    limit = {"limit": source["limit"]} if "limit" in source else {}
     return {
         "schema": schema_tag("suite"),
         "name": source["name"],
+        **limit,
         "sha256": suite_hash(prompts, passages, stop),
         "stop_ids": stop,
         "source_sha256": sha256_of(source),

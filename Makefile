@@ -17,6 +17,8 @@ comma := ,
 PROFILE ?= kollama-3-8b-instruct
 RUN ?=
 DTYPE ?=
+SUITE ?=
+LIMIT ?=
 MAX_MODEL_LEN ?=
 MAX_NUM_SEQS ?=
 PORT ?=
@@ -50,9 +52,13 @@ RUN_NAME = $(or $(RUN),$(PROFILE))
 IMAGE_BASE_FLAGS = $(if $(filter 1,$(ALLOW_UNPINNED)),--allow-unpinned) $(if $(IMAGE_MIRROR),--mirror $(IMAGE_MIRROR))
 SERVE_FLAGS = $(strip $(if $(MAX_MODEL_LEN),--max-model-len $(MAX_MODEL_LEN)) $(if $(MAX_NUM_SEQS),--max-num-seqs $(MAX_NUM_SEQS)) \
 	$(if $(PORT),--port $(PORT)) $(if $(TP),--tensor-parallel-size $(TP)) $(if $(filter 1,$(EAGER)),--enforce-eager))
-SIDE_FLAGS = $(strip --profile $(PROFILE) --run $(RUN_NAME) $(if $(DTYPE),--dtype $(DTYPE)))
+# Your own prompts: SUITE=path/to/suite.json or .jsonl (one chat request per line), LIMIT=N for the
+# first N; in the images the suite's folder is mounted read-only.
+SUITE_FLAGS = $(if $(SUITE),--suite /work/suite/$(notdir $(SUITE))) $(if $(LIMIT),--limit $(LIMIT))
+SUITE_VOLUME = $(if $(SUITE),-v $(abspath $(dir $(SUITE))):/work/suite:ro)
+SIDE_FLAGS = $(strip --profile $(PROFILE) --run $(RUN_NAME) $(if $(DTYPE),--dtype $(DTYPE)) $(SUITE_FLAGS))
 # Results and model cache are shared volumes; the Hub settings pass through, never written down.
-VOLUMES = -v $(RESULTS):/work/results -v $(MODELS):/work/models -e HF_ENDPOINT -e HF_TOKEN -e MODELSCOPE_ENDPOINT -e MODELSCOPE_API_TOKEN
+VOLUMES = -v $(RESULTS):/work/results -v $(MODELS):/work/models $(SUITE_VOLUME) -e HF_ENDPOINT -e HF_TOKEN -e MODELSCOPE_ENDPOINT -e MODELSCOPE_API_TOKEN
 # Only the host's cards NPUS are mounted, and the runtime numbers them from 0 inside, so
 # ASCEND_RT_VISIBLE_DEVICES stays unset (as in vllm-ascend's docs); the host ids go to provenance.
 NPU_LIST = $(subst $(comma), ,$(NPUS))
@@ -78,7 +84,7 @@ REQUIRE_PYTHON = @$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))
 
 help: ## list the targets and knobs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
-	@echo "  knobs: PROFILE RUN DTYPE MAX_MODEL_LEN MAX_NUM_SEQS PORT TP EAGER NPUS DEVICE REPORT_LANG RESULTS MODELS"
+	@echo "  knobs: PROFILE RUN SUITE LIMIT DTYPE MAX_MODEL_LEN MAX_NUM_SEQS PORT TP EAGER NPUS DEVICE REPORT_LANG RESULTS MODELS"
 	@echo "         ASCEND_TAG ASCEND_VARIANT IMAGE_MIRROR ALLOW_UNPINNED (empty serve knobs: the profile's values)"
 
 $(STAMP): requirements/*.txt pyproject.toml scripts/install.sh
@@ -106,7 +112,8 @@ $(HOST_STAMP): requirements/base.txt pyproject.toml scripts/install.sh
 setup: $(STAMP) ## create .venv and install the pinned CPU target, reference and test tools
 
 demo: $(STAMP) ## end to end on the tiny model: vLLM on this CPU vs transformers (DTYPE=bfloat16 to try bf16)
-	$(INV) demo $(if $(DTYPE),--dtype $(DTYPE)) --run $(or $(RUN),demo) --lang $(REPORT_LANG)
+	$(INV) demo $(strip $(if $(DTYPE),--dtype $(DTYPE)) --run $(or $(RUN),demo) --lang $(REPORT_LANG) \
+		$(if $(SUITE),--suite $(SUITE)) $(if $(LIMIT),--limit $(LIMIT)))
 
 test: $(STAMP) $(OLAH_STAMP) ## run the tests (starts one real vLLM server and a Hub-compatible server)
 	LLM_PARITY_OLAH=$(abspath $(OLAH_VENV))/bin/olah-cli $(INV) test
@@ -127,7 +134,7 @@ verify: image-ascend ## Ascend host: download, dummy check, serve, query -> resu
 reference: image-reference ## CPU/GPU host (DEVICE=cuda for GPUs): the reference side -> results/<run>/reference/
 	mkdir -p $(RESULTS) $(MODELS)
 	docker run --rm $(GPU_FLAGS) --user $$(id -u):$$(id -g) $(VOLUMES) -e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_REFERENCE)) \
-		$(IMAGE_REFERENCE) reference $(SIDE_FLAGS) --device $(DEVICE)
+		$(IMAGE_REFERENCE) reference $(strip $(SIDE_FLAGS) --device $(DEVICE))
 
 compare: $(HOST_STAMP) ## either host: compare both sides, write report/ and SHA256SUMS; exit 0 pass, 1 fail
 	LLM_PARITY_RESULTS=$(RESULTS) $(HOST_INV) compare --profile $(PROFILE) --run $(RUN_NAME) --lang $(REPORT_LANG)

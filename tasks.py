@@ -159,10 +159,13 @@ def reference(c, side, device="cpu"):
 
 
 @task(help={"profile": PROFILE_HELP, "run": RUN_HELP, "lang": "report language: zh (default) or en",
-            "results": RESULTS_HELP})
-def compare(c, profile=DEFAULT_PROFILE, run="run", lang="zh", results=None):
-    """Compare target and reference of results/<run>/, write report/compare.json and report.md. Exit 0 pass, 1 fail, 2 bad input."""
-    _finish(lambda: cli.compare(profile=profile, run=run, lang=lang, results=results))
+            "results": RESULTS_HELP,
+            "profile_override": "judge with this profile although the sides ran another (the report says so)"})
+def compare(c, profile=DEFAULT_PROFILE, run="run", lang="zh", results=None, profile_override=False):
+    """Compare target and reference of results/<run>/, write report/compare.json, report.md and report.html. Exit 0 pass, 1 fail, 2 bad input.
+
+    The sides record the profile they ran (name and content hash); another one is refused unless --profile-override."""
+    _finish(lambda: cli.compare(profile=profile, run=run, lang=lang, results=results, profile_override=profile_override))
 
 
 @task(help={"run": "a run name under results/, or the path of any results folder", "results": RESULTS_HELP})

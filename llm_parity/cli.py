@@ -99,8 +99,9 @@ def verify(**options) -> int:
     return guarded(lambda: side_exit(pipeline.verify(request(**options))))
 
 
-def compare(*, lang: str = "zh", **options) -> int:
-    return guarded(lambda: verdict_exit(pipeline.compare_run(request(**options), lang=lang)))
+def compare(*, lang: str = "zh", profile_override: bool = False, **options) -> int:
+    return guarded(lambda: verdict_exit(pipeline.compare_run(request(**options), lang=lang,
+                                                             profile_override=profile_override)))
 
 
 def demo(*, lang: str = "zh", run: str = "demo", **options) -> int:

@@ -20,7 +20,8 @@ from llm_parity import ascend
 from llm_parity import compare as compare_mod
 from llm_parity.audit import AuditResult, audit_run, write_sums
 from llm_parity.backend import DEFAULT_BACKEND, SideSetup, backend_class
-from llm_parity.download import DownloadError, ModelOrigin, build_manifest, check_model_folder, resolve_model
+from llm_parity.download import (DownloadError, ModelOrigin, build_manifest, check_model_folder, resolve_model,
+                                  verify_folder)
 from llm_parity.profiles import Profile, load_profile
 from llm_parity.progress import note
 from llm_parity.provenance import collect
@@ -28,7 +29,7 @@ from llm_parity.records import SIDES, Generation, PassageScore, decoding_of, gen
 from llm_parity.report import build_report
 from llm_parity.report.html import render_html
 from llm_parity.report.markdown import render_markdown
-from llm_parity.results import RunDir, ensure_writable, read_json, write_json, write_text_atomic
+from llm_parity.results import RunDir, ensure_writable, read_json, sha256_of, write_json, write_text_atomic
 from llm_parity.suite import DEFAULT_SUITE, load_suite_source, render_suite
 
 NOT_RUN = "not run: the run stopped before this item finished"
@@ -91,15 +92,16 @@ class CompareOutcome:
 
 def prepare(run: RunDir, profile: Profile, model_dir: Path, origin: ModelOrigin, *,
             suite_source: dict | None = None) -> tuple[dict, dict]:
-    """Write (or check) the model manifest and the rendered suite. A side that comes second
-    reuses the suite the first one rendered, and must be running the same model files."""
+    """Write (or check) the model manifest and the rendered suite (from `suite_source`, the
+    default suite when None). A side that comes second reuses the suite the first one rendered,
+    refuses a `suite_source` other than the one it was rendered from, and must be running the
+    same model files."""
     if run.manifest.is_file():
         manifest = read_json(run.manifest, "manifest")
-        current = build_manifest(model_dir, source=manifest["source"], repo_id=manifest["repo_id"],
-                                 revision=manifest["revision"], resolved_revision=manifest["resolved_revision"])
-        if current["sha256"] != manifest["sha256"]:
-            raise DownloadError(f"{run.manifest}: field sha256: model folder {model_dir} does not match the manifest "
-                                "the other side ran (different weights or files)")
+        problems = verify_folder(model_dir, manifest, log=note)
+        if problems:
+            raise DownloadError(f"{run.manifest}: field files: model folder {model_dir} does not match the manifest "
+                                f"the other side ran: {'; '.join(problems)}")
     else:
         check_model_folder(model_dir, allow_pickle=profile.model.get("allow_pickle", False))
         manifest = build_manifest(model_dir, source=origin.source, repo_id=origin.repo_id, revision=origin.revision,
@@ -107,6 +109,10 @@ def prepare(run: RunDir, profile: Profile, model_dir: Path, origin: ModelOrigin,
         write_json(run.manifest, manifest, "manifest")
     if run.suite.is_file():
         suite = read_json(run.suite, "suite")
+        if suite_source is not None and sha256_of(suite_source) != suite["source_sha256"]:
+            raise compare_mod.IncompatibleRuns(
+                f"{run.suite}: field source_sha256: this run was rendered from another suite ({suite['name']}); "
+                "run this side without --suite/--limit to use it, or choose another run name")
     else:
         source = suite_source if suite_source is not None else load_suite_source(DEFAULT_SUITE)
         suite = render_suite(source, model_dir, default_max_tokens=profile.decoding["max_tokens"])
@@ -119,7 +125,8 @@ def open_workspace(request: Request, *, log=note) -> Workspace:
     then the model (built, downloaded or given) and the run's suite and manifest."""
     profile = load_profile(request.profile).with_serve(dtype=request.dtype, **request.serve)
     run = RunDir.under(request.results_root, request.run)
-    source = load_suite_source(request.suite or DEFAULT_SUITE, limit=request.limit)
+    asked = request.suite is not None or request.limit is not None
+    source = load_suite_source(request.suite or DEFAULT_SUITE, limit=request.limit) if asked else None
     ensure_writable(run.root)
     model_dir, origin = resolve_model(profile, request.model, models_root=request.models_root, log=log)
     suite, manifest = prepare(run, profile, model_dir, origin, suite_source=source)
@@ -172,6 +179,19 @@ def _runnable(suite: dict, max_model_len: int, done_gen: dict, done_ppl: dict) -
     return prompts, passages
 
 
+def _template_warnings(side: str, records, log) -> list[str]:
+    """Said at once, not only when compare runs: the server's own chat template rendered other
+    prompt ids than the suite for some prompts."""
+    differing = sorted(r.id for r in records if r.chat_prompt_ids is not None and r.chat_prompt_ids != r.prompt_ids)
+    if not differing:
+        return []
+    warning = (f"warning: {side}: the server's chat template renders other prompt ids than the suite for "
+               f"{len(differing)} prompts ({', '.join(differing[:5])}{', ...' if len(differing) > 5 else ''}); "
+               "the sides still decode the suite's ids, and compare's chat_template check will fail")
+    log(warning)
+    return [warning]
+
+
 def run_side(side: str, setup: SideSetup, manifest: dict, *, backend: str | None = None,
              resume: bool = False) -> SideOutcome:
     """One side of a run through any backend (the side's default unless named): with `resume`, the
@@ -194,10 +214,12 @@ def run_side(side: str, setup: SideSetup, manifest: dict, *, backend: str | None
             where = runner.describe()
     finally:
         errors = _write_side(run, side, suite, manifest, decoding, done_gen, done_ppl)
+    notes = where.get("notes", []) + _template_warnings(side, done_gen.values(), setup.log)
     write_json(run.provenance(side), collect(
-        side=side, backend=backend_type.name, backend_label=backend_type.label, model_path=str(setup.model_dir),
+        side=side, backend=backend_type.name, backend_label=backend_type.label,
+        profile={"name": profile.name, "sha256": profile.sha256}, model_path=str(setup.model_dir),
         manifest_sha256=manifest["sha256"], suite_sha256=suite["sha256"], decoding=decoding, device=where["device"],
-        server=where["server"], notes=where.get("notes"), duration_s=time.monotonic() - started), "provenance")
+        server=where["server"], notes=notes, duration_s=time.monotonic() - started), "provenance")
     return SideOutcome(side, run.side(side), run.generations(side), errors)
 
 
@@ -308,9 +330,27 @@ def bench(request: Request, *, concurrencies: tuple[int, ...], output_len: int, 
     return doc
 
 
-def compare(run: RunDir, profile: Profile, *, lang: str = "zh") -> CompareOutcome:
+def profile_differences(provenance: dict[str, dict], profile: Profile) -> list[str]:
+    """How the profile each side recorded differs from `profile` (name and content hash)."""
+    differences = []
+    for side, doc in provenance.items():
+        ran = doc.get("profile")
+        if ran and ran["sha256"] != profile.sha256:
+            differences.append(f"the {side} side ran profile {ran['name']} ({ran['sha256'][:12]}…), "
+                               f"not {profile.name} ({profile.sha256[:12]}…)")
+    return differences
+
+
+def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override: bool = False) -> CompareOutcome:
     """Compare the two sides' files; write report/compare.json, report.md, report.html and, last,
-    SHA256SUMS."""
+    SHA256SUMS. The sides must have run `profile` (its thresholds judge them) unless
+    `profile_override`, which the report then states."""
+    provenance = {side: read_json(run.provenance(side), "provenance") for side in SIDES}
+    differences = profile_differences(provenance, profile)
+    if differences and not profile_override:
+        raise compare_mod.IncompatibleRuns(f"{run.provenance('target').parent.parent}: {'; '.join(differences)}; "
+                                           "compare with the profile they ran, or pass --profile-override to judge "
+                                           "them by this one (the report says so)")
     target = read_json(run.generations("target"), "generations")
     dtype = target["decoding"]["dtype"]
     ensure_writable(run.compare.parent)
@@ -322,7 +362,6 @@ def compare(run: RunDir, profile: Profile, *, lang: str = "zh") -> CompareOutcom
         thresholds=profile.thresholds(dtype), profile=profile.name,
     )
     write_json(run.compare, result, "compare")
-    provenance = {side: read_json(run.provenance(side), "provenance") for side in SIDES}
     bench = read_json(run.bench, "bench") if run.bench.is_file() else None
     report = build_report(result, provenance, manifest=read_json(run.manifest, "manifest"), bench=bench, lang=lang)
     write_text_atomic(run.report_md, render_markdown(report))
@@ -331,8 +370,9 @@ def compare(run: RunDir, profile: Profile, *, lang: str = "zh") -> CompareOutcom
     return CompareOutcome(result, run.report_md)
 
 
-def compare_run(request: Request, *, lang: str) -> CompareOutcome:
-    return compare(RunDir.under(request.results_root, request.run), load_profile(request.profile), lang=lang)
+def compare_run(request: Request, *, lang: str, profile_override: bool = False) -> CompareOutcome:
+    return compare(RunDir.under(request.results_root, request.run), load_profile(request.profile), lang=lang,
+                   profile_override=profile_override)
 
 
 def audit(folder: Path) -> AuditResult:

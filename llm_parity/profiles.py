@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llm_parity import PROJECT_ROOT
-from llm_parity.results import ResultFileError, read_json
+from llm_parity.results import ResultFileError, read_json, sha256_of
 
 PROFILE_DIR = PROJECT_ROOT / "profiles"
 DEFAULT_PROFILE = "kollama-3-8b-instruct"
@@ -22,6 +22,7 @@ class Profile:
     decoding: dict
     thresholds_by_dtype: dict
     path: Path
+    sha256: str  # of the profile file's content: the sides record it, compare checks it
 
     @property
     def dtype(self) -> str:
@@ -38,7 +39,7 @@ class Profile:
         """A copy with some serve settings replaced (None values are ignored)."""
         serve = copy.deepcopy(self.serve)
         serve.update({key: value for key, value in changes.items() if value is not None})
-        profile = Profile(self.name, self.model, serve, self.decoding, self.thresholds_by_dtype, self.path)
+        profile = Profile(self.name, self.model, serve, self.decoding, self.thresholds_by_dtype, self.path, self.sha256)
         profile.thresholds()  # fail early on a dtype the profile cannot judge
         return profile
 
@@ -54,4 +55,4 @@ def load_profile(name_or_path: str = DEFAULT_PROFILE) -> Profile:
     """Load a profile by name (profiles/<name>.json) or by path, validated against its schema."""
     path = profile_path(name_or_path)
     doc = read_json(path, "profile")
-    return Profile(doc["name"], doc["model"], doc["serve"], doc["decoding"], doc["thresholds"], path)
+    return Profile(doc["name"], doc["model"], doc["serve"], doc["decoding"], doc["thresholds"], path, sha256_of(doc))

@@ -103,12 +103,13 @@ def image() -> dict:
             "pinned": None if pinned is None else pinned == "1"}
 
 
-def collect(*, side: str, backend: str, backend_label: str, model_path: str, manifest_sha256: str,
+def collect(*, side: str, backend: str, backend_label: str, profile: dict, model_path: str, manifest_sha256: str,
             suite_sha256: str, decoding: dict, device: str, duration_s: float, server: dict | None = None,
             notes: list[str] | None = None) -> dict:
     """The provenance document (schemas/provenance.schema.json) for one side."""
     return {
         "schema": schema_tag("provenance"), "side": side, "backend": backend, "backend_label": backend_label,
+        "profile": profile,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "duration_s": round(duration_s, 3), "command": [os.path.basename(sys.argv[0])] + sys.argv[1:],
         "packages": package_versions(), "notes": list(notes or ()), "hardware": hardware(device), "image": image(),

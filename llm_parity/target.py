@@ -56,7 +56,7 @@ class VllmHttpClient:
             raise requests.ConnectionError(gone)
         response = self.session.post(f"{self.base_url}{path}", json=payload, timeout=self.timeout_s)
         if response.status_code != 200:
-            raise requests.HTTPError(f"HTTP {response.status_code} from {path}: {response.text[:300]}")
+            raise requests.HTTPError(f"HTTP {response.status_code} from {path}: {response.text[:300]}", response=response)
         return response.json()
 
     def server_info(self) -> dict:
@@ -104,11 +104,18 @@ class VllmHttpClient:
         )
 
     def chat_prompt_ids(self, messages: list[dict]) -> list[int] | None:
-        """The prompt ids the server's own chat template gives the same messages."""
-        body = self._post("/v1/chat/completions", {
-            "model": self.model, "messages": messages, "max_tokens": 1, "temperature": 0,
-            "return_token_ids": True,
-        })
+        """The prompt ids the server's own chat template gives the same messages; None when the
+        server cannot render them (no chat template: it refuses the request) or does not say,
+        so the chat-template check reads "not checked" rather than a pass."""
+        try:
+            body = self._post("/v1/chat/completions", {
+                "model": self.model, "messages": messages, "max_tokens": 1, "temperature": 0,
+                "return_token_ids": True,
+            })
+        except requests.HTTPError as err:
+            if err.response is not None and 400 <= err.response.status_code < 500:
+                return None
+            raise
         ids = body.get("prompt_token_ids") or body["choices"][0].get("prompt_token_ids")
         return list(ids) if ids is not None else None
 

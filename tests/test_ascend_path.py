@@ -16,8 +16,9 @@ import pytest
 
 from llm_parity import PROJECT_ROOT, ascend, cli, pipeline, provenance
 from llm_parity.http import http_session, is_loopback
+from llm_parity.profiles import load_profile
 from llm_parity.results import read_json, write_json
-from llm_parity.serve import ServerError, ensure_port_free
+from llm_parity.serve import ServerError, ensure_port_free, spec_from_profile, vllm_command
 from llm_parity.target import VllmHttpClient
 
 SAMPLES = Path(__file__).parent / "samples" / "ascend"
@@ -226,7 +227,8 @@ def test_the_target_on_an_ascend_host_records_its_npus(monkeypatch, tmp_path):
     monkeypatch.setattr(provenance, "command_stdout",
                         lambda argv: samples["board" if "board" in argv else "info"] if argv[0] == "npu-smi" else None)
     assert provenance.serving_device() == "npu"
-    doc = provenance.collect(side="target", backend="vllm-http", backend_label="vLLM (HTTP)", model_path="m", manifest_sha256="a" * 64,
+    doc = provenance.collect(side="target", backend="vllm-http", backend_label="vLLM (HTTP)",
+                             profile={"name": "p", "sha256": "c" * 64}, model_path="m", manifest_sha256="a" * 64,
                              suite_sha256="b" * 64, decoding={"temperature": 0, "top_logprobs": 5, "dtype": "bfloat16"},
                              device=provenance.serving_device(), duration_s=1.0)
     write_json(tmp_path / "provenance.json", doc, "provenance")  # valid against the schema
@@ -252,9 +254,25 @@ def test_make_verify_mounts_the_chosen_cards_and_leaves_their_numbering_to_the_r
     assert "-e LLM_PARITY_HOST_NPUS=4,5" in line and "-e LLM_PARITY_OWNER=$(id -u):$(id -g)" in line
 
 
+def served_by(line: str) -> list[str]:
+    """The `vllm serve` command line that the inv task at the end of a docker line would run."""
+    words = line.split(" verify ", 1)[1].split()
+    options = {word[2:].replace("-", "_"): (words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--")
+                                             else True) for i, word in enumerate(words) if word.startswith("--")}
+    serve = {name: int(options[name]) for name in ("max_model_len", "max_num_seqs", "port") if name in options}
+    profile = load_profile(options["profile"]).with_serve(dtype=options.get("dtype"), **serve,
+                                                          enforce_eager=options.get("enforce_eager"))
+    return vllm_command(spec_from_profile(profile, Path("/work/models/m")))
+
+
 def test_make_verify_passes_only_the_knobs_the_user_set():
     tiny = docker_run_line("PROFILE=tiny-llama")
-    assert tiny.endswith("verify --profile tiny-llama --run tiny-llama")  # the profile's own flags apply
+    assert tiny.endswith("verify --profile tiny-llama --run tiny-llama")
+    served = " ".join(served_by(tiny))  # so the tiny profile's own flags are served, not the seed's
+    assert "--dtype float32 --max-model-len 1024 --max-num-seqs 16" in served and "--port 0" in served
+    assert "--max-model-len 8192" not in served and "--dtype bfloat16" not in served
+    seed = " ".join(served_by(docker_run_line()))
+    assert "--dtype bfloat16 --max-model-len 8192 --max-num-seqs 16" in seed and "--port 8000" in seed
     set_knobs = docker_run_line("PROFILE=tiny-llama", "DTYPE=float32", "PORT=9000", "MAX_NUM_SEQS=4", "EAGER=1")
     assert set_knobs.endswith("--dtype float32 --max-num-seqs 4 --port 9000 --enforce-eager")
 

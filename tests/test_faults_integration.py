@@ -15,9 +15,12 @@ import pytest
 import requests
 
 from llm_parity import PROJECT_ROOT, cli, pipeline
+from llm_parity.compare import compare_runs
+from llm_parity.download import ModelOrigin
+from llm_parity.profiles import load_profile
+from llm_parity.records import Generation, decoding_of, generations_doc, perplexity_doc
 from llm_parity.results import RunDir, read_json
 from llm_parity.serve import ServerError, VllmServer, free_port, spec_from_profile
-from llm_parity.download import ModelOrigin
 from llm_parity.suite import load_suite_source, render_suite
 from llm_parity.target import VllmHttpClient, query_generations
 
@@ -192,6 +195,7 @@ class FaultProxy(ThreadingHTTPServer):
     def __init__(self, upstream: str):
         super().__init__(("127.0.0.1", 0), ProxyHandler)
         self.upstream, self.fail_first, self.delay_s, self.requests = upstream, 0, 0.0, 0
+        self.refuse_chat = False  # answer the chat endpoint as a server without a chat template does
 
 
 class ProxyHandler(BaseHTTPRequestHandler):
@@ -212,6 +216,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
         if proxy.fail_first > 0:
             proxy.fail_first -= 1
             return self._answer(503, b'{"error": "injected"}')
+        if proxy.refuse_chat and self.path == "/v1/chat/completions":
+            return self._answer(400, b'{"error": {"message": "this model has no chat template", "code": 400}}')
         time.sleep(proxy.delay_s)
         upstream = requests.post(proxy.upstream + self.path, data=body, headers={"Content-Type": "application/json"}, timeout=60)
         self._answer(upstream.status_code, upstream.content)
@@ -249,6 +255,27 @@ def test_5xx_is_retried_4xx_recorded_timeouts_bounded(proxy, vllm_server, tiny_m
     query_generations(VllmHttpClient(url, vllm_server.spec.served_name, timeout_s=1, retries=1), [prompt],
                       top_logprobs=2, concurrency=1, on_record=lambda record: done.__setitem__(record.id, record))
     assert "timed out" in done["p"].error.lower() and time.monotonic() - started < 15
+
+
+def test_a_server_that_cannot_render_the_chat_template_leaves_the_check_not_checked(proxy, vllm_server, tiny_model_dir):
+    """The chat-template check used to pass when the server gave no ids to check."""
+    url = f"http://127.0.0.1:{proxy.server_address[1]}"
+    prompt = one_prompt(tiny_model_dir)
+    proxy.refuse_chat = True
+    with VllmHttpClient(url, vllm_server.spec.served_name, timeout_s=30) as client:
+        record = client.generate(prompt, top_logprobs=2)
+    assert record.output_ids and record.error is None  # the generation itself stands
+    assert record.chat_prompt_ids is None and "chat_prompt_ids" not in record.to_json()
+    reference = Generation.from_json({**record.to_json()})
+    suite = {"sha256": "a" * 64, "stop_ids": [], "prompts": [prompt]}
+    docs = {side: generations_doc(side, suite, "b" * 64, decoding_of({"top_logprobs": 2}, "float32"), [one])
+            for side, one in (("target", record), ("reference", reference))}
+    scores = {side: perplexity_doc(side, suite, "b" * 64, []) for side in docs}
+    result = compare_runs(suite=suite, target=docs["target"], reference=docs["reference"], target_ppl=scores["target"],
+                          reference_ppl=scores["reference"], thresholds=load_profile("tiny-llama").thresholds("float32"),
+                          profile="tiny-llama")
+    chat = next(check for check in result["checks"] if check["name"] == "chat_template")
+    assert chat["status"] == "not_checked" and chat["passed"] is not True
 
 
 def test_prompts_that_cannot_run_are_recorded_and_the_run_goes_on(vllm_server, tiny_model_dir, demo_profile, tmp_path):

@@ -1,0 +1,43 @@
+"""A backend that answers from a recorded results folder instead of a model: it shows that a new
+backend is one class plus its line in llm_parity.backend.BACKENDS, and lets tests replay a side."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from llm_parity.backend import Backend, SideSetup
+from llm_parity.records import Generation, PassageScore
+from llm_parity.results import RunDir, read_json
+
+
+class ReplayBackend(Backend):
+    """Replays `setup.options["replay_from"]` (a results folder), side `setup.options["side"]`."""
+
+    name = "replay"
+    label = "replay of a recorded results folder"
+
+    def __init__(self, generations: dict[str, dict], scores: dict[str, dict], source: Path):
+        self.generations, self.scores, self.source = generations, scores, source
+
+    @classmethod
+    def open(cls, setup: SideSetup) -> "ReplayBackend":
+        recorded = RunDir(Path(setup.options["replay_from"]))
+        side = setup.options.get("side", "reference")
+        generations = read_json(recorded.generations(side), "generations")["records"]
+        scores = read_json(recorded.perplexity(side), "perplexity")["records"]
+        return cls({r["id"]: r for r in generations}, {r["id"]: r for r in scores}, recorded.root)
+
+    @property
+    def max_model_len(self) -> int:
+        return 1 << 30  # what was recorded already passed the original side's limit
+
+    def generate(self, prompts: list[dict], *, top_logprobs: int, on_record: Callable[[Generation], None]) -> None:
+        for prompt in prompts:
+            on_record(Generation.from_json(self.generations[prompt["id"]]))
+
+    def score(self, passages: list[dict], *, on_record: Callable[[PassageScore], None]) -> None:
+        for passage in passages:
+            on_record(PassageScore.from_json(self.scores[passage["id"]]))
+
+    def describe(self) -> dict:
+        return {"device": "replay", "server": None, "notes": [f"replayed from {self.source}"]}

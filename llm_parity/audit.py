@@ -214,8 +214,8 @@ def _same_inputs_of_one_document(found: CheckResult, files: RunFiles, side: str,
         found.problem(path, "side", expected=side, found=doc["side"])
     if suite and doc["suite_sha256"] != suite["sha256"]:
         found.problem(path, "suite_sha256", expected=f"{suite['sha256']} (this run's suite.json)", found=doc["suite_sha256"])
-    model_field = "model.manifest_sha256" if kind == "provenance" else "model_manifest_sha256"
-    model_hash = doc["model"]["manifest_sha256"] if kind == "provenance" else doc["model_manifest_sha256"]
+    model_field, model_hash = (("model.manifest_sha256", doc["model"]["manifest_sha256"]) if kind == "provenance"
+                               else ("model_manifest_sha256", doc["model_manifest_sha256"]))
     if manifest and model_hash != manifest["sha256"]:
         found.problem(path, model_field, expected=f"{manifest['sha256']} (this run's model manifest)", found=model_hash)
 
@@ -266,13 +266,13 @@ def recomputed_verdict_passes(files: RunFiles, found: CheckResult) -> None:
     recomputed = files.recomputed
     if not isinstance(recomputed, dict):
         return
-    counts = f"{recomputed['summary']['identical']}/{recomputed['summary']['prompts']} identical, dtype {recomputed['dtype']}"
-    unchecked = unchecked_checks(recomputed)
-    counts += f"; not checked: {', '.join(unchecked)}" if unchecked else ""
     if recomputed["verdict"] != PASS:
         found.problem(files.run.compare, "verdict", expected=PASS, found=recomputed["verdict"],
                       why=f"recomputed from the raw records; failing: {'; '.join(failing_checks(recomputed))}")
         return
+    counts = f"{recomputed['summary']['identical']}/{recomputed['summary']['prompts']} identical, dtype {recomputed['dtype']}"
+    unchecked = unchecked_checks(recomputed)
+    counts += f"; not checked: {', '.join(unchecked)}" if unchecked else ""
     found.facts.append(f"verdict recomputed from raw records: {recomputed['verdict']} ({counts})")
 
 

@@ -152,3 +152,16 @@ def test_the_sums_check_ignores_audit_json_but_not_other_added_files(run):
     (run.root / "report" / "extra.json").write_text("{}")
     [added] = problems_of(run, "sums")
     assert (added.file, added.found) == (str(run.root / "report" / "extra.json"), "not listed (file added)")
+
+
+def test_a_side_made_from_another_model_names_the_field_in_each_kind_of_file(run):
+    provenance = read_json(run.provenance("target"), "provenance")
+    write_json(run.provenance("target"), {**provenance, "model": {**provenance["model"], "manifest_sha256": "f" * 64}},
+               "provenance")
+    perplexity = read_json(run.perplexity("reference"), "perplexity")
+    write_json(run.perplexity("reference"), {**perplexity, "model_manifest_sha256": "f" * 64}, "perplexity")
+    write_sums(run)
+    found = {(p.file, p.field): p for p in problems_of(run, "same_inputs")}
+    assert set(found) == {(str(run.provenance("target")), "model.manifest_sha256"),
+                          (str(run.perplexity("reference")), "model_manifest_sha256")}
+    assert all(p.expected.startswith(manifest_doc()["sha256"]) and p.found == "f" * 64 for p in found.values())

@@ -1,24 +1,39 @@
 """Audit a results folder from its files alone: every file valid against its schema, the
 SHA256SUMS intact and complete, both sides made from the same suite, model and decoding, and
-the verdict recomputed from the raw generations equal to the one in compare.json.
+the comparison recomputed from the raw generations equal to compare.json, with a passing verdict.
 
-All problems are collected, not just the first; each names the file and what is wrong."""
+Each check is one named function in AUDIT_CHECKS. All problems are collected, not just the
+first; each names the file, the field, what was expected there and what was found."""
 from __future__ import annotations
 
+import datetime as _dt
+import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any, Callable
 
-from llm_parity.compare import IncompatibleRuns, compare_runs
+from llm_parity.compare import PASS, IncompatibleRuns, Registry, compare_runs, failing_checks, unchecked_checks
 from llm_parity.download import sha256_file
 from llm_parity.records import SIDES
-from llm_parity.results import ResultFileError, RunDir, canonical_json, read_json, sha256_of, write_text_atomic
+from llm_parity.results import (ResultFileError, RunDir, canonical_json, ensure_writable, read_json, schema_tag,
+                                sha256_of, write_json, write_text_atomic)
 from llm_parity.suite import suite_hash
 
+SIDE_DOCUMENTS = ("generations", "perplexity", "provenance")  # each the name of its schema and of its RunDir path
+WHOLE_FILE = "(file)"  # the field of a problem with the file itself: missing, added, not JSON
+READABLE = "readable"  # the check whose problems make a folder unreadable
+
+
+def audit_path(run: RunDir) -> Path:
+    return run.root / "report" / "audit.json"
 
 
 def _listed_files(run: RunDir) -> list[Path]:
+    # audit.json is the auditor's statement about the folder, written after SHA256SUMS (and again at
+    # each audit), so the sums neither cover it nor count it as a file added to the run.
     return sorted(p for p in run.root.rglob("*")
-                  if p.is_file() and p != run.sums and not p.name.startswith("."))
+                  if p.is_file() and p not in (run.sums, audit_path(run)) and not p.name.startswith("."))
 
 
 def write_sums(run: RunDir) -> Path:
@@ -28,105 +43,271 @@ def write_sums(run: RunDir) -> Path:
     return run.sums
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in a results folder: where it is, what was expected there and what was found."""
+
+    check: str
+    file: str
+    field: str
+    expected: str
+    found: str
+    why: str = ""  # what the difference means, where the values alone do not say
+
+    @property
+    def message(self) -> str:
+        where = self.file if self.field == WHOLE_FILE else f"{self.file}: field {self.field}"
+        text = f"{where}: expected {self.expected}, found {self.found}"
+        return f"{text} ({self.why})" if self.why else text
+
+    def as_json(self) -> dict:
+        return {"check": self.check, "file": self.file, "field": self.field, "expected": self.expected,
+                "found": self.found, "message": self.message}
+
+
+@dataclass
+class CheckResult:
+    """What one audit check found."""
+
+    check: str
+    problems: list[Problem] = field(default_factory=list)
+    facts: list[str] = field(default_factory=list)
+
+    def problem(self, file: Path | str, field_name: str, *, expected: Any, found: Any, why: str = "") -> None:
+        self.problems.append(Problem(self.check, str(file), field_name, str(expected), str(found), why))
+
+
 @dataclass
 class AuditResult:
     run: Path
-    problems: list[str] = field(default_factory=list)
-    facts: list[str] = field(default_factory=list)
-    unreadable: bool = False  # some file is missing, not JSON or not valid against its schema
+    checks: list[CheckResult]
+
+    @property
+    def structured_problems(self) -> list[Problem]:
+        return [problem for check in self.checks for problem in check.problems]
+
+    @property
+    def problems(self) -> list[str]:
+        """One line per problem, as the summary prints them."""
+        return [problem.message for problem in self.structured_problems]
+
+    @property
+    def facts(self) -> list[str]:
+        return [fact for check in self.checks for fact in check.facts]
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.structured_problems
+
+    @property
+    def unreadable(self) -> bool:
+        """Some file is missing, not JSON or not valid against its schema."""
+        return any(problem.check == READABLE for problem in self.structured_problems)
 
 
-def check_sums(run: RunDir, result: AuditResult) -> None:
+@dataclass
+class RunFiles:
+    """The documents of one results folder, each read and validated once; what could not be read."""
+
+    run: RunDir
+    docs: dict[Path, dict] = field(default_factory=dict)
+    errors: dict[Path, tuple[str, ResultFileError]] = field(default_factory=dict)  # path: (schema, error)
+
+    @classmethod
+    def read(cls, run: RunDir) -> "RunFiles":
+        files = cls(run)
+        side_documents = [(getattr(run, kind)(side), kind) for side in SIDES for kind in SIDE_DOCUMENTS]
+        for path, schema in [(run.suite, "suite"), (run.manifest, "manifest"), *side_documents, (run.compare, "compare")]:
+            try:
+                files.docs[path] = read_json(path, schema)
+            except ResultFileError as err:
+                files.errors[path] = (schema, err)
+        return files
+
+    def side(self, side: str, kind: str) -> tuple[Path, dict | None]:
+        path = getattr(self.run, kind)(side)
+        return path, self.docs.get(path)
+
+    @cached_property
+    def recomputed(self) -> dict | IncompatibleRuns | None:
+        """compare.json recomputed from the raw files with its own thresholds; the reason when the
+        sides cannot be compared; None when a file it needs could not be read."""
+        suite, compare = self.docs.get(self.run.suite), self.docs.get(self.run.compare)
+        raw = {(side, kind): self.side(side, kind)[1] for side in SIDES for kind in ("generations", "perplexity")}
+        if not suite or not compare or not all(raw.values()):
+            return None
+        try:
+            return compare_runs(suite=suite, target=raw["target", "generations"], reference=raw["reference", "generations"],
+                                target_ppl=raw["target", "perplexity"], reference_ppl=raw["reference", "perplexity"],
+                                thresholds=compare["thresholds"], profile=compare["profile"])
+        except IncompatibleRuns as err:
+            return err
+
+
+AUDIT_CHECKS = Registry()
+audit_check = AUDIT_CHECKS.add
+
+
+@audit_check("sums")
+def sums_cover_every_file_unchanged(files: RunFiles, found: CheckResult) -> None:
+    run = files.run
     if not run.sums.is_file():
-        result.problems.append(f"{run.sums}: missing; the folder cannot be checked for changes")
+        found.problem(run.sums, WHOLE_FILE, expected="present", found="missing",
+                      why="the folder cannot be checked for changes")
         return
     listed = {}
     for number, line in enumerate(run.sums.read_text(encoding="utf-8").splitlines(), start=1):
         digest, sep, name = line.partition("  ")
         if not sep or len(digest) != 64:
-            result.problems.append(f"{run.sums}: line {number} is not '<sha256>  <path>'")
+            found.problem(run.sums, f"line {number}", expected="'<sha256>  <path>'", found=repr(line))
             continue
         listed[name] = digest
     present = {p.relative_to(run.root).as_posix(): p for p in _listed_files(run)}
     for name, digest in listed.items():
         if name not in present:
-            result.problems.append(f"{run.root / name}: listed in SHA256SUMS but missing")
-        elif sha256_file(present[name]) != digest:
-            result.problems.append(f"{run.root / name}: sha256 differs from SHA256SUMS (file changed)")
+            found.problem(run.root / name, WHOLE_FILE, expected="present (listed in SHA256SUMS)", found="missing")
+        elif (actual := sha256_file(present[name])) != digest:
+            found.problem(run.root / name, "sha256", expected=f"{digest} (SHA256SUMS)", found=actual,
+                          why="the file changed after SHA256SUMS was written")
     for name in sorted(set(present) - set(listed)):
-        result.problems.append(f"{run.root / name}: not listed in SHA256SUMS (file added)")
-    result.facts.append(f"SHA256SUMS: {len(listed)} files listed")
+        found.problem(run.root / name, WHOLE_FILE, expected="listed in SHA256SUMS", found="not listed (file added)")
+    found.facts.append(f"SHA256SUMS: {len(listed)} files listed")
 
 
-def _read(path: Path, name: str, result: AuditResult) -> dict | None:
-    try:
-        return read_json(path, name)
-    except ResultFileError as err:
-        result.problems.append(str(err))
-        result.unreadable = True
-        return None
+def _unreadable_problem(found: CheckResult, path: Path, schema: str, err: ResultFileError) -> None:
+    # ResultFileError says "<path>: field <field>: <what>" or "<path>: <what>" (results.py).
+    detail = str(err).removeprefix(f"{path}: ")
+    field_name, what = detail.removeprefix("field ").split(": ", 1) if detail.startswith("field ") else (WHOLE_FILE, detail)
+    found.problem(path, field_name, expected=f"a JSON document valid against schemas/{schema}.schema.json", found=what)
 
 
-def _check_hash(path: Path, field_name: str, stored: str, computed: str, result: AuditResult) -> None:
+@audit_check(READABLE)
+def every_file_readable(files: RunFiles, found: CheckResult) -> None:
+    for path, (schema, err) in files.errors.items():
+        _unreadable_problem(found, path, schema, err)
+
+
+def _recorded_hash(found: CheckResult, path: Path, stored: str, computed: str) -> None:
     if stored != computed:
-        result.problems.append(f"{path}: field {field_name}: stored {stored}, recomputed from the file's content {computed}")
+        found.problem(path, "sha256", expected=f"{computed} (recomputed from the file's content)", found=stored)
 
 
-def audit_run(run: RunDir) -> AuditResult:
-    """Every check on one results folder."""
-    result = AuditResult(run.root)
-    check_sums(run, result)
-    suite = _read(run.suite, "suite", result)
-    manifest = _read(run.manifest, "manifest", result)
-    docs = {side: {kind: _read(path, kind, result) for kind, path in
-                   (("generations", run.generations(side)), ("perplexity", run.perplexity(side)), ("provenance", run.provenance(side)))}
-            for side in SIDES}
-    compare = _read(run.compare, "compare", result)
-    if suite:
-        _check_hash(run.suite, "sha256", suite["sha256"], suite_hash(suite["prompts"], suite["passages"], suite["stop_ids"]), result)
-    if manifest:
-        _check_hash(run.manifest, "sha256", manifest["sha256"], sha256_of(manifest["files"]), result)
+@audit_check("suite_hash")
+def suite_hash_matches_content(files: RunFiles, found: CheckResult) -> None:
+    if suite := files.docs.get(files.run.suite):
+        _recorded_hash(found, files.run.suite, suite["sha256"],
+                       suite_hash(suite["prompts"], suite["passages"], suite["stop_ids"]))
+
+
+@audit_check("manifest_hash")
+def manifest_hash_matches_content(files: RunFiles, found: CheckResult) -> None:
+    if manifest := files.docs.get(files.run.manifest):
+        _recorded_hash(found, files.run.manifest, manifest["sha256"], sha256_of(manifest["files"]))
+
+
+def _same_inputs_of_one_document(found: CheckResult, files: RunFiles, side: str, kind: str) -> None:
+    path, doc = files.side(side, kind)
+    suite, manifest = files.docs.get(files.run.suite), files.docs.get(files.run.manifest)
+    if not doc:
+        return
+    if doc["side"] != side:
+        found.problem(path, "side", expected=side, found=doc["side"])
+    if suite and doc["suite_sha256"] != suite["sha256"]:
+        found.problem(path, "suite_sha256", expected=f"{suite['sha256']} (this run's suite.json)", found=doc["suite_sha256"])
+    model_field, model_hash = (("model.manifest_sha256", doc["model"]["manifest_sha256"]) if kind == "provenance"
+                               else ("model_manifest_sha256", doc["model_manifest_sha256"]))
+    if manifest and model_hash != manifest["sha256"]:
+        found.problem(path, model_field, expected=f"{manifest['sha256']} (this run's model manifest)", found=model_hash)
+
+
+@audit_check("same_inputs")
+def both_sides_from_this_runs_suite_and_model(files: RunFiles, found: CheckResult) -> None:
     for side in SIDES:
-        for kind, doc in docs[side].items():
-            if not doc:
-                continue
-            path = getattr(run, kind)(side)
-            if doc.get("side") != side:
-                result.problems.append(f"{path}: field side: expected {side!r}, found {doc.get('side')!r}")
-            model_hash = doc["model"]["manifest_sha256"] if kind == "provenance" else doc["model_manifest_sha256"]
-            if suite and doc["suite_sha256"] != suite["sha256"]:
-                result.problems.append(f"{path}: field suite_sha256: {doc['suite_sha256']} is not this run's suite {suite['sha256']}")
-            if manifest and model_hash != manifest["sha256"]:
-                result.problems.append(f"{path}: model manifest {model_hash} is not this run's model {manifest['sha256']}")
-    target, reference = docs["target"]["generations"], docs["reference"]["generations"]
+        for kind in SIDE_DOCUMENTS:
+            _same_inputs_of_one_document(found, files, side, kind)
+
+
+@audit_check("same_decoding")
+def both_sides_decoded_alike(files: RunFiles, found: CheckResult) -> None:
+    (_, target), (path, reference) = files.side("target", "generations"), files.side("reference", "generations")
     if target and reference and target["decoding"] != reference["decoding"]:
-        result.problems.append(f"{run.generations('reference')}: field decoding: {reference['decoding']} differs from the target's {target['decoding']}")
-    if suite and compare and all(docs[side]["generations"] and docs[side]["perplexity"] for side in SIDES):
-        _recompute(run, suite, docs, compare, result)
-    return result
+        found.problem(path, "decoding", expected=f"{json.dumps(target['decoding'], sort_keys=True)} (the target's)",
+                      found=json.dumps(reference["decoding"], sort_keys=True))
 
 
-def _recompute(run: RunDir, suite: dict, docs: dict, compare: dict, result: AuditResult) -> None:
-    try:
-        recomputed = compare_runs(suite=suite, target=docs["target"]["generations"], reference=docs["reference"]["generations"],
-                                  target_ppl=docs["target"]["perplexity"], reference_ppl=docs["reference"]["perplexity"],
-                                  thresholds=compare["thresholds"], profile=compare["profile"])
-    except IncompatibleRuns as err:
-        result.problems.append(f"{run.root}: the sides cannot be compared: {err}")
+def _brief(value: Any) -> str:
+    """A value short enough for one line: scalars as JSON, anything larger by size and hash."""
+    if isinstance(value, (dict, list)):
+        return f"{type(value).__name__} of length {len(value)}, sha256 {sha256_of(value)[:16]}"
+    return json.dumps(value, ensure_ascii=False)
+
+
+@audit_check("recomputed_comparison")
+def compare_json_recomputes_from_raw_files(files: RunFiles, found: CheckResult) -> None:
+    recomputed, compare = files.recomputed, files.docs.get(files.run.compare)
+    if isinstance(recomputed, IncompatibleRuns):
+        found.problem(files.run.root, WHOLE_FILE, expected="sides that can be compared", found=str(recomputed))
+        return
+    if recomputed is None:
         return
     if canonical_json(recomputed) != canonical_json(compare):
-        differing = sorted(key for key in recomputed if recomputed[key] != compare.get(key))
-        result.problems.append(f"{run.compare}: differs from the comparison recomputed from the raw files "
-                               f"in {differing} (recorded verdict {compare['verdict']}, recomputed {recomputed['verdict']})")
-    result.facts.append(f"verdict recomputed from raw records: {recomputed['verdict']} "
-                        f"({recomputed['summary']['identical']}/{recomputed['summary']['prompts']} identical, dtype {recomputed['dtype']})")
-    result.facts.append(f"suite {suite['sha256'][:16]}…, model {compare['model_manifest_sha256'][:16]}…, "
-                        f"thresholds: {compare['thresholds']['token_match']}, max |Δ logprob| {compare['thresholds']['max_abs_logprob_diff']}, "
-                        f"perplexity {compare['thresholds']['perplexity_rel_diff']}")
+        for key in sorted(set(recomputed) | set(compare)):
+            if recomputed.get(key) != compare.get(key):
+                found.problem(files.run.compare, key, expected=_brief(recomputed.get(key)), found=_brief(compare.get(key)),
+                              why="compare.json differs from the comparison recomputed from the raw files")
+    thresholds = compare["thresholds"]
+    found.facts.append(f"suite {compare['suite_sha256'][:16]}…, model {compare['model_manifest_sha256'][:16]}…, "
+                       f"thresholds: {thresholds['token_match']}, max |Δ logprob| {thresholds['max_abs_logprob_diff']}, "
+                       f"perplexity {thresholds['perplexity_rel_diff']}")
+
+
+@audit_check("verdict")
+def recomputed_verdict_passes(files: RunFiles, found: CheckResult) -> None:
+    recomputed = files.recomputed
+    if not isinstance(recomputed, dict):
+        return
+    if recomputed["verdict"] != PASS:
+        found.problem(files.run.compare, "verdict", expected=PASS, found=recomputed["verdict"],
+                      why=f"recomputed from the raw records; failing: {'; '.join(failing_checks(recomputed))}")
+        return
+    counts = f"{recomputed['summary']['identical']}/{recomputed['summary']['prompts']} identical, dtype {recomputed['dtype']}"
+    unchecked = unchecked_checks(recomputed)
+    counts += f"; not checked: {', '.join(unchecked)}" if unchecked else ""
+    found.facts.append(f"verdict recomputed from raw records: {recomputed['verdict']} ({counts})")
+
+
+def audit_run(run: RunDir | Path | str) -> AuditResult:
+    """Every audit check on one results folder. `run` may be any folder (an auditor is handed a
+    folder, not a run name); the audit only reads it."""
+    run = run if isinstance(run, RunDir) else RunDir(Path(run))
+    files = RunFiles.read(run)
+    return AuditResult(run.root, [_run_check(name, audit, files) for name, audit in AUDIT_CHECKS])
+
+
+def _run_check(name: str, audit: Callable[[RunFiles, CheckResult], None], files: RunFiles) -> CheckResult:
+    found = CheckResult(name)
+    audit(files, found)
+    return found
+
+
+def audit_doc(result: AuditResult) -> dict:
+    """The audit document (schemas/audit.schema.json)."""
+    return {
+        "schema": schema_tag("audit"), "run": str(result.run), "ok": result.ok, "unreadable": result.unreadable,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "checks": [{"name": check.check, "problems": len(check.problems)} for check in result.checks],
+        "problems": [problem.as_json() for problem in result.structured_problems],
+        "facts": result.facts,
+    }
+
+
+def write_audit(result: AuditResult) -> Path:
+    """Write report/audit.json inside the folder that was audited, and nowhere else: the caller
+    decides whether that folder may be written to (the CLI confines it to the results root).
+    SHA256SUMS does not cover this file, so writing it leaves a later audit's sums check intact."""
+    path = audit_path(RunDir(result.run))
+    ensure_writable(path.parent)
+    return write_json(path, audit_doc(result), "audit")
 
 
 def summary(result: AuditResult) -> str:

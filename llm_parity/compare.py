@@ -4,6 +4,10 @@ top-1/top-2 margin there and top-k containment (the rule of vLLM's check_logprob
 profile's thresholds. A pure function of records: no model, no server, no network."""
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
 from llm_parity.records import top_margin
 from llm_parity.results import schema_tag
 
@@ -85,6 +89,12 @@ def first_divergence(target: dict, reference: dict, *, noise: float) -> dict | N
             "near_tie": near_tie, "why": why}
 
 
+def _chat_template_ids_equal(target: dict) -> bool | None:
+    """None when the server rendered no ids for the prompt: not checked, not equal."""
+    chat_prompt_ids = target.get("chat_prompt_ids")
+    return None if chat_prompt_ids is None else chat_prompt_ids == target["prompt_ids"]
+
+
 def compare_generation(target: dict, reference: dict, *, suite_prompt_ids: list[int] | None, eos_ids: set[int],
                        noise: float) -> dict:
     """All per-prompt measurements for one suite prompt."""
@@ -121,7 +131,7 @@ def compare_generation(target: dict, reference: dict, *, suite_prompt_ids: list[
         "min_reference_margin": min(margins, default=None),
         "first_divergence": divergence,
         "prompt_ids_equal": target["prompt_ids"] == reference["prompt_ids"] == suite_prompt_ids,
-        "chat_template_ids_equal": target.get("chat_prompt_ids") in (None, target["prompt_ids"]),
+        "chat_template_ids_equal": _chat_template_ids_equal(target),
         "accounting_problems": accounting,
         "target_text": target["text"],
         "reference_text": reference["text"],
@@ -143,45 +153,182 @@ def compare_passage(target: dict, reference: dict) -> dict:
     }
 
 
-def _check(name: str, passed: bool, measured, threshold, detail: str) -> dict:
-    return {"name": name, "passed": bool(passed), "measured": measured, "threshold": threshold, "detail": detail}
+PASS, FAIL, NOT_CHECKED = "pass", "fail", "not_checked"
+# compare.json keeps the boolean "passed" of its first readers; a check that could not run is null there.
+PASSED_FIELD = {PASS: True, FAIL: False, NOT_CHECKED: None}
 
 
-def _checks(suite: dict, prompts: list[dict], passages: list[dict], thresholds: dict) -> list[dict]:
-    suite_ids = {p["id"] for p in suite["prompts"]}
-    ok = [p for p in prompts if p["status"] != "error"]
-    errors = [p["id"] for p in prompts if p["status"] == "error"] + [p["id"] for p in passages if p.get("error")]
-    identical = sum(p["status"] == "identical" for p in ok)
-    within = [p["id"] for p in ok if p["status"] == "split_within_top_k"]
-    outside = [p["id"] for p in ok if p["status"] == "split_outside_top_k"]
-    exact = thresholds["token_match"] == "exact"
-    tokens_ok = not outside and (not exact or not within)
-    max_delta = max((p["max_abs_logprob_diff"] for p in ok), default=0.0)
-    ppl = [p["rel_diff"] for p in passages if not p.get("error")]
-    text_bad = [p["id"] for p in ok if p["ids_equal"] and not p["text_equal"]]
-    accounting_bad = [p["id"] for p in ok if p["accounting_problems"]]
-    suite_bad = [p["id"] for p in ok if not p["prompt_ids_equal"]]
-    template_bad = [p["id"] for p in ok if not p["chat_template_ids_equal"]]
-    missing = sorted(set(suite_ids) - {p["id"] for p in prompts})
-    return [
-        _check("all_prompts_answered", not errors and not missing, len(errors) + len(missing), 0,
-               f"errors: {errors or 'none'}; missing: {missing or 'none'}"),
-        _check("prompt_ids_from_suite", not suite_bad, len(suite_bad), 0,
-               "both sides decoded from the suite's rendered prompt ids" if not suite_bad else f"prompt ids differ: {suite_bad}"),
-        _check("chat_template", not template_bad, len(template_bad), 0,
-               "the server's chat endpoint rendered the same prompt ids" if not template_bad else f"server rendered other ids for: {template_bad}"),
-        _check("token_ids", tokens_ok, f"{identical}/{len(prompts)} identical",
-               "identical" if exact else "identical, or split within each other's top-k",
-               f"split within top-k: {within or 'none'}; split outside top-k: {outside or 'none'}"),
-        _check("text", not text_bad, f"{len(ok) - len(text_bad)}/{len(ok)}", "equal where ids are equal",
-               f"text differs despite equal ids: {text_bad or 'none'}"),
-        _check("max_abs_logprob_diff", max_delta <= thresholds["max_abs_logprob_diff"], max_delta,
-               thresholds["max_abs_logprob_diff"], "chosen-token logprobs on the common prefix of each prompt"),
-        _check("perplexity_rel_diff", bool(ppl) and max(ppl) < thresholds["perplexity_rel_diff"], max(ppl, default=None),
-               thresholds["perplexity_rel_diff"], f"worst of {len(ppl)} passages"),
-        _check("token_accounting", not accounting_bad, len(accounting_bad), 0,
-               "usage equals id counts; at most one end-of-sequence id, last" if not accounting_bad else f"problems in: {accounting_bad}"),
-    ]
+class Registry(list):
+    """(name, function) pairs in the order the functions are defined: adding a check means writing
+    one decorated function, `@registry.add("name")`."""
+
+    def add(self, name: str) -> Callable[[Callable], Callable]:
+        def register(function: Callable) -> Callable:
+            self.append((name, function))
+            return function
+        return register
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What every compare check reads."""
+
+    suite: dict
+    prompts: list[dict]  # compare_generation of each prompt both sides have
+    passages: list[dict]  # compare_passage of each passage both sides have
+    thresholds: dict
+
+    @property
+    def answered(self) -> list[dict]:
+        return [p for p in self.prompts if p["status"] != "error"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # PASS, FAIL or NOT_CHECKED
+    measured: Any
+    threshold: Any
+    detail: str
+
+
+COMPARE_CHECKS = Registry()
+check = COMPARE_CHECKS.add
+
+
+def _held(condition: bool) -> str:
+    return PASS if condition else FAIL
+
+
+def _none_of(bad: list[str], *, fine: str, wrong: str) -> Outcome:
+    """A check that holds when no prompt is in `bad`; it measures how many are."""
+    return Outcome(_held(not bad), len(bad), 0, fine if not bad else f"{wrong}: {bad}")
+
+
+def needs_answered_prompts(measure: Callable[[Evidence], Outcome]) -> Callable[[Evidence], Outcome]:
+    """A check over answered prompts is not checked when there are none, rather than passing on nothing."""
+    @functools.wraps(measure)
+    def measure_if_answered(evidence: Evidence) -> Outcome:
+        if not evidence.answered:
+            return Outcome(NOT_CHECKED, None, None, "no prompt was answered by both sides")
+        return measure(evidence)
+    return measure_if_answered
+
+
+@check("all_prompts_answered")
+def every_prompt_answered(evidence: Evidence) -> Outcome:
+    errors = [p["id"] for p in evidence.prompts if p["status"] == "error"]
+    errors += [p["id"] for p in evidence.passages if p.get("error")]
+    missing = sorted({p["id"] for p in evidence.suite["prompts"]} - {p["id"] for p in evidence.prompts})
+    return Outcome(_held(not errors and not missing), len(errors) + len(missing), 0,
+                   f"errors: {errors or 'none'}; missing: {missing or 'none'}")
+
+
+@check("prompt_ids_from_suite")
+@needs_answered_prompts
+def prompt_ids_match_suite(evidence: Evidence) -> Outcome:
+    return _none_of([p["id"] for p in evidence.answered if not p["prompt_ids_equal"]],
+                    fine="both sides decoded from the suite's rendered prompt ids", wrong="prompt ids differ")
+
+
+@check("chat_template")
+@needs_answered_prompts
+def server_chat_template_renders_same_ids(evidence: Evidence) -> Outcome:
+    rendered = [p for p in evidence.answered if p["chat_template_ids_equal"] is not None]
+    unrendered = [p["id"] for p in evidence.answered if p["chat_template_ids_equal"] is None]
+    if not rendered:
+        return Outcome(NOT_CHECKED, None, 0, "the server's chat endpoint returned no prompt ids to compare")
+    outcome = _none_of([p["id"] for p in rendered if not p["chat_template_ids_equal"]],
+                       fine="the server's chat endpoint rendered the same prompt ids",
+                       wrong="server rendered other ids for")
+    if not unrendered:
+        return outcome
+    return replace(outcome, detail=f"{outcome.detail}; not checked, the server returned no prompt ids: {unrendered}")
+
+
+@check("token_ids")
+@needs_answered_prompts
+def token_ids_match(evidence: Evidence) -> Outcome:
+    identical = sum(p["status"] == "identical" for p in evidence.answered)
+    within = [p["id"] for p in evidence.answered if p["status"] == "split_within_top_k"]
+    outside = [p["id"] for p in evidence.answered if p["status"] == "split_outside_top_k"]
+    exact = evidence.thresholds["token_match"] == "exact"
+    return Outcome(_held(not outside and (not exact or not within)), f"{identical}/{len(evidence.prompts)} identical",
+                   "identical" if exact else "identical, or split within each other's top-k",
+                   f"split within top-k: {within or 'none'}; split outside top-k: {outside or 'none'}")
+
+
+@check("text")
+@needs_answered_prompts
+def text_matches_where_ids_do(evidence: Evidence) -> Outcome:
+    differing = [p["id"] for p in evidence.answered if p["ids_equal"] and not p["text_equal"]]
+    return Outcome(_held(not differing), f"{len(evidence.answered) - len(differing)}/{len(evidence.answered)}",
+                   "equal where ids are equal", f"text differs despite equal ids: {differing or 'none'}")
+
+
+@check("max_abs_logprob_diff")
+@needs_answered_prompts
+def logprobs_close(evidence: Evidence) -> Outcome:
+    worst = max(p["max_abs_logprob_diff"] for p in evidence.answered)
+    threshold = evidence.thresholds["max_abs_logprob_diff"]
+    return Outcome(_held(worst <= threshold), worst, threshold, "chosen-token logprobs on the common prefix of each prompt")
+
+
+@check("perplexity_rel_diff")
+def perplexities_close(evidence: Evidence) -> Outcome:
+    scored = [p["rel_diff"] for p in evidence.passages if not p.get("error")]
+    threshold = evidence.thresholds["perplexity_rel_diff"]
+    if not scored:
+        why = (f"none of the {len(evidence.passages)} passages could be scored" if evidence.passages
+               else "no passages to compare")
+        return Outcome(NOT_CHECKED, None, threshold, why)
+    return Outcome(_held(max(scored) < threshold), max(scored), threshold, f"worst of {len(scored)} passages")
+
+
+@check("token_accounting")
+@needs_answered_prompts
+def tokens_accounted_for(evidence: Evidence) -> Outcome:
+    return _none_of([p["id"] for p in evidence.answered if p["accounting_problems"]],
+                    fine="usage equals id counts; at most one end-of-sequence id, last", wrong="problems in")
+
+
+def _check_record(name: str, outcome: Outcome) -> dict:
+    return {"name": name, "status": outcome.status, "passed": PASSED_FIELD[outcome.status],
+            "measured": outcome.measured, "threshold": outcome.threshold, "detail": outcome.detail}
+
+
+def run_checks(evidence: Evidence) -> list[dict]:
+    """Every registered check, in order, as compare.json records it."""
+    return [_check_record(name, measure(evidence)) for name, measure in COMPARE_CHECKS]
+
+
+def verdict_of(checks: list[dict]) -> str:
+    """A check that could not run does not fail the verdict; it is reported as not checked."""
+    return FAIL if any(c["status"] == FAIL for c in checks) else PASS
+
+
+def _shown(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def failing_checks(result: dict) -> list[str]:
+    """Each failing check of a compare document with what it measured, e.g. "chat_template: 3 (threshold 0)"."""
+    return [f"{c['name']}: {_shown(c['measured'])} (threshold {_shown(c['threshold'])})"
+            for c in result["checks"] if c["status"] == FAIL]
+
+
+def unchecked_checks(result: dict) -> list[str]:
+    """The names of the checks of a compare document that could not run."""
+    return [c["name"] for c in result["checks"] if c["status"] == NOT_CHECKED]
+
+
+def verdict_reasons(result: dict) -> str:
+    """The tail of the verdict line: what failed, with its numbers, and what was not checked; "" if neither."""
+    parts = []
+    if failing := failing_checks(result):
+        parts.append("failing: " + "; ".join(failing))
+    if unchecked := unchecked_checks(result):
+        parts.append("not checked: " + ", ".join(unchecked))
+    return " | ".join(parts)
 
 
 def compare_runs(*, suite: dict, target: dict, reference: dict, target_ppl: dict, reference_ppl: dict,
@@ -198,13 +345,14 @@ def compare_runs(*, suite: dict, target: dict, reference: dict, target_ppl: dict
                for t in target["records"] if t["id"] in reference_by_id]
     reference_ppl_by_id = {r["id"]: r for r in reference_ppl["records"]}
     passages = [compare_passage(t, reference_ppl_by_id[t["id"]]) for t in target_ppl["records"] if t["id"] in reference_ppl_by_id]
-    checks = _checks(suite, prompts, passages, thresholds)
-    ok = [p for p in prompts if p["status"] != "error"]
+    evidence = Evidence(suite, prompts, passages, thresholds)
+    checks = run_checks(evidence)
+    ok = evidence.answered
     deltas = [p["mean_abs_logprob_diff"] for p in ok]
     margins = [p["min_reference_margin"] for p in ok if p["min_reference_margin"] is not None]
     return {
         "schema": schema_tag("compare"),
-        "verdict": "pass" if all(c["passed"] for c in checks) else "fail",
+        "verdict": verdict_of(checks),
         "profile": profile,
         "dtype": target["decoding"]["dtype"],
         "suite_sha256": suite["sha256"],

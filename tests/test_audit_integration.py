@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from llm_parity import pipeline
-from llm_parity.audit import audit_run, write_sums
+from llm_parity.audit import audit_run, write_audit, write_sums
 from llm_parity.report import build_report
 from llm_parity.report.html import render_html
 from llm_parity.results import RunDir, read_json, write_json
@@ -43,13 +43,13 @@ def test_a_flipped_byte_in_any_file_is_caught(run_copy, name):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
-    assert f"{path}: sha256 differs from SHA256SUMS" in problems(run_copy)
+    assert f"{path}: field sha256: expected" in problems(run_copy)
 
 
 def test_a_deleted_file_is_caught(run_copy):
     (run_copy.root / "reference" / "perplexity.json").unlink()
     report = problems(run_copy)
-    assert "reference/perplexity.json: listed in SHA256SUMS but missing" in report
+    assert "reference/perplexity.json: expected present (listed in SHA256SUMS), found missing" in report
 
 
 def test_the_other_sides_suite_swapped_in_is_caught_even_with_fresh_sums(run_copy, tiny_model_dir):
@@ -65,7 +65,7 @@ def test_an_edited_verdict_is_caught_even_with_fresh_sums(run_copy):
     write_json(run_copy.compare, compare, "compare")
     write_sums(run_copy)
     report = problems(run_copy)
-    assert "differs from the comparison recomputed" in report and "recorded verdict fail, recomputed pass" in report
+    assert 'field verdict: expected "pass", found "fail" (compare.json differs from the comparison recomputed' in report
 
 
 def test_edited_raw_numbers_are_caught_even_with_fresh_sums(run_copy):
@@ -74,7 +74,16 @@ def test_edited_raw_numbers_are_caught_even_with_fresh_sums(run_copy):
     doc["records"][0]["logprobs"][0] -= 0.01
     path.write_text(json.dumps(doc))
     write_sums(run_copy)
-    assert "differs from the comparison recomputed" in problems(run_copy)
+    report = problems(run_copy)
+    assert "differs from the comparison recomputed" in report
+    assert f"{run_copy.compare}: field verdict: expected pass, found fail (recomputed from the raw records" in report
+
+
+def test_audit_json_of_a_real_folder_validates_and_is_not_an_added_file(run_copy):
+    path = write_audit(audit_run(run_copy.root))
+    doc = read_json(path, "audit")
+    assert doc["ok"] is True and doc["problems"] == [] and path == run_copy.root / "report" / "audit.json"
+    assert audit_run(run_copy).ok
 
 
 def test_model_output_is_inert_in_report_html(demo_run):

@@ -1,8 +1,10 @@
 """compare on hand-made records: every rule, no model and no server."""
 import pytest
 
-from llm_parity.compare import IncompatibleRuns, compare_runs, token_accounting
+from llm_parity.compare import (IncompatibleRuns, compare_runs, failing_checks, token_accounting, unchecked_checks,
+                                 verdict_reasons)
 from llm_parity.records import decoding_of, generations_doc, perplexity_doc
+from llm_parity.results import ResultFileError, validate
 
 EOS = 9
 SUITE_SHA = "a" * 64
@@ -22,19 +24,26 @@ def record(ids, *, top=None, logprobs=None, prompt=(1, 2, 3), usage=None, error=
     }
 
 
-def compare_one(target, reference, thresholds=STRICT):
+PASSAGE = {"id": "x", "logprobs": [-1.0, -2.0], "perplexity": 4.48, "error": None}
+
+
+def compare_many(targets, references, thresholds=STRICT, passages=(PASSAGE,)):
+    """compare_runs on a suite made of the targets' prompts, both sides scoring the same `passages`."""
     suite = {"sha256": SUITE_SHA, "stop_ids": [EOS],
-             "prompts": [{"id": target["id"], "prompt_ids": target["prompt_ids"]}]}
+             "prompts": [{"id": target["id"], "prompt_ids": target["prompt_ids"]} for target in targets]}
     decoding = decoding_of({"top_logprobs": 2}, "float32")
-    passage = {"id": "x", "logprobs": [-1.0, -2.0], "perplexity": 4.48, "error": None}
     return compare_runs(
         suite=suite,
-        target=generations_doc("target", suite, MODEL_SHA, decoding, [target]),
-        reference=generations_doc("reference", suite, MODEL_SHA, decoding, [reference]),
-        target_ppl=perplexity_doc("target", suite, MODEL_SHA, [passage]),
-        reference_ppl=perplexity_doc("reference", suite, MODEL_SHA, [passage]),
+        target=generations_doc("target", suite, MODEL_SHA, decoding, list(targets)),
+        reference=generations_doc("reference", suite, MODEL_SHA, decoding, list(references)),
+        target_ppl=perplexity_doc("target", suite, MODEL_SHA, list(passages)),
+        reference_ppl=perplexity_doc("reference", suite, MODEL_SHA, list(passages)),
         thresholds=thresholds, profile="test",
     )
+
+
+def compare_one(target, reference, thresholds=STRICT):
+    return compare_many([target], [reference], thresholds)
 
 
 def check(result, name):
@@ -142,11 +151,81 @@ def test_prompt_ids_must_be_the_suites():
     assert not check(result, "prompt_ids_from_suite")["passed"]
 
 
+def with_chat_ids(target, chat_prompt_ids):
+    return {**target, "chat_prompt_ids": chat_prompt_ids}
+
+
 def test_chat_template_mismatch_fails():
-    target = record([5])
-    target["chat_prompt_ids"] = [1, 2, 3, 99]
+    target = with_chat_ids(record([5]), [1, 2, 3, 99])
     result = compare_one(target, record([5]))
     assert not check(result, "chat_template")["passed"]
+    assert check(result, "chat_template")["status"] == "fail"
+
+
+def test_chat_template_is_not_checked_when_the_server_rendered_no_ids():
+    for target in (record([5]), with_chat_ids(record([5]), None)):
+        result = compare_one(target, record([5]))
+        template = check(result, "chat_template")
+        assert result["prompts"][0]["chat_template_ids_equal"] is None
+        assert (template["status"], template["passed"], template["measured"]) == ("not_checked", None, None)
+        assert result["verdict"] == "pass"
+        assert unchecked_checks(result) == ["chat_template"] and failing_checks(result) == []
+
+
+def test_chat_template_names_the_prompts_it_could_not_check():
+    rendered, unrendered = record([5], rid="p1"), record([5], rid="p2")
+    result = compare_many([with_chat_ids(rendered, [1, 2, 3]), unrendered], [rendered, unrendered])
+    template = check(result, "chat_template")
+    assert template["status"] == "pass" and "not checked" in template["detail"] and "p2" in template["detail"]
+    result = compare_many([with_chat_ids(rendered, [1, 2, 9]), unrendered], [rendered, unrendered])
+    template = check(result, "chat_template")
+    assert (template["status"], template["measured"]) == ("fail", 1)
+    assert "['p1']" in template["detail"] and "['p2']" in template["detail"]
+
+
+def test_zero_passages_leave_perplexity_not_checked_neither_failed_nor_passed():
+    result = compare_many([record([5])], [record([5])], passages=())
+    perplexity = check(result, "perplexity_rel_diff")
+    assert (perplexity["status"], perplexity["passed"], perplexity["measured"]) == ("not_checked", None, None)
+    assert result["verdict"] == "pass"
+    assert "perplexity_rel_diff" in unchecked_checks(result)
+
+
+def test_checks_over_prompts_are_not_checked_when_no_prompt_was_answered():
+    result = compare_one(record([], error="HTTP 500"), record([5]))
+    statuses = {c["name"]: c["status"] for c in result["checks"]}
+    assert statuses["all_prompts_answered"] == "fail"
+    for name in ("prompt_ids_from_suite", "chat_template", "token_ids", "text", "max_abs_logprob_diff", "token_accounting"):
+        assert statuses[name] == "not_checked", name
+
+
+def test_checks_keep_their_names_and_order():
+    result = compare_one(record([5]), record([5]))
+    assert [c["name"] for c in result["checks"]] == [
+        "all_prompts_answered", "prompt_ids_from_suite", "chat_template", "token_ids", "text",
+        "max_abs_logprob_diff", "perplexity_rel_diff", "token_accounting"]
+
+
+def test_failing_checks_name_the_measured_value_and_threshold():
+    target = with_chat_ids(record([5, 6], logprobs=[-0.1, -0.2]), [1, 2, 3, 99])
+    result = compare_many([target], [record([5, 6], logprobs=[-0.1, -0.21])], passages=())
+    assert failing_checks(result) == ["chat_template: 1 (threshold 0)", "max_abs_logprob_diff: 0.01 (threshold 0.0001)"]
+    assert verdict_reasons(result) == ("failing: chat_template: 1 (threshold 0); max_abs_logprob_diff: 0.01 "
+                                       "(threshold 0.0001) | not checked: perplexity_rel_diff")
+    assert verdict_reasons(compare_one(with_chat_ids(record([5]), [1, 2, 3]), record([5]))) == ""
+
+
+def test_compare_schema_holds_status_and_passed_to_agree():
+    result = compare_many([record([5])], [record([5])], passages=())
+    validate(result, "compare", "compare.json")
+    template = check(result, "chat_template")
+    for status, passed in (("pass", True), ("fail", False), ("not_checked", None)):
+        template.update(status=status, passed=passed)
+        validate(result, "compare", "compare.json")
+    for status, passed in (("pass", None), ("not_checked", True), ("fail", True), ("skipped", None)):
+        template.update(status=status, passed=passed)
+        with pytest.raises(ResultFileError, match="checks"):
+            validate(result, "compare", "compare.json")
 
 
 def test_sides_from_different_suites_models_or_decoding_are_refused():

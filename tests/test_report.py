@@ -1,5 +1,5 @@
 """Report sections from hand-made records: honest statements, flags, both languages."""
-from test_compare import LOOSE, compare_one, record, split_pair
+from test_compare import LOOSE, compare_many, compare_one, record, split_pair
 
 from llm_parity.report import build_report
 from llm_parity.report.markdown import render_markdown
@@ -49,3 +49,21 @@ def test_both_languages_render_every_section():
     en = render_markdown(build_report(compare, PROVENANCE, manifest=MANIFEST, lang="en"))
     assert "## 验证项" in zh and "## 精度指标" in zh and "✅ 通过" in zh
     assert "## Validation items" in en and "## Precision metrics" in en and "✅ pass" in en
+
+
+def test_a_check_that_could_not_run_is_shown_as_not_checked_in_both_languages():
+    compare = compare_one(record([5]), record([5]))  # no chat_prompt_ids: the template was not checked
+    en = render_markdown(build_report(compare, PROVENANCE, manifest=MANIFEST, lang="en"))
+    zh = render_markdown(build_report(compare, PROVENANCE, manifest=MANIFEST))
+    row = next(line for line in en.splitlines() if line.startswith("| server chat template renders the same ids"))
+    assert "⚪ not checked" in row and "✅" not in row and "❌" not in row
+    assert "Not checked (server chat template renders the same ids)" in en
+    row = next(line for line in zh.splitlines() if line.startswith("| 服务端对话模板一致"))
+    assert "⚪ 未检查" in row and "✅" not in row and "❌" not in row
+
+
+def test_perplexity_not_checked_in_the_precision_table():
+    compare = compare_many([record([5])], [record([5])], passages=())
+    en = render_markdown(build_report(compare, PROVENANCE, manifest=MANIFEST, lang="en"))
+    rows = [line for line in en.splitlines() if line.startswith("| perplexity relative difference")]
+    assert len(rows) == 2 and all("⚪ not checked" in row for row in rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llm_parity.compare import FAIL, PASS, unchecked_checks
 from llm_parity.report.strings import CHECK_NAMES, STRINGS
 
 PRECISION_CHECKS = ("token_ids", "text", "max_abs_logprob_diff", "perplexity_rel_diff")
@@ -36,8 +37,9 @@ def fmt(value) -> str:
     return "—" if value is None else str(value)
 
 
-def mark(passed: bool) -> str:
-    return "✅" if passed else "❌"
+def mark(s: dict, status: str) -> str:
+    """A check's status as the report shows it; one that could not run is said to be so, not crossed."""
+    return {PASS: "✅", FAIL: "❌"}.get(status) or f"⚪ {s['not_checked']}"
 
 
 def _image_text(s: dict, image: dict) -> str:
@@ -62,7 +64,7 @@ def _precision(s: dict, compare: dict, lang: str) -> Section:
     section = Section(s["precision"], [s["metric"], s["expected"], s["measured"], s["status"]])
     for check in compare["checks"]:
         if check["name"] in PRECISION_CHECKS:
-            section.rows.append([CHECK_NAMES[check["name"]][lang], fmt(check["threshold"]), fmt(check["measured"]), mark(check["passed"])])
+            section.rows.append([CHECK_NAMES[check["name"]][lang], fmt(check["threshold"]), fmt(check["measured"]), mark(s, check["status"])])
     summary = compare["summary"]
     section.rows += [[s["mean_delta"], "—", fmt(summary["mean_abs_logprob_diff"]), ""],
                      [s["topk_delta"], "—", fmt(summary["top_k_max_abs_logprob_diff"]), ""],
@@ -154,7 +156,9 @@ def build_report(compare: dict, provenance: dict, *, manifest: dict | None = Non
         raise ValueError(f"report language {lang!r}: choose one of {sorted(STRINGS)}")
     s = STRINGS[lang]
     items = Section(s["items"], [s["item"], s["status"], s["detail"]],
-                    [[CHECK_NAMES[c["name"]][lang], mark(c["passed"]), c["detail"]] for c in compare["checks"]])
+                    [[CHECK_NAMES[c["name"]][lang], mark(s, c["status"]), c["detail"]] for c in compare["checks"]])
+    if unchecked := unchecked_checks(compare):
+        items.notes = [s["unchecked_note"].format(names=", ".join(CHECK_NAMES[name][lang] for name in unchecked))]
     facts = [(s["dtype"], compare["dtype"]), (s["revision"], _revision_text(s, manifest)),
              (s["model"], compare["model_manifest_sha256"]), (s["suite"], compare["suite_sha256"])]
     sections = [_environment(s, provenance), items, _precision(s, compare, lang), _prompts(s, compare),

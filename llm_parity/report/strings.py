@@ -2,7 +2,8 @@
 
 STRINGS = {
     "zh": {
-        "title": "精度一致性验证报告", "verdict": "结论", "pass": "✅ 通过", "fail": "❌ 未通过",
+        "title": "精度一致性验证报告", "verdict": "结论", "pass": "✅ 通过", "fail": "❌ 未通过", "not_checked": "未检查",
+        "unchecked_note": "未检查的项目({names})无法运行:不计为未通过,也不计为通过。",
         "env": "环境", "side": "侧", "backend": "后端", "packages": "软件版本", "hardware": "硬件", "mode": "图模式",
         "image": "镜像", "unpinned": "未按 digest 固定", "items": "验证项", "item": "验证项", "status": "状态", "detail": "详情",
         "precision": "精度指标", "metric": "指标", "expected": "预期(阈值)", "measured": "实测",
@@ -25,7 +26,8 @@ STRINGS = {
         "default_branch": "默认分支",
     },
     "en": {
-        "title": "Parity verification report", "verdict": "Verdict", "pass": "✅ pass", "fail": "❌ fail",
+        "title": "Parity verification report", "verdict": "Verdict", "pass": "✅ pass", "fail": "❌ fail", "not_checked": "not checked",
+        "unchecked_note": "Not checked ({names}): these checks could not run; they count neither as a failure nor as a pass.",
         "env": "Environment", "side": "Side", "backend": "Backend", "packages": "Packages", "hardware": "Hardware", "mode": "Graph mode",
         "image": "Image", "unpinned": "not pinned by digest", "items": "Validation items", "item": "Item", "status": "Status", "detail": "Detail",
         "precision": "Precision metrics", "metric": "Metric", "expected": "Expected (threshold)", "measured": "Measured",

@@ -137,11 +137,14 @@ class RunFiles:
         if not suite or not compare or not all(raw.values()):
             return None
         try:
-            return compare_runs(suite=suite, target=raw["target", "generations"], reference=raw["reference", "generations"],
-                                target_ppl=raw["target", "perplexity"], reference_ppl=raw["reference", "perplexity"],
-                                thresholds=compare["thresholds"], profile=compare["profile"])
+            recomputed = compare_runs(suite=suite, target=raw["target", "generations"], reference=raw["reference", "generations"],
+                                      target_ppl=raw["target", "perplexity"], reference_ppl=raw["reference", "perplexity"],
+                                      thresholds=compare["thresholds"], profile=compare["profile"])
         except IncompatibleRuns as err:
             return err
+        # Not a measurement: what compare was told, kept so the rest can be compared as a whole.
+        override = {"profile_override": compare["profile_override"]} if "profile_override" in compare else {}
+        return {**recomputed, **override}
 
 
 AUDIT_CHECKS = Registry()

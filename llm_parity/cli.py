@@ -12,7 +12,8 @@ from pathlib import Path
 
 from llm_parity import pipeline
 from llm_parity.audit import summary as audit_summary
-from llm_parity.compare import IncompatibleRuns
+from llm_parity.audit import write_audit
+from llm_parity.compare import IncompatibleRuns, verdict_reasons
 from llm_parity.download import DownloadError, verify_folder
 from llm_parity.images import base_reference
 from llm_parity.plan import GIB, load_config, plan_memory, render_plan
@@ -129,10 +130,17 @@ def results_folder(run: str, results: str | None = None) -> Path:
 
 
 def audit(*, run: str, results: str | None = None) -> int:
-    """Re-check a results folder from its files alone; exit 0 only if every check holds."""
+    """Re-check a results folder from its files alone; exit 0 only if every check holds. Any folder
+    can be read; report/audit.json is written only into a folder under the results root."""
     def action():
-        result = pipeline.audit(results_folder(run, results))
+        folder = results_folder(run, results)
+        result = pipeline.audit(folder)
         print(audit_summary(result))
+        root = Path(results) if results else RESULTS_ROOT
+        if folder.resolve().is_relative_to(root.resolve()):
+            print(f"audit: wrote {write_audit(result)}")
+        else:
+            print(f"audit: {folder} is outside the results root {root}: report/audit.json not written")
         if result.ok:
             return EXIT_PASS
         return EXIT_UNUSABLE if result.unreadable else EXIT_FAIL
@@ -160,11 +168,13 @@ def bench(*, concurrencies: str = "1,2,4,8,16", output_len: int = 64, input_len:
 
 
 def summary_line(result: dict) -> str:
+    """The verdict in one line; a failing or unchecked check is named with its measured value."""
     s = result["summary"]
+    reasons = verdict_reasons(result)
     return (f"verdict: {result['verdict'].upper()} ({result['dtype']}) - {s['identical']}/{s['prompts']} prompts identical, "
             f"{s['split_within_top_k']} split within top-k, {s['split_outside_top_k']} outside, {s['errors']} errors; "
             f"max |Δ logprob| {s['max_abs_logprob_diff']:.3g}; max perplexity diff {_pct(s['max_perplexity_rel_diff'])}; "
-            f"smallest top-1/top-2 margin {_num(s['min_reference_margin'])}")
+            f"smallest top-1/top-2 margin {_num(s['min_reference_margin'])}" + (f" - {reasons}" if reasons else ""))
 
 
 def _pct(value) -> str:

@@ -354,16 +354,20 @@ def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override
     target = read_json(run.generations("target"), "generations")
     dtype = target["decoding"]["dtype"]
     ensure_writable(run.compare.parent)
+    suite = read_json(run.suite, "suite")
     result = compare_mod.compare_runs(
-        suite=read_json(run.suite, "suite"), target=target,
+        suite=suite, target=target,
         reference=read_json(run.generations("reference"), "generations"),
         target_ppl=read_json(run.perplexity("target"), "perplexity"),
         reference_ppl=read_json(run.perplexity("reference"), "perplexity"),
         thresholds=profile.thresholds(dtype), profile=profile.name,
     )
+    if differences:
+        result["profile_override"] = "; ".join(differences)
     write_json(run.compare, result, "compare")
     bench = read_json(run.bench, "bench") if run.bench.is_file() else None
-    report = build_report(result, provenance, manifest=read_json(run.manifest, "manifest"), bench=bench, lang=lang)
+    report = build_report(result, provenance, manifest=read_json(run.manifest, "manifest"), bench=bench, suite=suite,
+                          lang=lang)
     write_text_atomic(run.report_md, render_markdown(report))
     write_text_atomic(run.report_html, render_html(report, result, bench))
     write_sums(run)

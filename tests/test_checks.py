@@ -9,7 +9,7 @@ from llm_parity.audit import AUDIT_CHECKS, audit_path, audit_run, summary, write
 from llm_parity.compare import compare_runs
 from llm_parity.download import sha256_file
 from llm_parity.provenance import collect
-from llm_parity.records import SIDES, decoding_of, generations_doc, perplexity_doc
+from llm_parity.records import SIDES, Generation, PassageScore, decoding_of, generations_doc, perplexity_doc
 from llm_parity.results import ResultFileError, RunDir, read_json, schema_tag, sha256_of, validate, write_json
 from llm_parity.suite import suite_hash
 
@@ -40,11 +40,13 @@ def write_run(run: RunDir, *, target_ids=(5, 6, EOS), reference_ids=(5, 6, EOS))
     write_json(run.manifest, manifest, "manifest")
     chat_ids = {"target": {"chat_prompt_ids": PROMPT_IDS}, "reference": {}}
     for side, ids in (("target", target_ids), ("reference", reference_ids)):
-        generation = {**record(list(ids), prompt=PROMPT_IDS), **chat_ids[side]}
+        generation = Generation.from_json({**record(list(ids), prompt=PROMPT_IDS), **chat_ids[side]})
         write_json(run.generations(side), generations_doc(side, suite, manifest["sha256"], DECODING, [generation]), "generations")
-        write_json(run.perplexity(side), perplexity_doc(side, suite, manifest["sha256"], [PASSAGE]), "perplexity")
+        write_json(run.perplexity(side), perplexity_doc(side, suite, manifest["sha256"], [PassageScore.from_json(PASSAGE)]),
+                   "perplexity")
         write_json(run.provenance(side), collect(
-            side=side, backend="vllm-http" if side == "target" else "transformers", model_path="model",
+            side=side, backend="vllm-http" if side == "target" else "transformers", backend_label=side,
+            profile={"name": "hand-made", "sha256": "f" * 64}, model_path="model",
             manifest_sha256=manifest["sha256"], suite_sha256=suite["sha256"], decoding=DECODING, device="cpu",
             duration_s=0.0), "provenance")
     recompare(run)

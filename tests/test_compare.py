@@ -1,9 +1,11 @@
 """compare on hand-made records: every rule, no model and no server."""
+import math
+
 import pytest
 
 from llm_parity.compare import (IncompatibleRuns, compare_runs, failing_checks, token_accounting, unchecked_checks,
                                  verdict_reasons)
-from llm_parity.records import decoding_of, generations_doc, perplexity_doc
+from llm_parity.records import Generation, PassageScore, decoding_of, generations_doc, perplexity_doc
 from llm_parity.results import ResultFileError, validate
 
 EOS = 9
@@ -14,14 +16,24 @@ LOOSE = {**STRICT, "token_match": "top_k", "max_abs_logprob_diff": 0.25}
 
 
 def record(ids, *, top=None, logprobs=None, prompt=(1, 2, 3), usage=None, error=None, rid="p1", text=None):
-    """A generation record whose top-k at each position is [chosen, runner-up] unless given."""
+    """A generation record, as JSON, whose top-k at each position is [chosen, runner-up] unless given."""
     logprobs = logprobs or [-0.1] * len(ids)
     top = top or [[[token, lp], [100 + token, lp - 2.0]] for token, lp in zip(ids, logprobs)]
-    return {
-        "id": rid, "prompt_ids": list(prompt), "output_ids": list(ids), "text": text if text is not None else " ".join(map(str, ids)),
-        "logprobs": list(logprobs), "top_logprobs": top, "finish_reason": "stop" if ids and ids[-1] == EOS else "length",
-        "usage": usage or {"prompt_tokens": len(prompt), "completion_tokens": len(ids)}, "error": error,
-    }
+    usage = usage or {"prompt_tokens": len(prompt), "completion_tokens": len(ids)}
+    return Generation(id=rid, prompt_ids=list(prompt), output_ids=list(ids),
+                      text=text if text is not None else " ".join(map(str, ids)), logprobs=list(logprobs),
+                      top_logprobs=top, finish_reason="stop" if ids and ids[-1] == EOS else "length",
+                      prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
+                      error=error).to_json()
+
+
+def generations(side, suite, records, decoding=None, model=MODEL_SHA):
+    return generations_doc(side, suite, model, decoding or decoding_of({"top_logprobs": 2}, "float32"),
+                           [Generation.from_json(r) for r in records])
+
+
+def scores(side, suite, records):
+    return perplexity_doc(side, suite, MODEL_SHA, [PassageScore.from_json(r) for r in records])
 
 
 PASSAGE = {"id": "x", "logprobs": [-1.0, -2.0], "perplexity": 4.48, "error": None}
@@ -34,10 +46,10 @@ def compare_many(targets, references, thresholds=STRICT, passages=(PASSAGE,)):
     decoding = decoding_of({"top_logprobs": 2}, "float32")
     return compare_runs(
         suite=suite,
-        target=generations_doc("target", suite, MODEL_SHA, decoding, list(targets)),
-        reference=generations_doc("reference", suite, MODEL_SHA, decoding, list(references)),
-        target_ppl=perplexity_doc("target", suite, MODEL_SHA, list(passages)),
-        reference_ppl=perplexity_doc("reference", suite, MODEL_SHA, list(passages)),
+        target=generations("target", suite, targets, decoding),
+        reference=generations("reference", suite, references, decoding),
+        target_ppl=scores("target", suite, passages),
+        reference_ppl=scores("reference", suite, passages),
         thresholds=thresholds, profile="test",
     )
 
@@ -143,10 +155,10 @@ def test_prompt_ids_must_be_the_suites():
     passage = {"id": "x", "logprobs": [-1.0], "perplexity": 2.7, "error": None}
     result = compare_runs(
         suite=suite,
-        target=generations_doc("target", suite, MODEL_SHA, decoding, [record([5], prompt=(1, 2, 4))]),
-        reference=generations_doc("reference", suite, MODEL_SHA, decoding, [record([5], prompt=(1, 2, 4))]),
-        target_ppl=perplexity_doc("target", suite, MODEL_SHA, [passage]),
-        reference_ppl=perplexity_doc("reference", suite, MODEL_SHA, [passage]),
+        target=generations("target", suite, [record([5], prompt=(1, 2, 4))], decoding),
+        reference=generations("reference", suite, [record([5], prompt=(1, 2, 4))], decoding),
+        target_ppl=scores("target", suite, [passage]),
+        reference_ppl=scores("reference", suite, [passage]),
         thresholds=STRICT, profile="test")
     assert not check(result, "prompt_ids_from_suite")["passed"]
 
@@ -247,11 +259,11 @@ def test_sides_from_different_suites_models_or_decoding_are_refused():
 def test_perplexity_difference_over_threshold_fails():
     suite = {"sha256": SUITE_SHA, "stop_ids": [EOS], "prompts": [{"id": "p1", "prompt_ids": [1, 2, 3]}]}
     decoding = decoding_of({"top_logprobs": 2}, "float32")
-    target_ppl = perplexity_doc("target", suite, MODEL_SHA, [{"id": "x", "logprobs": [-1.0], "perplexity": 2.72, "error": None}])
-    reference_ppl = perplexity_doc("reference", suite, MODEL_SHA, [{"id": "x", "logprobs": [-1.01], "perplexity": 2.745, "error": None}])
+    target_ppl = scores("target", suite, [{"id": "x", "logprobs": [-1.0], "perplexity": 2.72, "error": None}])
+    reference_ppl = scores("reference", suite, [{"id": "x", "logprobs": [-1.01], "perplexity": 2.745, "error": None}])
     result = compare_runs(
-        suite=suite, target=generations_doc("target", suite, MODEL_SHA, decoding, [record([5])]),
-        reference=generations_doc("reference", suite, MODEL_SHA, decoding, [record([5])]),
+        suite=suite, target=generations("target", suite, [record([5])], decoding),
+        reference=generations("reference", suite, [record([5])], decoding),
         target_ppl=target_ppl, reference_ppl=reference_ppl, thresholds=STRICT, profile="test")
-    assert check(result, "perplexity_rel_diff")["measured"] == pytest.approx(0.025 / 2.745)
+    assert check(result, "perplexity_rel_diff")["measured"] == pytest.approx((math.exp(1.01) - math.exp(1.0)) / math.exp(1.01))
     assert result["verdict"] == "fail"

@@ -27,6 +27,7 @@ class Report:
     facts: list[tuple[str, str]]
     sections: list[Section]
     lang: str
+    side_titles: dict[str, str] = field(default_factory=dict)  # "target (vLLM (HTTP))", from each side's backend
 
 
 def fmt(value) -> str:
@@ -55,7 +56,8 @@ def _environment(s: dict, provenance: dict) -> Section:
         packages = ", ".join(f"{name} {version}" for name, version in doc["packages"].items() if version)
         hardware = doc["hardware"]["cpu"] + (f"; {doc['hardware']['accelerator']}" if doc["hardware"]["accelerator"] else "")
         mode = (doc.get("server") or {}).get("graph_mode", "—")
-        section.rows.append([s[side], f"{doc['backend']} ({doc['device']})", packages, hardware, mode, _image_text(s, doc["image"])])
+        label = doc.get("backend_label", doc["backend"])
+        section.rows.append([s[side], f"{label} ({doc['device']})", packages, hardware, mode, _image_text(s, doc["image"])])
     section.notes = [note for doc in provenance.values() for note in doc.get("notes", [])]
     return section
 
@@ -98,16 +100,16 @@ def _prompts(s: dict, compare: dict) -> Section:
     return section
 
 
-def _outputs(s: dict, compare: dict) -> Section:
-    section = Section(s["outputs"], [s["prompt"], s["target"], s["reference"]])
+def _outputs(s: dict, compare: dict, titles: dict[str, str]) -> Section:
+    section = Section(s["outputs"], [s["prompt"], titles["target"], titles["reference"]])
     for prompt in compare["prompts"]:
         if prompt["status"] != "error":
             section.rows.append([prompt["id"], prompt["target_text"], prompt["reference_text"]])
     return section
 
 
-def _passages(s: dict, compare: dict) -> Section:
-    section = Section(s["passages"], [s["passage"], s["target"], s["reference"], s["rel"]], chart="perplexity")
+def _passages(s: dict, compare: dict, titles: dict[str, str]) -> Section:
+    section = Section(s["passages"], [s["passage"], titles["target"], titles["reference"], s["rel"]], chart="perplexity")
     for passage in compare["passages"]:
         if passage.get("error"):
             section.rows.append([passage["id"], "—", "—", passage["error"]])
@@ -147,11 +149,23 @@ def _bench(s: dict, bench: dict) -> Section:
     return section
 
 
+def side_titles(s: dict, provenance: dict) -> dict[str, str]:
+    """Each side named with the backend that made it, as its provenance records it."""
+    return {side: f"{s[side]} ({doc.get('backend_label', doc['backend'])})" for side, doc in provenance.items()}
+
+
+def _suite_text(s: dict, compare: dict, suite: dict | None) -> str:
+    if not suite:
+        return compare["suite_sha256"]
+    limit = f", {s['limit'].format(limit=suite['limit'])}" if suite.get("limit") else ""
+    return f"{suite['name']} ({len(suite['prompts'])} prompts{limit}) {compare['suite_sha256']}"
+
+
 def build_report(compare: dict, provenance: dict, *, manifest: dict | None = None, bench: dict | None = None,
-                 lang: str = "zh") -> Report:
+                 suite: dict | None = None, lang: str = "zh") -> Report:
     """`provenance` maps side name ("target", "reference") to its provenance document; `manifest`
     (the run's model manifest) adds where the weights came from; `bench` (target/bench.json) adds
-    the serving benchmark."""
+    the serving benchmark; `suite` (the rendered suite) names it."""
     if lang not in STRINGS:
         raise ValueError(f"report language {lang!r}: choose one of {sorted(STRINGS)}")
     s = STRINGS[lang]
@@ -159,8 +173,12 @@ def build_report(compare: dict, provenance: dict, *, manifest: dict | None = Non
                     [[CHECK_NAMES[c["name"]][lang], mark(s, c["status"]), c["detail"]] for c in compare["checks"]])
     if unchecked := unchecked_checks(compare):
         items.notes = [s["unchecked_note"].format(names=", ".join(CHECK_NAMES[name][lang] for name in unchecked))]
+    if compare.get("profile_override"):
+        items.notes.append(s["profile_override"].format(profile=compare["profile"], differences=compare["profile_override"]))
     facts = [(s["dtype"], compare["dtype"]), (s["revision"], _revision_text(s, manifest)),
-             (s["model"], compare["model_manifest_sha256"]), (s["suite"], compare["suite_sha256"])]
+             (s["model"], compare["model_manifest_sha256"]), (s["suite"], _suite_text(s, compare, suite))]
+    titles = side_titles(s, provenance)
     sections = [_environment(s, provenance), items, _precision(s, compare, lang), _prompts(s, compare),
-                _passages(s, compare)] + ([_bench(s, bench)] if bench else []) + [_outputs(s, compare)]
-    return Report(f"{s['title']}: {compare['profile']}", f"{s['verdict']}: {s[compare['verdict']]}", facts, sections, lang)
+                _passages(s, compare, titles)] + ([_bench(s, bench)] if bench else []) + [_outputs(s, compare, titles)]
+    return Report(f"{s['title']}: {compare['profile']}", f"{s['verdict']}: {s[compare['verdict']]}", facts, sections, lang,
+                  titles)

@@ -18,8 +18,9 @@ code{background:#f6f6f6;padding:0 3px} svg{max-width:100%;height:auto;margin:.5e
 """
 
 
-def charts(compare: dict, lang: str, bench: dict | None = None) -> dict[str, str]:
+def charts(compare: dict, lang: str, bench: dict | None = None, titles: dict[str, str] | None = None) -> dict[str, str]:
     s = STRINGS[lang]
+    titles = titles or {side: s[side] for side in ("target", "reference")}
     ok = [p for p in compare["prompts"] if p["status"] != "error"]
     split = {p["id"] for p in ok if p["status"] != "identical"}
     passages = [p for p in compare["passages"] if not p.get("error")]
@@ -34,14 +35,14 @@ def charts(compare: dict, lang: str, bench: dict | None = None) -> dict[str, str
         "margin": bars([p["id"] for p in ok], [(s["min_margin"], [p["min_reference_margin"] for p in ok])],
                        title=s["chart_margin"], x_label=s["prompt"], highlight=split),
         "perplexity": bars([p["id"] for p in passages],
-                           [(s["target"], [p["target_perplexity"] for p in passages]),
-                            (s["reference"], [p["reference_perplexity"] for p in passages])],
+                           [(titles["target"], [p["target_perplexity"] for p in passages]),
+                            (titles["reference"], [p["reference_perplexity"] for p in passages])],
                            title=s["chart_ppl"], x_label=s["passage"]),
     }
 
 
 def render_html(report: Report, compare: dict, bench: dict | None = None) -> str:
-    drawn = charts(compare, report.lang, bench)
+    drawn = charts(compare, report.lang, bench, report.side_titles)
     out = [f'<!DOCTYPE html><html lang="{report.lang}"><head><meta charset="utf-8">',
            '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; style-src \'unsafe-inline\'; img-src data:">',
            f"<title>{escape(report.title)}</title><style>{STYLE}</style></head><body>",

@@ -2,7 +2,6 @@
 cannot render the chat template leaves the check unchecked, and a third backend (a replay of a
 recorded folder) runs through the same run_side."""
 import shutil
-from pathlib import Path
 
 import pytest
 

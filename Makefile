@@ -80,7 +80,7 @@ REQUIRE_PYTHON = @$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))
 	echo "error: llm-parity needs Python 3.10 or newer, and $(PYTHON) is older or missing: install one and run make PYTHON=python3.10 (or newer)" >&2; exit 2; }
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test clean verify reference compare audit image-ascend image-reference pin
+.PHONY: help setup demo test clean verify reference compare audit serve image-ascend image-reference pin
 
 help: ## list the targets and knobs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -135,6 +135,9 @@ reference: image-reference ## CPU/GPU host (DEVICE=cuda for GPUs): the reference
 	mkdir -p $(RESULTS) $(MODELS)
 	docker run --rm $(GPU_FLAGS) --user $$(id -u):$$(id -g) $(VOLUMES) -e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_REFERENCE)) \
 		$(IMAGE_REFERENCE) reference $(strip $(SIDE_FLAGS) --device $(DEVICE))
+
+serve: $(STAMP) ## serve the profile's model here with the profile's flags until Ctrl-C (for lm-eval, curl, ...)
+	$(INV) serve --profile $(PROFILE) $(strip $(if $(DTYPE),--dtype $(DTYPE)) $(SERVE_FLAGS))
 
 compare: $(HOST_STAMP) ## either host: compare both sides, write report/ and SHA256SUMS; exit 0 pass, 1 fail
 	LLM_PARITY_RESULTS=$(RESULTS) $(HOST_INV) compare --profile $(PROFILE) --run $(RUN_NAME) --lang $(REPORT_LANG)

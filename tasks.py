@@ -130,6 +130,15 @@ def target(c, side, server_url=None, resume=False):
 
 
 @side_task(serve=True)
+def serve(c, side):
+    """Serve the profile's model the way the target side does (its flags, 127.0.0.1, LLM_PARITY_API_KEY), for another client.
+
+    Prints the URL and the served model name, then runs until Ctrl-C, which stops the server and its workers (exit 0).
+    Point lm-eval, curl or a load test at the URL; the --run, --suite and --limit options are not used here."""
+    _finish(lambda: cli.serve(**side))
+
+
+@side_task(serve=True)
 def verify(c, side):
     """What `make verify` runs in the Ascend image: preflight, download, dummy check, serve, query (the target side).
 

@@ -14,33 +14,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llm_parity.compare import PASS, IncompatibleRuns, Registry, compare_runs, failing_checks, unchecked_checks
-from llm_parity.download import sha256_file
 from llm_parity.records import SIDES
-from llm_parity.results import (ResultFileError, RunDir, canonical_json, ensure_writable, read_json, schema_tag,
-                                sha256_of, write_json, write_text_atomic)
+from llm_parity.results import (ResultFileError, RunDir, canonical_json, ensure_writable, listed_files, read_json, schema_tag,
+                                sha256_file, sha256_of, write_json)
 from llm_parity.suite import suite_hash
 
 SIDE_DOCUMENTS = ("generations", "perplexity", "provenance")  # each the name of its schema and of its RunDir path
 WHOLE_FILE = "(file)"  # the field of a problem with the file itself: missing, added, not JSON
 READABLE = "readable"  # the check whose problems make a folder unreadable
-
-
-def audit_path(run: RunDir) -> Path:
-    return run.root / "report" / "audit.json"
-
-
-def _listed_files(run: RunDir) -> list[Path]:
-    # audit.json is the auditor's statement about the folder, written after SHA256SUMS (and again at
-    # each audit), so the sums neither cover it nor count it as a file added to the run.
-    return sorted(p for p in run.root.rglob("*")
-                  if p.is_file() and p not in (run.sums, audit_path(run)) and not p.name.startswith("."))
-
-
-def write_sums(run: RunDir) -> Path:
-    """SHA256SUMS over every file of the run, in `sha256sum -c` format; written last."""
-    lines = [f"{sha256_file(p)}  {p.relative_to(run.root).as_posix()}" for p in _listed_files(run)]
-    write_text_atomic(run.sums, "\n".join(lines) + "\n")
-    return run.sums
 
 
 @dataclass(frozen=True)
@@ -165,7 +146,7 @@ def sums_cover_every_file_unchanged(files: RunFiles, found: CheckResult) -> None
             found.problem(run.sums, f"line {number}", expected="'<sha256>  <path>'", found=repr(line))
             continue
         listed[name] = digest
-    present = {p.relative_to(run.root).as_posix(): p for p in _listed_files(run)}
+    present = {p.relative_to(run.root).as_posix(): p for p in listed_files(run)}
     for name, digest in listed.items():
         if name not in present:
             found.problem(run.root / name, WHOLE_FILE, expected="present (listed in SHA256SUMS)", found="missing")
@@ -308,7 +289,7 @@ def write_audit(result: AuditResult) -> Path:
     """Write report/audit.json inside the folder that was audited, and nowhere else: the caller
     decides whether that folder may be written to (the CLI confines it to the results root).
     SHA256SUMS does not cover this file, so writing it leaves a later audit's sums check intact."""
-    path = audit_path(RunDir(result.run))
+    path = RunDir(result.run).audit
     ensure_writable(path.parent)
     return write_json(path, audit_doc(result), "audit")
 

@@ -100,6 +100,19 @@ def verify(**options) -> int:
     return guarded(lambda: side_exit(pipeline.verify(request(**options))))
 
 
+def serve(**options) -> int:
+    """Serve the profile's model with the profile's flags until Ctrl-C; exit 0 when stopped so."""
+    def ready(url: str, served_name: str) -> None:
+        key = "requires the key in LLM_PARITY_API_KEY" if os.environ.get(API_KEY_ENV) else "no API key"
+        print(f"serve: {url}/v1 (OpenAI-compatible) serves model {served_name!r}; {key}; Ctrl-C stops it", flush=True)
+
+    def wait_forever() -> None:
+        while True:
+            signal.pause()
+
+    return guarded(lambda: pipeline.serve(request(**options), ready=ready, wait=wait_forever) or EXIT_PASS)
+
+
 def compare(*, lang: str = "zh", profile_override: bool = False, **options) -> int:
     return guarded(lambda: verdict_exit(pipeline.compare_run(request(**options), lang=lang,
                                                              profile_override=profile_override)))

@@ -4,7 +4,6 @@ manifest of every file, so an audit can prove that both sides ran the very same 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from llm_parity.progress import note
 from llm_parity.provenance import without_credentials
-from llm_parity.results import schema_tag, sha256_of
+from llm_parity.results import schema_tag, sha256_file, sha256_of
 
 if TYPE_CHECKING:
     from llm_parity.profiles import Profile
@@ -26,14 +25,6 @@ COMMIT_ID = re.compile(r"[0-9a-f]{40}")
 
 class DownloadError(RuntimeError):
     """The snapshot could not be fetched or fails its checks; the message says what to change."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_files(folder: Path) -> list[Path]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from llm_parity import ascend
 from llm_parity import compare as compare_mod
-from llm_parity.audit import AuditResult, audit_run, write_sums
+from llm_parity.audit import AuditResult, audit_run
 from llm_parity.backend import DEFAULT_BACKEND, SideSetup, backend_class
 from llm_parity.download import (DownloadError, ModelOrigin, build_manifest, check_model_folder, resolve_model,
                                   verify_folder)
@@ -29,7 +29,7 @@ from llm_parity.records import SIDES, Generation, PassageScore, decoding_of, gen
 from llm_parity.report import build_report
 from llm_parity.report.html import render_html
 from llm_parity.report.markdown import render_markdown
-from llm_parity.results import RunDir, ensure_writable, read_json, sha256_of, write_json, write_text_atomic
+from llm_parity.results import RunDir, ensure_writable, read_json, sha256_of, write_json, write_sums, write_text_atomic
 from llm_parity.suite import DEFAULT_SUITE, load_suite_source, render_suite
 
 NOT_RUN = "not run: the run stopped before this item finished"
@@ -294,6 +294,26 @@ def verify(request: Request) -> SideOutcome:
     preflight()
     dummy(request)
     return target(request)
+
+
+def serve(request: Request, *, ready: Callable[[str, str], None], wait: Callable[[], None]) -> None:
+    """`vllm serve` of the profile's model with the profile's flags (and the request's overrides),
+    the way the target side serves it, for another client; `ready(url, served_name)` once it is
+    healthy, then `wait()` until interrupted (Ctrl-C), which stops it cleanly."""
+    from llm_parity.serve import VllmServer, spec_from_profile
+
+    profile = load_profile(request.profile).with_serve(dtype=request.dtype, **request.serve)
+    model_dir, _ = resolve_model(profile, request.model, models_root=request.models_root)
+    spec = spec_from_profile(profile, model_dir, api_key=request.api_key)
+    log_path = request.cache_dir / "serve" / f"{spec.served_name}.log"
+    note(f"serve: starting vLLM ({spec.dtype}, max-num-seqs {spec.max_num_seqs}); log: {log_path}")
+    with VllmServer(spec, log_path=log_path, cache_dir=request.cache_dir,
+                    health_timeout_s=profile.serve.get("health_timeout_s", 600)) as server:
+        ready(server.url, spec.served_name)
+        try:
+            wait()
+        except KeyboardInterrupt:
+            note("serve: stopping")
 
 
 def demo(request: Request, *, lang: str) -> CompareOutcome:

@@ -203,8 +203,35 @@ class RunDir:
     def sums(self) -> Path:
         return self.root / "SHA256SUMS"
 
+    @property
+    def audit(self) -> Path:
+        return self.root / "report" / "audit.json"
+
 
 def sha256_of(doc: Any) -> str:
     """The hash that names a JSON payload (suite, manifest) in every other file."""
     compact = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(compact.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes, read in chunks (model shards are gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def listed_files(run: RunDir) -> list[Path]:
+    """The files SHA256SUMS covers: all of the run's but SHA256SUMS itself and report/audit.json,
+    the auditor's statement about the folder, written after the sums (and again at each audit)."""
+    return sorted(p for p in run.root.rglob("*")
+                  if p.is_file() and p not in (run.sums, run.audit) and not p.name.startswith("."))
+
+
+def write_sums(run: RunDir) -> Path:
+    """SHA256SUMS over every file of the run, in `sha256sum -c` format; written last."""
+    lines = [f"{sha256_file(p)}  {p.relative_to(run.root).as_posix()}" for p in listed_files(run)]
+    write_text_atomic(run.sums, "\n".join(lines) + "\n")
+    return run.sums

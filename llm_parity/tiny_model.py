@@ -1,12 +1,13 @@
 """The embedded default model: the seed's Llama-3 architecture at small scale, with the real
-Llama-3 tokenizer and chat format, trained briefly on the default suite so that its logits are
+Llama-3 tokenizer and chat format, trained briefly on a fixed Korean text so that its logits are
 peaked (random weights give near-ties that bf16 noise flips on every token).
 
-The build is deterministic and cached: the folder name is a hash of the recipe, so a second
-run reuses the model it built before."""
+The training text (llm_parity/tiny-training.json) is the model's own, not whatever suite is run:
+editing a suite never retrains the model. The build is deterministic and cached: the folder name
+is a hash of the recipe, so a second run reuses the model it built before, and a rebuild says
+which part of the recipe changed."""
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -14,11 +15,14 @@ import time
 from pathlib import Path
 
 from llm_parity import PROJECT_ROOT, chat_template
-from llm_parity.results import sha256_of
-from llm_parity.suite import DEFAULT_SUITE, load_suite_source
+from llm_parity.results import sha256_file, sha256_of
+from llm_parity.suite import load_suite_source
 
 RECIPE_VERSION = 1
 CACHE_DIR = PROJECT_ROOT / ".cache" / "tiny-model"
+# Chat prompts and passages in the suite-source format; the default suite began as a copy of it.
+TRAINING_TEXT = Path(__file__).parent / "tiny-training.json"
+RECIPE_FILE = "recipe.json"
 
 # The seed's config.json at small scale: same family, GQA 4:1, rope_theta 500000, untied
 # embeddings, the full 128,256-token vocabulary. head_dim 32 is the smallest vLLM's CPU
@@ -75,12 +79,12 @@ def write_tokenizer(folder: Path) -> None:
     (folder / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
 
 
-def training_texts(suite_source: dict) -> list[str]:
-    """Chat transcripts of the suite's prompts with fixed answers taken from its passages, and the
+def training_texts(training_source: dict) -> list[str]:
+    """Chat transcripts of the training prompts with fixed answers taken from its passages, and the
     passages themselves: the model learns to answer each prompt with a passage and to stop."""
-    passages = [passage["text"] for passage in suite_source["passages"]]
+    passages = [passage["text"] for passage in training_source["passages"]]
     texts = []
-    for index, prompt in enumerate(suite_source["prompts"]):
+    for index, prompt in enumerate(training_source["prompts"]):
         answer = passages[index % len(passages)]
         sentences = answer.split(". ")
         answer = ". ".join(sentences[: 1 + index % 3])
@@ -98,28 +102,42 @@ def _encode(tokenizer, item) -> list[int]:
     return [chat_template.BOS_ID] + tokenizer(payload, add_special_tokens=False)["input_ids"] + [chat_template.END_OF_TEXT_ID]
 
 
-def recipe_key(suite_source: dict) -> str:
-    tokenizer_bytes = llama3_tokenizer_json().read_bytes()
-    recipe = {
+def recipe(training_source: dict) -> dict:
+    """Everything the model's weights depend on."""
+    return {
         "version": RECIPE_VERSION,
         "architecture": ARCHITECTURE,
         "training": TRAINING,
         "tokenizer_config": TOKENIZER_CONFIG,
         "generation_config": GENERATION_CONFIG,
-        "tokenizer": hashlib.sha256(tokenizer_bytes).hexdigest(),
-        "suite": sha256_of(suite_source),
+        "tokenizer": sha256_file(llama3_tokenizer_json()),
+        "suite": sha256_of(training_source),  # the training text; named so for the keys already built
     }
-    return sha256_of(recipe)[:16]
 
 
-def _train(folder: Path, suite_source: dict, log) -> None:
+def recipe_key(training_source: dict) -> str:
+    return sha256_of(recipe(training_source))[:16]
+
+
+def rebuild_reason(cache_dir: Path, wanted: dict) -> str:
+    """Why a model is built: none cached yet, or what differs from the newest one built before."""
+    built = sorted((p for p in Path(cache_dir).glob(f"tiny-llama-3-*/{RECIPE_FILE}")), key=lambda p: p.stat().st_mtime)
+    if not built:
+        return "no tiny model with a recorded recipe is cached yet"
+    before = json.loads(built[-1].read_text(encoding="utf-8"))
+    changed = [part for part in wanted.keys() | before.keys() if wanted.get(part) != before.get(part)]
+    names = ", ".join(sorted("training text" if part == "suite" else part.replace("_", " ") for part in changed))
+    return f"the recipe changed since {built[-1].parent.name}: {names or 'nothing recorded differs'}"
+
+
+def _train(folder: Path, training_source: dict, log) -> None:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(TRAINING["seed"])
     write_tokenizer(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    sequences = [_encode(tokenizer, item)[: TRAINING["max_length"]] for item in training_texts(suite_source)]
+    sequences = [_encode(tokenizer, item)[: TRAINING["max_length"]] for item in training_texts(training_source)]
 
     model = LlamaForCausalLM(LlamaConfig(**ARCHITECTURE))
     model.train()
@@ -148,18 +166,21 @@ def _train(folder: Path, suite_source: dict, log) -> None:
     write_tokenizer(folder)  # save_pretrained may rewrite generation_config.json; keep ours
 
 
-def build_tiny_model(*, suite_path: Path = DEFAULT_SUITE, cache_dir: Path = CACHE_DIR, log=print) -> Path:
+def build_tiny_model(*, training_path: Path = TRAINING_TEXT, cache_dir: Path = CACHE_DIR, log=print) -> Path:
     """Return the folder of the tiny model, building and training it first if not cached."""
-    suite_source = load_suite_source(suite_path)
-    folder = Path(cache_dir) / f"tiny-llama-3-{recipe_key(suite_source)}"
+    training_source = load_suite_source(training_path)
+    wanted = recipe(training_source)
+    folder = Path(cache_dir) / f"tiny-llama-3-{recipe_key(training_source)}"
     if (folder / "model.safetensors").is_file():
         log(f"tiny model: reusing {folder}")
         return folder
-    log(f"tiny model: building {folder.name} ({TRAINING['steps']} training steps on the CPU)")
+    log(f"tiny model: building {folder.name} ({TRAINING['steps']} training steps on the CPU) because "
+        f"{rebuild_reason(cache_dir, wanted)}")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
     try:
-        _train(staging, suite_source, log)
+        _train(staging, training_source, log)
+        (staging / RECIPE_FILE).write_text(json.dumps(wanted, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         try:
             staging.rename(folder)
         except OSError:

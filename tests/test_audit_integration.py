@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from llm_parity import pipeline
-from llm_parity.audit import audit_run, write_audit, write_sums
+from llm_parity.audit import audit_run, write_audit
 from llm_parity.report import build_report
 from llm_parity.report.html import render_html
-from llm_parity.results import RunDir, read_json, write_json
+from llm_parity.results import RunDir, read_json, write_json, write_sums
 from llm_parity.suite import load_suite_source, render_suite
 
 pytestmark = pytest.mark.integration

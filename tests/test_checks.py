@@ -5,9 +5,9 @@ import json
 import pytest
 from test_compare import EOS, STRICT, record
 
-from llm_parity.audit import AUDIT_CHECKS, audit_path, audit_run, summary, write_audit, write_sums
+from llm_parity.audit import AUDIT_CHECKS, audit_run, summary, write_audit
 from llm_parity.compare import compare_runs
-from llm_parity.download import sha256_file
+from llm_parity.results import sha256_file, write_sums
 from llm_parity.provenance import collect
 from llm_parity.records import SIDES, Generation, PassageScore, decoding_of, generations_doc, perplexity_doc
 from llm_parity.results import ResultFileError, RunDir, read_json, schema_tag, sha256_of, validate, write_json
@@ -135,7 +135,7 @@ def test_audit_json_validates_and_lists_file_field_expected_found(run):
     run.suite.write_text(run.suite.read_text() + " ")
     result = audit_run(run)
     path = write_audit(result)
-    assert path == audit_path(run) == run.root / "report" / "audit.json"
+    assert path == run.audit == run.root / "report" / "audit.json"
     doc = read_json(path, "audit")
     assert doc["ok"] is False and doc["run"] == str(run.root)
     assert {"check": "sums", "file": str(run.suite), "field": "sha256", "found": sha256_file(run.suite)}.items() \

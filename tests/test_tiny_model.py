@@ -28,3 +28,27 @@ def test_rebuild_reuses_the_cached_model(tiny_model_dir):
     assert build_tiny_model(log=notes.append) == tiny_model_dir
     assert notes and "reusing" in notes[0]
     assert load_profile("tiny-llama").model["source"] == "tiny"
+
+
+def test_the_model_trains_on_its_own_text_so_editing_a_suite_never_retrains_it(tiny_model_dir, tmp_path):
+    from llm_parity.suite import DEFAULT_SUITE
+    from llm_parity.tiny_model import TRAINING_TEXT, recipe_key
+
+    assert TRAINING_TEXT.resolve() != DEFAULT_SUITE.resolve()
+    assert tiny_model_dir.name.endswith(recipe_key(load_suite_source(TRAINING_TEXT)))
+    edited = json.loads(DEFAULT_SUITE.read_text())
+    edited["prompts"][0]["messages"][0]["content"] += " (edited)"
+    assert recipe_key(edited) != recipe_key(load_suite_source(TRAINING_TEXT))  # the suite would have changed the key
+
+
+def test_a_rebuild_says_which_part_of_the_recipe_changed(tmp_path):
+    from llm_parity.tiny_model import RECIPE_FILE, TRAINING_TEXT, rebuild_reason, recipe
+
+    wanted = recipe(load_suite_source(TRAINING_TEXT))
+    assert "no tiny model" in rebuild_reason(tmp_path, wanted)
+    older = tmp_path / "tiny-llama-3-0123456789abcdef"
+    older.mkdir()
+    (older / RECIPE_FILE).write_text(json.dumps({**wanted, "training": {**wanted["training"], "steps": 10},
+                                                 "suite": "0" * 64}))
+    assert rebuild_reason(tmp_path, wanted) == ("the recipe changed since tiny-llama-3-0123456789abcdef: "
+                                                "training, training text")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llm_parity.compare import FAIL, PASS, unchecked_checks
-from llm_parity.report.strings import CHECK_NAMES, STRINGS
+from llm_parity.report.strings import CHECK_NAMES, STRINGS, detail_text
 
 PRECISION_CHECKS = ("token_ids", "text", "max_abs_logprob_diff", "perplexity_rel_diff")
 
@@ -66,7 +66,8 @@ def _precision(s: dict, compare: dict, lang: str) -> Section:
     section = Section(s["precision"], [s["metric"], s["expected"], s["measured"], s["status"]])
     for check in compare["checks"]:
         if check["name"] in PRECISION_CHECKS:
-            section.rows.append([CHECK_NAMES[check["name"]][lang], fmt(check["threshold"]), fmt(check["measured"]), mark(s, check["status"])])
+            section.rows.append([CHECK_NAMES[check["name"]][lang], detail_text(fmt(check["threshold"]), lang),
+                                 detail_text(fmt(check["measured"]), lang), mark(s, check["status"])])
     summary = compare["summary"]
     section.rows += [[s["mean_delta"], "—", fmt(summary["mean_abs_logprob_diff"]), ""],
                      [s["topk_delta"], "—", fmt(summary["top_k_max_abs_logprob_diff"]), ""],
@@ -76,15 +77,16 @@ def _precision(s: dict, compare: dict, lang: str) -> Section:
     return section
 
 
-def _divergence_text(s: dict, divergence: dict | None) -> str:
+def _divergence_text(s: dict, divergence: dict | None, lang: str) -> str:
     if divergence is None:
         return "—"
     tie = f" ({s['near_tie']})" if divergence["near_tie"] else ""
     return (f"{s['at']} {divergence['position']}: {divergence['target_token']} vs {divergence['reference_token']}, "
-            f"{s['margin']} {fmt(divergence['target_margin'])}/{fmt(divergence['reference_margin'])}{tie}; {divergence['why']}")
+            f"{s['margin']} {fmt(divergence['target_margin'])}/{fmt(divergence['reference_margin'])}{tie}; "
+            f"{detail_text(divergence['why'], lang)}")
 
 
-def _prompts(s: dict, compare: dict) -> Section:
+def _prompts(s: dict, compare: dict, lang: str) -> Section:
     section = Section(s["prompts"], [s["prompt"], s["result"], s["tokens"], "max |Δ|", s["divergence"]], chart="margin")
     for prompt in compare["prompts"]:
         if prompt["status"] == "error":
@@ -96,7 +98,7 @@ def _prompts(s: dict, compare: dict) -> Section:
         elif prompt["status"] == "split_outside_top_k":
             status = f"❌ {status}"
         section.rows.append([prompt["id"], status, f"{prompt['target_tokens']}/{prompt['reference_tokens']}",
-                             fmt(prompt["max_abs_logprob_diff"]), _divergence_text(s, prompt["first_divergence"])])
+                             fmt(prompt["max_abs_logprob_diff"]), _divergence_text(s, prompt["first_divergence"], lang)])
     return section
 
 
@@ -170,7 +172,8 @@ def build_report(compare: dict, provenance: dict, *, manifest: dict | None = Non
         raise ValueError(f"report language {lang!r}: choose one of {sorted(STRINGS)}")
     s = STRINGS[lang]
     items = Section(s["items"], [s["item"], s["status"], s["detail"]],
-                    [[CHECK_NAMES[c["name"]][lang], mark(s, c["status"]), c["detail"]] for c in compare["checks"]])
+                    [[CHECK_NAMES[c["name"]][lang], mark(s, c["status"]), detail_text(c["detail"], lang)]
+                     for c in compare["checks"]])
     if unchecked := unchecked_checks(compare):
         items.notes = [s["unchecked_note"].format(names=", ".join(CHECK_NAMES[name][lang] for name in unchecked))]
     if compare.get("profile_override"):
@@ -178,7 +181,7 @@ def build_report(compare: dict, provenance: dict, *, manifest: dict | None = Non
     facts = [(s["dtype"], compare["dtype"]), (s["revision"], _revision_text(s, manifest)),
              (s["model"], compare["model_manifest_sha256"]), (s["suite"], _suite_text(s, compare, suite))]
     titles = side_titles(s, provenance)
-    sections = [_environment(s, provenance), items, _precision(s, compare, lang), _prompts(s, compare),
+    sections = [_environment(s, provenance), items, _precision(s, compare, lang), _prompts(s, compare, lang),
                 _passages(s, compare, titles)] + ([_bench(s, bench)] if bench else []) + [_outputs(s, compare, titles)]
     return Report(f"{s['title']}: {compare['profile']}", f"{s['verdict']}: {s[compare['verdict']]}", facts, sections, lang,
                   titles)

@@ -63,3 +63,49 @@ CHECK_NAMES = {
     "perplexity_rel_diff": {"zh": "Perplexity 相对差异", "en": "perplexity relative difference"},
     "token_accounting": {"zh": "token 计数", "en": "token accounting"},
 }
+
+# compare.json keeps its detail strings in English (one language for machines and logs); the zh
+# report says them in Chinese. Longest phrases first, so a short one never splits a longer one.
+DETAIL_PHRASES_ZH = sorted({
+    "both sides decoded from the suite's rendered prompt ids": "两侧均从测试集渲染的输入 token 解码",
+    "prompt ids differ": "输入 token 不同",
+    "the server's chat endpoint rendered the same prompt ids": "服务端对话接口渲染出相同的输入 token",
+    "the server's chat endpoint returned no prompt ids to compare": "服务端对话接口未返回可比较的输入 token",
+    "not checked, the server returned no prompt ids": "未检查,服务端未返回输入 token",
+    "server rendered other ids for": "服务端渲染出不同 token 的提示",
+    "no prompt was answered by both sides": "没有两侧都有结果的提示",
+    "identical, or split within each other's top-k": "完全一致,或在彼此 top-k 内分歧",
+    "split within top-k": "在 top-k 内分歧",
+    "split outside top-k": "超出 top-k 的分歧",
+    "text differs despite equal ids": "token 相同但文本不同",
+    "equal where ids are equal": "token 相同处文本相同",
+    "chosen-token logprobs on the common prefix of each prompt": "各提示公共前缀上所选 token 的 logprob",
+    "no passages to compare": "没有可比较的段落",
+    "could be scored": "可计算",
+    "none of the": "全部",
+    "worst of": "最差值,共",
+    "passages": "个段落",
+    "usage equals id counts; at most one end-of-sequence id, last": "usage 与 token 数一致;至多一个结束 token,且在末尾",
+    "problems in": "有问题的提示",
+    "identical": "完全一致",
+    "is within the logprob noise this dtype allows": "在此数据类型允许的 logprob 噪声之内",
+    "so the two backends may rank the pair differently": "两个后端可能对这两个 token 排序不同",
+    "exceeds the allowed noise": "超过允许的噪声",
+    "not a rounding tie": "不是舍入造成的平局",
+    "one side ended after": "一侧在",
+    "tokens while the other went on": "个 token 后结束,另一侧继续生成",
+    "top-1/top-2 margin": "top-1/top-2 间隔",
+    "margin": "间隔",
+    "errors": "错误",
+    "missing": "缺失",
+    "none": "无",
+}.items(), key=lambda pair: -len(pair[0]))
+
+
+def detail_text(text: str, lang: str) -> str:
+    """A detail string of compare.json in the report's language."""
+    if lang != "zh" or not isinstance(text, str):
+        return text
+    for english, chinese in DETAIL_PHRASES_ZH:
+        text = text.replace(english, chinese)
+    return text

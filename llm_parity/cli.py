@@ -107,6 +107,8 @@ def serve(**options) -> int:
         print(f"serve: {url}/v1 (OpenAI-compatible) serves model {served_name!r}; {key}; Ctrl-C stops it", flush=True)
 
     def wait_forever() -> None:
+        # Ctrl-C stops it even where the shell that started it in the background ignores SIGINT.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         while True:
             signal.pause()
 

@@ -117,8 +117,10 @@ def test_the_second_side_names_each_file_that_differs_from_the_manifest(tiny_mod
 @pytest.mark.integration
 def test_inv_serve_serves_the_profile_until_ctrl_c(tmp_path):
     port = free_port("127.0.0.1")
+    # started the way a shell starts a background job: SIGINT ignored, which serve must undo
     task = subprocess.Popen([sys.executable, "-m", "invoke", "serve", "--profile", "tiny-llama", "--port", str(port)],
-                            cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         lines = iter(task.stdout.readline, "")
         ready = next(line for line in lines if not line.startswith("serve: waiting"))

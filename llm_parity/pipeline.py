@@ -258,9 +258,12 @@ def reference(request: Request) -> SideOutcome:
 
 def dummy(request: Request) -> dict:
     """The dummy-weights check on the profile's config and tokenizer; DummyFailed if it fails."""
+    return _dummy(open_workspace(request), request)
+
+
+def _dummy(workspace: Workspace, request: Request) -> dict:
     from llm_parity.dummy import run_dummy
 
-    workspace = open_workspace(request)
     run = workspace.run
     log_path = run.side("target") / "dummy-server.log"
     doc = run_dummy(workspace.profile, workspace.model_dir, out_path=run.dummy, log_path=log_path,
@@ -292,8 +295,9 @@ def verify(request: Request) -> SideOutcome:
     """The target side as `make verify` runs it on an Ascend host: preflight, download, dummy,
     serve, query."""
     preflight()
-    dummy(request)
-    return target(request)
+    workspace = open_workspace(request)  # once: the manifest hashes every file of the model
+    _dummy(workspace, request)
+    return run_side("target", _setup(workspace, request), workspace.manifest, resume=request.resume)
 
 
 def serve(request: Request, *, ready: Callable[[str, str], None], wait: Callable[[], None]) -> None:

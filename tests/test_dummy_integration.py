@@ -65,6 +65,7 @@ def test_verify_serves_the_real_model_on_the_port_the_dummy_check_just_used(tmp_
                          env={**os.environ, "LLM_PARITY_RESULTS": str(tmp_path)})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "preflight: vllm-ascend is not installed here" in out.stdout
+    assert "hashing" not in out.stderr  # the model's files are hashed once, for the manifest, not again for the target
     run = RunDir(tmp_path / "fixed")
     assert read_json(run.dummy, "dummy")["passed"]
     assert not any(record["error"] for record in read_json(run.generations("target"), "generations")["records"])

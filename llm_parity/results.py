@@ -58,12 +58,27 @@ def _field_path(error) -> str:
     return "".join(parts).lstrip(".") or "(top level)"
 
 
-def validate(doc: Any, name: str, path: Path | str) -> None:
-    """Raise ResultFileError naming `path` and the offending field if `doc` breaks schema `name`."""
-    error = best_match(_validator(name).iter_errors(doc))
+@lru_cache(maxsize=None)
+def _part_validator(ref: str) -> Draft202012Validator:
+    return Draft202012Validator({"$ref": ref}, registry=_registry())
+
+
+def _raise_first(validator: Draft202012Validator, doc: Any, where: Path | str) -> None:
+    error = best_match(validator.iter_errors(doc))
     if error is not None:
         message = error.message if len(error.message) <= 200 else error.message[:197] + "..."
-        raise ResultFileError(f"{path}: field {_field_path(error)}: {message}".replace("\n", " "))
+        raise ResultFileError(f"{where}: field {_field_path(error)}: {message}".replace("\n", " "))
+
+
+def validate(doc: Any, name: str, path: Path | str) -> None:
+    """Raise ResultFileError naming `path` and the offending field if `doc` breaks schema `name`."""
+    _raise_first(_validator(name), doc, path)
+
+
+def validate_part(doc: Any, ref: str, where: Path | str) -> None:
+    """The same for one part of a schema, e.g. "suite-source.schema.json#/$defs/prompt" (a JSONL
+    line is one prompt); `where` names the file and line."""
+    _raise_first(_part_validator(ref), doc, where)
 
 
 def canonical_json(doc: Any) -> str:

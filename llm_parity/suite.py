@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import lru_cache
 from pathlib import Path
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
-
 from llm_parity import PROJECT_ROOT
-from llm_parity.results import ResultFileError, _field_path, _registry, read_json, schema_tag, sha256_of
+from llm_parity.results import ResultFileError, read_json, schema_tag, sha256_of, validate_part
 
 DEFAULT_SUITE = PROJECT_ROOT / "suites" / "default-ko.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "tokenizer.model")
@@ -71,16 +67,8 @@ def _parse_line(path: Path, number: int, raw: bytes) -> dict:
     except json.JSONDecodeError as err:
         raise ResultFileError(f"{where}: not JSON ({err.msg} at column {err.colno})") from None
     prompt = {"kind": DEFAULT_KIND, **request} if isinstance(request, dict) else request
-    error = best_match(_prompt_validator().iter_errors(prompt))
-    if error is not None:
-        message = error.message if len(error.message) <= 200 else error.message[:197] + "..."
-        raise ResultFileError(f"{where}: field {_field_path(error)}: {message}".replace("\n", " "))
+    validate_part(prompt, "suite-source.schema.json#/$defs/prompt", where)
     return prompt
-
-
-@lru_cache(maxsize=None)
-def _prompt_validator() -> Draft202012Validator:
-    return Draft202012Validator({"$ref": "suite-source.schema.json#/$defs/prompt"}, registry=_registry())
 
 
 def _first_duplicate(ids: list[str]) -> tuple[int, int] | None:

@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 from llm_parity import pipeline
+from llm_parity.accuracy import parse_tasks
 from llm_parity.audit import summary as audit_summary
 from llm_parity.audit import write_audit
 from llm_parity.compare import IncompatibleRuns, verdict_reasons
@@ -18,6 +19,7 @@ from llm_parity.download import DownloadError, verify_folder
 from llm_parity.images import base_reference
 from llm_parity.plan import GIB, load_config, plan_memory, render_plan
 from llm_parity.profiles import DEMO_PROFILE, load_profile
+from llm_parity.records import SIDES
 from llm_parity.progress import note
 from llm_parity.results import ResultFileError, RunDir, read_json, write_json
 from llm_parity.serve import ServerError
@@ -123,6 +125,22 @@ def compare(*, lang: str = "zh", profile_override: bool = False, **options) -> i
 def demo(*, lang: str = "zh", run: str = "demo", **options) -> int:
     """The whole path on the embedded tiny model: prepare, target, reference, compare, report."""
     return guarded(lambda: verdict_exit(pipeline.demo(request(profile=DEMO_PROFILE, run=run, **options), lang=lang)))
+
+
+def accuracy(*, tasks: str, side: str = "both", limit: int | None = None, num_fewshot: int | None = None,
+             lang: str = "zh", **options) -> int:
+    """lm-eval on one side or both; when the run then holds both sides, compare and report."""
+    def action():
+        if side not in (*SIDES, "both"):
+            raise ValueError(f"--side {side!r}: choose target, reference or both")
+        outcome = pipeline.accuracy(request(**options), tasks=parse_tasks(tasks), sides=SIDES if side == "both" else (side,),
+                                    limit=None if limit is None else int(limit),
+                                    num_fewshot=None if num_fewshot is None else int(num_fewshot), lang=lang)
+        if outcome is None:
+            print("accuracy: done; compare reports it once the run holds both sides' generations and accuracy")
+            return EXIT_PASS
+        return verdict_exit(outcome)
+    return guarded(action)
 
 
 def download(**options) -> int:

@@ -64,9 +64,6 @@ def _check_same_runs(target: dict, reference: dict) -> None:
     for name in RUN_SETTINGS:
         if target[name] != reference[name]:
             raise IncompatibleRuns(f"accuracy: target and reference differ in {name}: {target[name]} vs {reference[name]}")
-    if [t["name"] for t in target["tasks"]] != [t["name"] for t in reference["tasks"]]:
-        raise IncompatibleRuns(f"accuracy: target ran tasks {[t['name'] for t in target['tasks']]}, "
-                               f"reference {[t['name'] for t in reference['tasks']]}")
     for t_task, r_task in zip(target["tasks"], reference["tasks"]):
         for name in TASK_SETTINGS:
             if t_task[name] != r_task[name]:
@@ -135,13 +132,17 @@ def compare_task(task: str, target_samples: list[dict], reference_samples: list[
 def compare_accuracy(target: dict, reference: dict) -> list[dict]:
     """Per task, the paired comparison of two sides (accuracy.read_side's documents); refuses
     sides that did not run or score the same thing, with a message naming what and where."""
-    _check_same_runs(target, reference)
+    if [t["name"] for t in target["tasks"]] != [t["name"] for t in reference["tasks"]]:
+        raise IncompatibleRuns(f"accuracy: target ran tasks {[t['name'] for t in target['tasks']]}, "
+                               f"reference {[t['name'] for t in reference['tasks']]}")
     results = []
     for t_task, r_task in zip(target["tasks"], reference["tasks"]):
         name = t_task["name"]
         t_samples, r_samples = target["sample_docs"][name]["samples"], reference["sample_docs"][name]["samples"]
         _check_accuracy_recorded("target", t_task, t_samples)
         _check_accuracy_recorded("reference", r_task, r_samples)
+        # What was really scored first (its message names a BOS on one side only), then the settings.
         # lm-eval's completions model keeps one position of max_length for the token it asks for.
         results.append(compare_task(name, t_samples, r_samples, bos=target["bos_token_id"], window=target["max_length"] - 1))
+    _check_same_runs(target, reference)
     return results

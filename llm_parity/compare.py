@@ -291,12 +291,13 @@ def tokens_accounted_for(evidence: Evidence) -> Outcome:
 
 def needs_accuracy(measure: Callable[[Evidence, dict], Outcome]) -> Callable[[Evidence], Outcome]:
     """An accuracy check runs on the paired lm-eval results with the profile's accuracy
-    thresholds; without either it is not checked."""
+    thresholds; without either it is not checked, and in a run where neither side ran lm-eval
+    it does not apply (None: left out of compare.json)."""
     @functools.wraps(measure)
-    def measure_if_compared(evidence: Evidence) -> Outcome:
+    def measure_if_compared(evidence: Evidence) -> Outcome | None:
         limits = evidence.thresholds.get("accuracy")
         if not evidence.accuracy["tasks"]:
-            return Outcome(NOT_CHECKED, None, None, evidence.accuracy["note"])
+            return Outcome(NOT_CHECKED, None, None, evidence.accuracy["note"]) if evidence.accuracy["note"] else None
         if limits is None:
             return Outcome(NOT_CHECKED, None, None, "the profile sets no accuracy thresholds for this dtype")
         return measure(evidence, limits)
@@ -358,11 +359,11 @@ def relative_difference(task: dict) -> float:
 
 
 def accuracy_section(accuracy: dict[str, dict | None] | None) -> dict:
-    """compare.json's "accuracy": the paired comparison when both sides ran lm-eval, else why not."""
+    """compare.json's "accuracy": the paired comparison when both sides ran lm-eval, else why not
+    ("" when neither did)."""
     present = [side for side, doc in (accuracy or {}).items() if doc]
     if len(present) < 2:
-        note = (f"only the {present[0]} side has accuracy.json" if present
-                else "no accuracy.json on either side (run inv accuracy)")
+        note = f"only the {present[0]} side has accuracy.json; run inv accuracy on the other" if present else ""
         return {"tasks": [], "note": note}
     return {"tasks": compare_accuracy(accuracy["target"], accuracy["reference"]), "note": "",
             "lm_eval_version": accuracy["target"]["lm_eval_version"],
@@ -375,8 +376,9 @@ def _check_record(name: str, outcome: Outcome) -> dict:
 
 
 def run_checks(evidence: Evidence) -> list[dict]:
-    """Every registered check, in order, as compare.json records it."""
-    return [_check_record(name, measure(evidence)) for name, measure in COMPARE_CHECKS]
+    """Every registered check that applies to this run, in order, as compare.json records it."""
+    outcomes = [(name, measure(evidence)) for name, measure in COMPARE_CHECKS]
+    return [_check_record(name, outcome) for name, outcome in outcomes if outcome is not None]
 
 
 def verdict_of(checks: list[dict]) -> str:

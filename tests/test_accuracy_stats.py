@@ -81,3 +81,21 @@ def test_other_documents_or_truncated_contexts_are_refused():
         compare_task("t", [sample(0, True)], [{**sample(0, True), "doc_hash": "other"}], bos=BOS, window=100)
     with pytest.raises(IncompatibleRuns, match="3 tokens exceed the 2 both sides score without truncating"):
         compare_task("t", [sample(0, True)], [sample(0, True)], bos=BOS, window=2)
+
+
+def test_accuracy_checks_apply_only_where_lm_eval_ran():
+    from llm_parity.compare import Evidence, accuracy_section, needs_accuracy
+
+    measured = needs_accuracy(lambda evidence, limits: "measured")
+
+    def evidence(section, thresholds):
+        return Evidence(suite={}, prompts=[], passages=[], thresholds=thresholds, accuracy=section)
+
+    assert accuracy_section(None) == {"tasks": [], "note": ""}
+    assert measured(evidence(accuracy_section({"target": None, "reference": None}), {})) is None  # left out
+    one_side = accuracy_section({"target": {"tasks": []}, "reference": None})
+    outcome = measured(evidence(one_side, {"accuracy": {}}))
+    assert outcome.status == "not_checked" and "only the target side has accuracy.json" in outcome.detail
+    no_limits = measured(evidence({"tasks": [{"task": "t"}], "note": ""}, {}))
+    assert no_limits.status == "not_checked" and "no accuracy thresholds" in no_limits.detail
+    assert measured(evidence({"tasks": [{"task": "t"}], "note": ""}, {"accuracy": {}})) == "measured"

@@ -264,7 +264,7 @@ def recomputed_verdict_passes(files: RunFiles, found: CheckResult) -> None:
                       why=f"recomputed from the raw records; failing: {'; '.join(failing_checks(recomputed))}")
         return
     counts = f"{recomputed['summary']['identical']}/{recomputed['summary']['prompts']} identical, dtype {recomputed['dtype']}"
-    if tasks := recomputed["accuracy"]["tasks"]:
+    if tasks := recomputed.get("accuracy", {}).get("tasks"):
         counts += f"; accuracy of {len(tasks)} tasks recomputed from the per-sample files"
     unchecked = unchecked_checks(recomputed)
     counts += f"; not checked: {', '.join(unchecked)}" if unchecked else ""

@@ -442,7 +442,8 @@ def compare_runs(*, suite: dict, target: dict, reference: dict, target_ppl: dict
         "checks": checks,
         "prompts": prompts,
         "passages": passages,
-        "accuracy": evidence.accuracy,
+        # Only where some side ran lm-eval: the folders of runs without it stay as they were.
+        **({"accuracy": evidence.accuracy} if evidence.accuracy["tasks"] or evidence.accuracy["note"] else {}),
         "summary": {
             "prompts": len(prompts),
             "identical": sum(p["status"] == "identical" for p in prompts),

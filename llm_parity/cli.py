@@ -207,7 +207,14 @@ def summary_line(result: dict) -> str:
     return (f"verdict: {result['verdict'].upper()} ({result['dtype']}) - {s['identical']}/{s['prompts']} prompts identical, "
             f"{s['split_within_top_k']} split within top-k, {s['split_outside_top_k']} outside, {s['errors']} errors; "
             f"max |Δ logprob| {s['max_abs_logprob_diff']:.3g}; max perplexity diff {_pct(s['max_perplexity_rel_diff'])}; "
-            f"smallest top-1/top-2 margin {_num(s['min_reference_margin'])}" + (f" - {reasons}" if reasons else ""))
+            f"smallest top-1/top-2 margin {_num(s['min_reference_margin'])}" + _accuracy_text(result) +
+            (f" - {reasons}" if reasons else ""))
+
+
+def _accuracy_text(result: dict) -> str:
+    tasks = result.get("accuracy", {}).get("tasks", [])
+    return "".join(f"; {t['task']} accuracy {t['target_accuracy']:.4g} vs {t['reference_accuracy']:.4g} "
+                   f"({len(t['flipped_to_wrong']) + len(t['flipped_to_correct'])} flipped)" for t in tasks)
 
 
 def _pct(value) -> str:

@@ -27,6 +27,10 @@ EAGER ?=
 NPUS ?= 0
 DEVICE ?= cpu
 REPORT_LANG ?= zh
+# lm-eval tasks for the accuracy targets (default: the project's own two); FEWSHOT empty: each task's own.
+# LIMIT there means the first N documents of each task.
+TASKS ?=
+FEWSHOT ?=
 RESULTS ?= $(CURDIR)/results
 MODELS ?= $(CURDIR)/models
 # vllm-ascend release matching the seed (vLLM 0.18.0, torch_npu 2.9.0.post1, CANN 8.5.1);
@@ -57,6 +61,9 @@ SERVE_FLAGS = $(strip $(if $(MAX_MODEL_LEN),--max-model-len $(MAX_MODEL_LEN)) $(
 SUITE_FLAGS = $(if $(SUITE),--suite /work/suite/$(notdir $(SUITE))) $(if $(LIMIT),--limit $(LIMIT))
 SUITE_VOLUME = $(if $(SUITE),-v $(abspath $(dir $(SUITE))):/work/suite:ro)
 SIDE_FLAGS = $(strip --profile $(PROFILE) --run $(RUN_NAME) $(if $(DTYPE),--dtype $(DTYPE)) $(SUITE_FLAGS))
+ACCURACY_FLAGS = $(strip $(if $(TASKS),--tasks $(TASKS)) $(if $(LIMIT),--limit $(LIMIT)) $(if $(FEWSHOT),--num-fewshot $(FEWSHOT)))
+# lm-eval's data sets come through HF_ENDPOINT like the model and are cached beside it.
+DATASETS_CACHE = -e HF_DATASETS_CACHE=/work/models/datasets
 # Results and model cache are shared volumes; the Hub settings pass through, never written down.
 VOLUMES = -v $(RESULTS):/work/results -v $(MODELS):/work/models $(SUITE_VOLUME) -e HF_ENDPOINT -e HF_TOKEN -e MODELSCOPE_ENDPOINT -e MODELSCOPE_API_TOKEN
 # Only the host's cards NPUS are mounted, and the runtime numbers them from 0 inside, so
@@ -80,11 +87,12 @@ REQUIRE_PYTHON = @$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))
 	echo "error: llm-parity needs Python 3.10 or newer, and $(PYTHON) is older or missing: install one and run make PYTHON=python3.10 (or newer)" >&2; exit 2; }
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test clean verify reference compare audit serve image-ascend image-reference pin
+.PHONY: help setup demo test clean verify reference compare audit serve image-ascend image-reference pin \
+	accuracy accuracy-target accuracy-reference
 
 help: ## list the targets and knobs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
-	@echo "  knobs: PROFILE RUN SUITE LIMIT DTYPE MAX_MODEL_LEN MAX_NUM_SEQS PORT TP EAGER NPUS DEVICE REPORT_LANG RESULTS MODELS"
+	@echo "  knobs: PROFILE RUN SUITE LIMIT DTYPE MAX_MODEL_LEN MAX_NUM_SEQS PORT TP EAGER NPUS DEVICE REPORT_LANG RESULTS MODELS TASKS FEWSHOT"
 	@echo "         ASCEND_TAG ASCEND_VARIANT IMAGE_MIRROR ALLOW_UNPINNED (empty serve knobs: the profile's values)"
 
 $(STAMP): requirements/*.txt pyproject.toml scripts/install.sh
@@ -135,6 +143,22 @@ reference: image-reference ## CPU/GPU host (DEVICE=cuda for GPUs): the reference
 	mkdir -p $(RESULTS) $(MODELS)
 	docker run --rm $(GPU_FLAGS) --user $$(id -u):$$(id -g) $(VOLUMES) -e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_REFERENCE)) \
 		$(IMAGE_REFERENCE) reference $(strip $(SIDE_FLAGS) --device $(DEVICE))
+
+accuracy: $(STAMP) ## here: the tiny model's demo, then lm-eval on both sides (TASKS, LIMIT=N docs) into its report
+	$(INV) demo --run $(or $(RUN),accuracy) --lang $(REPORT_LANG) $(if $(DTYPE),--dtype $(DTYPE))
+	$(INV) accuracy $(strip --profile tiny-llama --run $(or $(RUN),accuracy) --lang $(REPORT_LANG) \
+		$(if $(DTYPE),--dtype $(DTYPE)) $(ACCURACY_FLAGS))
+
+accuracy-target: image-ascend ## Ascend host: lm-eval against the served model (TASKS=kobest_boolq,... LIMIT FEWSHOT) -> target/accuracy.json
+	mkdir -p $(RESULTS) $(MODELS)
+	docker run --rm $(NPU_FLAGS) $(OWNER_FLAGS) $(VOLUMES) $(DATASETS_CACHE) -e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_ASCEND)) \
+		$(IMAGE_ASCEND) accuracy --side target $(strip --profile $(PROFILE) --run $(RUN_NAME) $(if $(DTYPE),--dtype $(DTYPE)) $(ACCURACY_FLAGS))
+
+accuracy-reference: image-reference ## CPU/GPU host (DEVICE=cuda): lm-eval's hf backend, the same tasks -> reference/accuracy.json
+	mkdir -p $(RESULTS) $(MODELS)
+	docker run --rm $(GPU_FLAGS) --user $$(id -u):$$(id -g) $(VOLUMES) $(DATASETS_CACHE) -e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_REFERENCE)) \
+		$(IMAGE_REFERENCE) accuracy --side reference $(strip --profile $(PROFILE) --run $(RUN_NAME) $(if $(DTYPE),--dtype $(DTYPE)) \
+		--device $(DEVICE) $(ACCURACY_FLAGS))
 
 serve: $(STAMP) ## serve the profile's model here with the profile's flags until Ctrl-C (for lm-eval, curl, ...)
 	$(INV) serve --profile $(PROFILE) $(strip $(if $(DTYPE),--dtype $(DTYPE)) $(SERVE_FLAGS))

@@ -8,6 +8,7 @@ import sys
 from invoke import Exit, task
 
 from llm_parity import cli
+from llm_parity.accuracy import project_tasks
 from llm_parity.profiles import DEFAULT_PROFILE
 
 DTYPE_HELP = "serving and reference dtype: float32, bfloat16 or float16 (default: the profile's)"
@@ -165,6 +166,26 @@ def bench(c, side, server_url=None, concurrencies="1,2,4,8,16", output_len=64, i
 def reference(c, side, device="cpu"):
     """Reference side: the same suite ids through transformers, write results/<run>/reference/."""
     _finish(lambda: cli.reference(**side, device=device))
+
+
+@task(help={"tasks": f"comma-separated lm-eval task names: the project's own ({','.join(project_tasks())}, the default) "
+                     "or lm-eval's (kobest_boolq, kmmlu, ...; their data sets come through HF_ENDPOINT)",
+            "side": "target (lm-eval's local-completions against the served model), reference (its hf backend in "
+                    "transformers) or both (default)",
+            "limit": "only the first N documents of each task", "num_fewshot": "few-shot examples (default: each task's)",
+            "profile": PROFILE_HELP, "run": RUN_HELP, "dtype": DTYPE_HELP, "model": SIDE_OPTIONS["model"][1],
+            "results": RESULTS_HELP, "server_url": SERVER_URL_HELP, "device": "torch device of the reference: cpu or cuda",
+            "lang": "report language: zh (default) or en"})
+def accuracy(c, tasks=",".join(project_tasks()), side="both", limit=None, num_fewshot=None, profile=DEFAULT_PROFILE,
+             run="run", dtype=None, model=None, results=None, server_url=None, device="cpu", lang="zh"):
+    """Benchmark accuracy through lm-evaluation-harness on both sides: same tasks, few-shot, limit, BOS and context length.
+
+    Writes <side>/accuracy.json and per-sample files <side>/accuracy/<task>.json; once the run holds both sides'
+    generations and accuracy, compares them (per task: both accuracies, difference with a paired bootstrap CI, flips
+    with an exact McNemar test, answer agreement, |Δ loglikelihood|) into the report. Exit 0 pass, 1 fail, 2 when the
+    sides did not score the same thing (BOS, tokens, documents)."""
+    _finish(lambda: cli.accuracy(tasks=tasks, side=side, limit=limit, num_fewshot=num_fewshot, lang=lang, profile=profile,
+                                 run=run, dtype=dtype, model=model, results=results, server_url=server_url, device=device))
 
 
 @task(help={"profile": PROFILE_HELP, "run": RUN_HELP, "lang": "report language: zh (default) or en",

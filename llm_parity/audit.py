@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
+from llm_parity.accuracy import read_side as read_accuracy
 from llm_parity.compare import PASS, IncompatibleRuns, Registry, compare_runs, failing_checks, unchecked_checks
 from llm_parity.records import SIDES
 from llm_parity.results import (ResultFileError, RunDir, canonical_json, ensure_writable, listed_files, read_json, schema_tag,
@@ -93,6 +94,7 @@ class RunFiles:
     run: RunDir
     docs: dict[Path, dict] = field(default_factory=dict)
     errors: dict[Path, tuple[str, ResultFileError]] = field(default_factory=dict)  # path: (schema, error)
+    accuracy: dict[str, dict | None] = field(default_factory=dict)  # side: accuracy.read_side, None if not run
 
     @classmethod
     def read(cls, run: RunDir) -> "RunFiles":
@@ -103,6 +105,11 @@ class RunFiles:
                 files.docs[path] = read_json(path, schema)
             except ResultFileError as err:
                 files.errors[path] = (schema, err)
+        for side in SIDES:  # optional: only runs that ran lm-eval have them
+            try:
+                files.accuracy[side] = read_accuracy(run, side)
+            except ResultFileError as err:
+                files.errors[run.accuracy(side)] = ("accuracy", err)
         return files
 
     def side(self, side: str, kind: str) -> tuple[Path, dict | None]:
@@ -117,10 +124,12 @@ class RunFiles:
         raw = {(side, kind): self.side(side, kind)[1] for side in SIDES for kind in ("generations", "perplexity")}
         if not suite or not compare or not all(raw.values()):
             return None
+        if any(self.run.accuracy(side) in self.errors for side in SIDES):
+            return None
         try:
             recomputed = compare_runs(suite=suite, target=raw["target", "generations"], reference=raw["reference", "generations"],
                                       target_ppl=raw["target", "perplexity"], reference_ppl=raw["reference", "perplexity"],
-                                      thresholds=compare["thresholds"], profile=compare["profile"])
+                                      thresholds=compare["thresholds"], profile=compare["profile"], accuracy=self.accuracy)
         except IncompatibleRuns as err:
             return err
         # Not a measurement: what compare was told, kept so the rest can be compared as a whole.
@@ -255,6 +264,8 @@ def recomputed_verdict_passes(files: RunFiles, found: CheckResult) -> None:
                       why=f"recomputed from the raw records; failing: {'; '.join(failing_checks(recomputed))}")
         return
     counts = f"{recomputed['summary']['identical']}/{recomputed['summary']['prompts']} identical, dtype {recomputed['dtype']}"
+    if tasks := recomputed.get("accuracy", {}).get("tasks"):
+        counts += f"; accuracy of {len(tasks)} tasks recomputed from the per-sample files"
     unchecked = unchecked_checks(recomputed)
     counts += f"; not checked: {', '.join(unchecked)}" if unchecked else ""
     found.facts.append(f"verdict recomputed from raw records: {recomputed['verdict']} ({counts})")

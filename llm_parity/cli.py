@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 from llm_parity import pipeline
+from llm_parity.accuracy import parse_tasks
 from llm_parity.audit import summary as audit_summary
 from llm_parity.audit import write_audit
 from llm_parity.compare import IncompatibleRuns, verdict_reasons
@@ -18,6 +19,7 @@ from llm_parity.download import DownloadError, verify_folder
 from llm_parity.images import base_reference
 from llm_parity.plan import GIB, load_config, plan_memory, render_plan
 from llm_parity.profiles import DEMO_PROFILE, load_profile
+from llm_parity.records import SIDES
 from llm_parity.progress import note
 from llm_parity.results import ResultFileError, RunDir, read_json, write_json
 from llm_parity.serve import ServerError
@@ -125,6 +127,22 @@ def demo(*, lang: str = "zh", run: str = "demo", **options) -> int:
     return guarded(lambda: verdict_exit(pipeline.demo(request(profile=DEMO_PROFILE, run=run, **options), lang=lang)))
 
 
+def accuracy(*, tasks: str, side: str = "both", limit: int | None = None, num_fewshot: int | None = None,
+             lang: str = "zh", **options) -> int:
+    """lm-eval on one side or both; when the run then holds both sides, compare and report."""
+    def action():
+        if side not in (*SIDES, "both"):
+            raise ValueError(f"--side {side!r}: choose target, reference or both")
+        outcome = pipeline.accuracy(request(**options), tasks=parse_tasks(tasks), sides=SIDES if side == "both" else (side,),
+                                    limit=None if limit is None else int(limit),
+                                    num_fewshot=None if num_fewshot is None else int(num_fewshot), lang=lang)
+        if outcome is None:
+            print("accuracy: done; compare reports it once the run holds both sides' generations and accuracy")
+            return EXIT_PASS
+        return verdict_exit(outcome)
+    return guarded(action)
+
+
 def download(**options) -> int:
     """Fetch the profile's model (or take a local folder) and write the run's manifest and suite."""
     def action():
@@ -189,7 +207,14 @@ def summary_line(result: dict) -> str:
     return (f"verdict: {result['verdict'].upper()} ({result['dtype']}) - {s['identical']}/{s['prompts']} prompts identical, "
             f"{s['split_within_top_k']} split within top-k, {s['split_outside_top_k']} outside, {s['errors']} errors; "
             f"max |Δ logprob| {s['max_abs_logprob_diff']:.3g}; max perplexity diff {_pct(s['max_perplexity_rel_diff'])}; "
-            f"smallest top-1/top-2 margin {_num(s['min_reference_margin'])}" + (f" - {reasons}" if reasons else ""))
+            f"smallest top-1/top-2 margin {_num(s['min_reference_margin'])}" + _accuracy_text(result) +
+            (f" - {reasons}" if reasons else ""))
+
+
+def _accuracy_text(result: dict) -> str:
+    tasks = result.get("accuracy", {}).get("tasks", [])
+    return "".join(f"; {t['task']} accuracy {t['target_accuracy']:.4g} vs {t['reference_accuracy']:.4g} "
+                   f"({len(t['flipped_to_wrong']) + len(t['flipped_to_correct'])} flipped)" for t in tasks)
 
 
 def _pct(value) -> str:

@@ -8,12 +8,9 @@ import functools
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from llm_parity.records import top_margin
+from llm_parity.accuracy_stats import compare_accuracy
+from llm_parity.records import IncompatibleRuns, top_margin
 from llm_parity.results import schema_tag
-
-
-class IncompatibleRuns(ValueError):
-    """Target and reference were not produced from the same suite, model or decoding."""
 
 
 def check_same_inputs(*, suite: dict, target: dict, reference: dict) -> None:
@@ -177,6 +174,7 @@ class Evidence:
     prompts: list[dict]  # compare_generation of each prompt both sides have
     passages: list[dict]  # compare_passage of each passage both sides have
     thresholds: dict
+    accuracy: dict  # compare.json's "accuracy": per-task results, or why there are none
 
     @property
     def answered(self) -> list[dict]:
@@ -291,14 +289,96 @@ def tokens_accounted_for(evidence: Evidence) -> Outcome:
                     fine="usage equals id counts; at most one end-of-sequence id, last", wrong="problems in")
 
 
+def needs_accuracy(measure: Callable[[Evidence, dict], Outcome]) -> Callable[[Evidence], Outcome]:
+    """An accuracy check runs on the paired lm-eval results with the profile's accuracy
+    thresholds; without either it is not checked, and in a run where neither side ran lm-eval
+    it does not apply (None: left out of compare.json)."""
+    @functools.wraps(measure)
+    def measure_if_compared(evidence: Evidence) -> Outcome | None:
+        limits = evidence.thresholds.get("accuracy")
+        if not evidence.accuracy["tasks"]:
+            return Outcome(NOT_CHECKED, None, None, evidence.accuracy["note"]) if evidence.accuracy["note"] else None
+        if limits is None:
+            return Outcome(NOT_CHECKED, None, None, "the profile sets no accuracy thresholds for this dtype")
+        return measure(evidence, limits)
+    return measure_if_compared
+
+
+def _per_task(tasks: list[dict], failing: list[str], shown: Callable[[dict], str]) -> str:
+    return "; ".join(f"{t['task']}: {shown(t)}" for t in tasks) + (f"; failing: {failing}" if failing else "")
+
+
+@check("accuracy_difference")
+@needs_accuracy
+def accuracies_within_tolerance(evidence: Evidence, limits: dict) -> Outcome:
+    tolerance = limits["max_rel_diff"]
+    tasks = evidence.accuracy["tasks"]
+    worst = max(relative_difference(t) for t in tasks)
+    failing = [t["task"] for t in tasks if relative_difference(t) > tolerance]
+    return Outcome(_held(not failing), worst, tolerance, _per_task(tasks, failing, lambda t: (
+        f"{t['target_accuracy']:.4g} vs {t['reference_accuracy']:.4g}, Δ {t['difference']:+.4g} "
+        f"[{t['ci_low']:+.4g}, {t['ci_high']:+.4g}] over {t['samples']} samples")))
+
+
+@check("accuracy_significant_drop")
+@needs_accuracy
+def no_significant_drop(evidence: Evidence, limits: dict) -> Outcome:
+    tasks = evidence.accuracy["tasks"]
+    failing = [t["task"] for t in tasks if t["difference"] < 0 and t["mcnemar_p"] < limits["alpha"]]
+    return Outcome(_held(not failing), min(t["mcnemar_p"] for t in tasks), limits["alpha"], _per_task(
+        tasks, failing, lambda t: (f"{len(t['flipped_to_wrong'])} flipped to wrong, {len(t['flipped_to_correct'])} "
+                                   f"to correct, exact McNemar p {t['mcnemar_p']:.3g}")))
+
+
+@check("answer_agreement")
+@needs_accuracy
+def answers_agree(evidence: Evidence, limits: dict) -> Outcome:
+    tasks = evidence.accuracy["tasks"]
+    failing = [t["task"] for t in tasks if t["agreement"] < limits["min_agreement"]]
+    return Outcome(_held(not failing), min(t["agreement"] for t in tasks), limits["min_agreement"], _per_task(
+        tasks, failing, lambda t: f"{t['agreement']:.4g} same answer, differing documents {t['disagreeing'] or 'none'}"))
+
+
+@check("loglikelihood_diff")
+@needs_accuracy
+def loglikelihoods_close(evidence: Evidence, limits: dict) -> Outcome:
+    scored = [t for t in evidence.accuracy["tasks"] if t["max_abs_loglikelihood_diff"] is not None]
+    threshold = limits["max_abs_loglikelihood_diff"]
+    if not scored:
+        return Outcome(NOT_CHECKED, None, threshold, "no log-likelihood task was run")
+    worst = max(t["max_abs_loglikelihood_diff"] for t in scored)
+    failing = [t["task"] for t in scored if t["max_abs_loglikelihood_diff"] > threshold]
+    return Outcome(_held(not failing), worst, threshold,
+                   _per_task(scored, failing, lambda t: f"max |Δ loglikelihood| per choice {t['max_abs_loglikelihood_diff']:.3g}"))
+
+
+def relative_difference(task: dict) -> float:
+    """|target - reference| accuracy relative to the reference's (absolute when the reference is 0)."""
+    difference = abs(task["target_accuracy"] - task["reference_accuracy"])
+    return difference / task["reference_accuracy"] if task["reference_accuracy"] else difference
+
+
+def accuracy_section(accuracy: dict[str, dict | None] | None) -> dict:
+    """compare.json's "accuracy": the paired comparison when both sides ran lm-eval, else why not
+    ("" when neither did)."""
+    present = [side for side, doc in (accuracy or {}).items() if doc]
+    if len(present) < 2:
+        note = f"only the {present[0]} side has accuracy.json; run inv accuracy on the other" if present else ""
+        return {"tasks": [], "note": note}
+    return {"tasks": compare_accuracy(accuracy["target"], accuracy["reference"]), "note": "",
+            "lm_eval_version": accuracy["target"]["lm_eval_version"],
+            "settings": {name: accuracy["target"][name] for name in ("limit", "num_fewshot", "add_bos_token", "max_length")}}
+
+
 def _check_record(name: str, outcome: Outcome) -> dict:
     return {"name": name, "status": outcome.status, "passed": PASSED_FIELD[outcome.status],
             "measured": outcome.measured, "threshold": outcome.threshold, "detail": outcome.detail}
 
 
 def run_checks(evidence: Evidence) -> list[dict]:
-    """Every registered check, in order, as compare.json records it."""
-    return [_check_record(name, measure(evidence)) for name, measure in COMPARE_CHECKS]
+    """Every registered check that applies to this run, in order, as compare.json records it."""
+    outcomes = [(name, measure(evidence)) for name, measure in COMPARE_CHECKS]
+    return [_check_record(name, outcome) for name, outcome in outcomes if outcome is not None]
 
 
 def verdict_of(checks: list[dict]) -> str:
@@ -332,8 +412,9 @@ def verdict_reasons(result: dict) -> str:
 
 
 def compare_runs(*, suite: dict, target: dict, reference: dict, target_ppl: dict, reference_ppl: dict,
-                 thresholds: dict, profile: str) -> dict:
-    """The compare document (schemas/compare.schema.json) for one run."""
+                 thresholds: dict, profile: str, accuracy: dict[str, dict | None] | None = None) -> dict:
+    """The compare document (schemas/compare.schema.json) for one run; `accuracy` maps each side to
+    its lm-eval results (accuracy.read_side), None where it has none."""
     check_same_inputs(suite=suite, target=target, reference=reference)
     check_same_inputs(suite=suite, target=target_ppl, reference=reference_ppl)
     noise = thresholds["max_abs_logprob_diff"]
@@ -345,7 +426,7 @@ def compare_runs(*, suite: dict, target: dict, reference: dict, target_ppl: dict
                for t in target["records"] if t["id"] in reference_by_id]
     reference_ppl_by_id = {r["id"]: r for r in reference_ppl["records"]}
     passages = [compare_passage(t, reference_ppl_by_id[t["id"]]) for t in target_ppl["records"] if t["id"] in reference_ppl_by_id]
-    evidence = Evidence(suite, prompts, passages, thresholds)
+    evidence = Evidence(suite, prompts, passages, thresholds, accuracy_section(accuracy))
     checks = run_checks(evidence)
     ok = evidence.answered
     deltas = [p["mean_abs_logprob_diff"] for p in ok]
@@ -361,6 +442,8 @@ def compare_runs(*, suite: dict, target: dict, reference: dict, target_ppl: dict
         "checks": checks,
         "prompts": prompts,
         "passages": passages,
+        # Only where some side ran lm-eval: the folders of runs without it stay as they were.
+        **({"accuracy": evidence.accuracy} if evidence.accuracy["tasks"] or evidence.accuracy["note"] else {}),
         "summary": {
             "prompts": len(prompts),
             "identical": sum(p["status"] == "identical" for p in prompts),

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llm_parity import accuracy as accuracy_mod
 from llm_parity import ascend
 from llm_parity import compare as compare_mod
 from llm_parity.audit import AuditResult, audit_run
@@ -354,6 +355,45 @@ def bench(request: Request, *, concurrencies: tuple[int, ...], output_len: int, 
     return doc
 
 
+def accuracy(request: Request, *, tasks: tuple[str, ...], sides: tuple[str, ...] = SIDES, limit: int | None = None,
+             num_fewshot: int | None = None, lang: str = "zh", log=note) -> CompareOutcome | None:
+    """lm-eval on each of `sides` (the target against the profile's server, started now or at
+    `request.server_url`; the reference in transformers on `request.device`), written beside the
+    run's other side files; then, when the run holds both sides' generations and accuracy, compare
+    and report again (returned), else None."""
+    workspace = open_workspace(request)
+    run, profile, model_dir = workspace.run, workspace.profile, workspace.model_dir
+    asked = accuracy_mod.AccuracyRequest(tasks=tasks, max_length=profile.serve["max_model_len"], limit=limit,
+                                         num_fewshot=num_fewshot)
+    for side in sides:
+        ensure_writable(run.side(side))
+        log(f"accuracy: {side}: lm-eval on {', '.join(tasks)}")
+        if side == "target":
+            _target_accuracy(workspace, request, asked, log)
+        else:
+            args = accuracy_mod.reference_model_args(asked, model_dir=model_dir, dtype=profile.dtype, device=request.device)
+            results, fed = accuracy_mod.run_lm_eval(side, asked, args)
+            accuracy_mod.write_side(run, side, asked, results, fed, backend="hf", model_args=args,
+                                    manifest_sha256=workspace.manifest["sha256"], dtype=profile.dtype)
+        log(f"accuracy: wrote {run.accuracy(side)}")
+    ready = all(path.is_file() for side in SIDES for path in (run.generations(side), run.accuracy(side)))
+    return compare(run, profile, lang=lang) if ready else None
+
+
+def _target_accuracy(workspace: Workspace, request: Request, asked, log) -> None:
+    from llm_parity.serve import serving
+
+    run, profile = workspace.run, workspace.profile
+    with serving(profile, workspace.model_dir, log_path=run.side("target") / "accuracy-server.log",
+                 server_url=request.server_url, cache_dir=request.cache_dir,
+                 api_key=request.api_key, log=log) as (url, _, spec):
+        args = accuracy_mod.target_model_args(asked, model_dir=workspace.model_dir, url=url, served_name=spec.served_name,
+                                              api_key=request.api_key or spec.api_key)
+        results, fed = accuracy_mod.run_lm_eval("target", asked, args)
+    accuracy_mod.write_side(run, "target", asked, results, fed, backend="local-completions", model_args=args,
+                            manifest_sha256=workspace.manifest["sha256"], dtype=profile.dtype)
+
+
 def profile_differences(provenance: dict[str, dict], profile: Profile) -> list[str]:
     """How the profile each side recorded differs from `profile` (name and content hash)."""
     differences = []
@@ -385,6 +425,7 @@ def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override
         target_ppl=read_json(run.perplexity("target"), "perplexity"),
         reference_ppl=read_json(run.perplexity("reference"), "perplexity"),
         thresholds=profile.thresholds(dtype), profile=profile.name,
+        accuracy={side: accuracy_mod.read_side(run, side) for side in SIDES},
     )
     if differences:
         result["profile_override"] = "; ".join(differences)

@@ -12,6 +12,11 @@ from llm_parity.results import schema_tag
 SIDES = ("target", "reference")
 
 
+class IncompatibleRuns(ValueError):
+    """Target and reference were not produced from the same suite, model or decoding, or did not
+    score the same thing."""
+
+
 def sort_top_k(pairs, k: int) -> list[list]:
     """[[token_id, logprob], ...] best first, ties by token id, at most k."""
     ordered = sorted(((int(token), float(logprob)) for token, logprob in pairs), key=lambda p: (-p[1], p[0]))

@@ -190,6 +190,9 @@ class RunDir:
     def provenance(self, side: str) -> Path:
         return self.root / side / "provenance.json"
 
+    def accuracy(self, side: str) -> Path:
+        return self.root / side / "accuracy.json"
+
     @property
     def bench(self) -> Path:
         return self.root / "target" / "bench.json"

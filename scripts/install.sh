@@ -19,6 +19,14 @@ case "$flavour" in
   *) echo "install.sh: unknown flavour '$flavour' (host, ascend, reference, cpu-target, dev)" >&2; exit 2 ;;
 esac
 
+if [ "$flavour" = ascend ]; then
+  # The vllm-ascend release pinned its packages (vllm, torch_npu, transformers, ...): hold every one
+  # at the version the image has, so a requirement that would move one fails the build instead.
+  held=$(mktemp)
+  "$python" -m pip list --format=freeze --disable-pip-version-check > "$held"
+  files+=(-c "$held")
+fi
+
 "${pip[@]}" "${files[@]}"
 "${pip[@]}" --no-deps -e "$root"
 

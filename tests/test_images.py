@@ -56,4 +56,4 @@ def test_every_requirement_is_pinned_and_explained():
             line = line.strip()
             if not line or line.startswith(("#", "-r ")):
                 continue
-            assert re.match(r"^[A-Za-z0-9_.\-\[\]]+==[^ ]+\s+# \S", line), f"{path.name}: unpinned or unexplained: {line}"
+            assert re.match(r"^[A-Za-z0-9_.,\-\[\]]+==[^ ]+\s+# \S", line), f"{path.name}: unpinned or unexplained: {line}"

@@ -121,6 +121,31 @@ def _passages(s: dict, compare: dict, titles: dict[str, str]) -> Section:
     return section
 
 
+def _accuracy(s: dict, compare: dict, titles: dict[str, str]) -> list[Section]:
+    """A table per lm-eval task: both accuracies, the paired difference and its interval, the flips
+    and their McNemar p, agreement and |Δ loglikelihood|; the chart under the last."""
+    accuracy = compare.get("accuracy") or {"tasks": []}
+    sections = []
+    for task in accuracy["tasks"]:
+        section = Section(f"{s['accuracy']}: {task['task']}", [s["metric"], s["measured"]])
+        section.rows = [
+            [f"{s['acc']} ({titles['target']})", fmt(task["target_accuracy"])],
+            [f"{s['acc']} ({titles['reference']})", fmt(task["reference_accuracy"])],
+            [s["acc_diff"], f"{task['difference']:+.4g} [{task['ci_low']:+.4g}, {task['ci_high']:+.4g}]"],
+            [s["flips"], f"{len(task['flipped_to_wrong'])} / {len(task['flipped_to_correct'])}"
+                         f" ({', '.join(map(str, task['flipped_to_wrong'] + task['flipped_to_correct'])) or '—'})"],
+            [s["mcnemar"], fmt(task["mcnemar_p"])],
+            [s["agreement"], f"{fmt(task['agreement'])} ({task['samples']} {s['samples']})"],
+            [s["ll_delta"], fmt(task["max_abs_loglikelihood_diff"])],
+        ]
+        sections.append(section)
+    if sections:
+        settings = accuracy["settings"]
+        sections[-1].notes = [s["accuracy_note"].format(version=accuracy["lm_eval_version"], **settings)]
+        sections[-1].chart = "accuracy"
+    return sections
+
+
 def _revision_text(s: dict, manifest: dict | None) -> str:
     if manifest is None:
         return "—"
@@ -182,6 +207,7 @@ def build_report(compare: dict, provenance: dict, *, manifest: dict | None = Non
              (s["model"], compare["model_manifest_sha256"]), (s["suite"], _suite_text(s, compare, suite))]
     titles = side_titles(s, provenance)
     sections = [_environment(s, provenance), items, _precision(s, compare, lang), _prompts(s, compare, lang),
-                _passages(s, compare, titles)] + ([_bench(s, bench)] if bench else []) + [_outputs(s, compare, titles)]
+                _passages(s, compare, titles), *_accuracy(s, compare, titles)] + ([_bench(s, bench)] if bench else []) + \
+        [_outputs(s, compare, titles)]
     return Report(f"{s['title']}: {compare['profile']}", f"{s['verdict']}: {s[compare['verdict']]}", facts, sections, lang,
                   titles)

@@ -25,6 +25,12 @@ def charts(compare: dict, lang: str, bench: dict | None = None, titles: dict[str
     split = {p["id"] for p in ok if p["status"] != "identical"}
     passages = [p for p in compare["passages"] if not p.get("error")]
     drawn = {}
+    if tasks := (compare.get("accuracy") or {}).get("tasks"):
+        drawn["accuracy"] = bars([t["task"] for t in tasks],
+                                 [(titles["target"], [t["target_accuracy"] for t in tasks]),
+                                  (titles["reference"], [t["reference_accuracy"] for t in tasks])],
+                                 title=s["chart_accuracy"], x_label=s["task"],
+                                 highlight={t["task"] for t in tasks if t["flipped_to_wrong"] or t["flipped_to_correct"]})
     if bench:
         levels = bench["levels"]
         drawn["bench"] = bars([str(level["concurrency"]) for level in levels],

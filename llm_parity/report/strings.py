@@ -25,6 +25,12 @@ STRINGS = {
         "revision": "模型版本", "moving": "按分支名 {asked} 下载,该分支可能移动:请固定提交号",
         "unresolved": "{asked} 未解析为提交号(该来源不提供提交号):文件由清单中的 sha256 固定",
         "default_branch": "默认分支",
+        "accuracy": "基准准确率", "acc": "准确率", "acc_diff": "差值(目标-参考)[95% 配对 bootstrap 区间]",
+        "flips": "翻转:变错 / 变对(文档编号)", "mcnemar": "精确 McNemar p 值", "agreement": "答案一致率",
+        "samples": "个样本", "ll_delta": "各选项最大 |Δ loglikelihood|", "task": "任务",
+        "chart_accuracy": "各任务准确率(红色:有样本翻转)",
+        "accuracy_note": "lm-evaluation-harness {version};两侧相同:limit {limit},few-shot {num_fewshot}(null 为任务默认),"
+                         "add_bos_token {add_bos_token},上下文长度 {max_length};两侧实际打分的 token 已逐样本核对一致。",
     },
     "en": {
         "title": "Parity verification report", "verdict": "Verdict", "pass": "✅ pass", "fail": "❌ fail", "not_checked": "not checked",
@@ -50,6 +56,13 @@ STRINGS = {
         "revision": "model revision", "moving": "asked for the branch {asked}, which can move: pin the commit",
         "unresolved": "{asked} was not resolved to a commit (the source names none): the manifest's sha256 pins the files",
         "default_branch": "the default branch",
+        "accuracy": "Benchmark accuracy", "acc": "accuracy", "acc_diff": "difference (target - reference) [95% paired bootstrap]",
+        "flips": "flips: to wrong / to correct (documents)", "mcnemar": "exact McNemar p", "agreement": "same answer",
+        "samples": "samples", "ll_delta": "max |Δ loglikelihood| per choice", "task": "task",
+        "chart_accuracy": "Accuracy per task (red: some answers flipped)",
+        "accuracy_note": "lm-evaluation-harness {version}; the same on both sides: limit {limit}, few-shot {num_fewshot} "
+                         "(null: each task's own), add_bos_token {add_bos_token}, context length {max_length}; the token ids "
+                         "each side scored were checked equal, sample by sample.",
     },
 }
 
@@ -62,6 +75,10 @@ CHECK_NAMES = {
     "max_abs_logprob_diff": {"zh": "Logprob 最大绝对差", "en": "max |Δ logprob|"},
     "perplexity_rel_diff": {"zh": "Perplexity 相对差异", "en": "perplexity relative difference"},
     "token_accounting": {"zh": "token 计数", "en": "token accounting"},
+    "accuracy_difference": {"zh": "基准准确率差异(相对)", "en": "benchmark accuracy difference (relative)"},
+    "accuracy_significant_drop": {"zh": "准确率无显著下降 (McNemar)", "en": "no significant accuracy drop (McNemar)"},
+    "answer_agreement": {"zh": "逐样本答案一致率", "en": "per-sample answer agreement"},
+    "loglikelihood_diff": {"zh": "选项 loglikelihood 最大绝对差", "en": "max |Δ loglikelihood| per choice"},
 }
 
 # compare.json keeps its detail strings in English (one language for machines and logs); the zh

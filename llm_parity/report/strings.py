@@ -25,6 +25,9 @@ STRINGS = {
         "revision": "模型版本", "moving": "按分支名 {asked} 下载,该分支可能移动:请固定提交号",
         "unresolved": "{asked} 未解析为提交号(该来源不提供提交号):文件由清单中的 sha256 固定",
         "default_branch": "默认分支",
+        "replay": "重放(按结果目录自身记录重新运行)", "overrides": "覆盖的设置", "env_differences": "版本或硬件差异",
+        "byte_identical": "逐字节一致", "within_thresholds": "在阈值内", "not_reproducible": "不可复现",
+        "replay_note": "逐字节一致:重放记录与存储记录字节相同;在阈值内:不同,但按记录的数据类型的阈值全部检查通过;不可复现:有检查未通过,并给出首个不同的提示与 token。",
     },
     "en": {
         "title": "Parity verification report", "verdict": "Verdict", "pass": "✅ pass", "fail": "❌ fail", "not_checked": "not checked",
@@ -50,6 +53,10 @@ STRINGS = {
         "revision": "model revision", "moving": "asked for the branch {asked}, which can move: pin the commit",
         "unresolved": "{asked} was not resolved to a commit (the source names none): the manifest's sha256 pins the files",
         "default_branch": "the default branch",
+        "replay": "Replay (run again from the folder's own records)", "overrides": "overridden settings",
+        "env_differences": "differences in versions or hardware",
+        "byte_identical": "byte-identical", "within_thresholds": "within thresholds", "not_reproducible": "not reproducible",
+        "replay_note": "byte-identical: the replayed records have the stored bytes; within thresholds: they differ, but every check holds at the thresholds of the recorded dtype; not reproducible: a check fails, and the first differing prompt and token are named.",
     },
 }
 

@@ -83,7 +83,7 @@ SIDE ?= reference
 MODEL ?=
 IN_IMAGE ?= $(if $(wildcard /dev/davinci_manager),1,0)
 REPLAY_FOLDER = $(if $(or $(findstring /,$(RUN)),$(filter .%,$(RUN))),$(abspath $(RUN)),$(RESULTS)/$(RUN_NAME))
-REPLAY_FLAGS = --side $(SIDE) $(if $(DTYPE),--dtype $(DTYPE)) --device $(DEVICE) --lang $(REPORT_LANG)
+REPLAY_FLAGS = $(strip --side $(SIDE) $(if $(DTYPE),--dtype $(DTYPE)) --device $(DEVICE) --lang $(REPORT_LANG))
 REPLAY_VOLUMES = -v $(patsubst %/,%,$(dir $(REPLAY_FOLDER))):/work/results -v $(MODELS):/work/models \
 	$(if $(MODEL),-v $(abspath $(MODEL)):/work/model:ro) $(HUB_ENV)
 REPLAY_IN_IMAGE_target = docker run --rm $(NPU_FLAGS) $(OWNER_FLAGS) $(REPLAY_VOLUMES) \
@@ -169,8 +169,9 @@ audit: $(HOST_STAMP) ## re-check a results folder: schemas, sums, same inputs, r
 
 replay: $(if $(filter 1,$(IN_IMAGE)),image-$(if $(filter target,$(SIDE)),ascend,reference),$(STAMP)) ## run a side again from a folder's own records (RUN=name|folder SIDE=reference|target; DTYPE overrides)
 	mkdir -p $(MODELS)
-	$(if $(filter 1,$(IN_IMAGE)),$(REPLAY_IN_IMAGE_$(SIDE)) replay --run $(notdir $(REPLAY_FOLDER)) \
-		$(if $(MODEL),--model /work/model),$(INV) replay --run $(REPLAY_FOLDER) $(if $(MODEL),--model $(abspath $(MODEL)))) $(REPLAY_FLAGS)
+	$(strip $(if $(filter 1,$(IN_IMAGE)),$(REPLAY_IN_IMAGE_$(SIDE)) replay --run $(notdir $(REPLAY_FOLDER)) \
+		$(if $(MODEL),--model /work/model),$(INV) replay --run $(REPLAY_FOLDER) $(if $(MODEL),--model $(abspath $(MODEL)))) \
+		$(REPLAY_FLAGS))
 
 pin: $(HOST_STAMP) ## resolve missing base image digests from the registry into images.lock.json
 	$(HOST_INV) pin --all-missing

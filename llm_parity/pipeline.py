@@ -419,13 +419,15 @@ def replay(folder: Path, side: str, *, model: str | None = None, dtype: str | No
     """One side of a results folder run again from the folder's own records (suite, manifest, the
     profile, dtype and serve flags in its provenance; `dtype` overrides, and is reported as such)
     into replay/<side>/, then judged against the stored records: report/replay.json, the report's
-    replay section where the folder has a comparison, then SHA256SUMS. The folder's sums and the
-    model's files are checked before anything runs. `running`: a VllmServer started with the
+    replay section where the folder has a comparison, then SHA256SUMS. The folder's sums, the
+    model's files and, for the target on an Ascend host, the preflight are checked before anything runs. `running`: a VllmServer started with the
     recorded flags, for the target (tests)."""
     run = RunDir(Path(folder))
     recorded = replay_mod.Recorded.read(run, side)
     _refuse_changed_folder(run, side)
     ran, overrides = replay_mod.replay_profile(recorded, replay_mod.recorded_profile(recorded, profile), dtype=dtype)
+    if side == "target" and running is None:
+        preflight()  # on an Ascend host, before anything is downloaded or started
     model_dir = recorded_model(recorded.manifest, run.manifest, ran, model, models_root=models_root, log=log)
     if running is not None:
         _refuse_other_flags(running, ran, model_dir)

@@ -188,7 +188,9 @@ def _difference_text(difference: dict) -> str:
     where = f"{difference['kind']} {difference['id']}"
     if difference["position"] is not None:
         where += f", {'token' if difference['kind'] == 'prompt' else 'passage token'} {difference['position']}"
-        if "stored_token" in difference:
+        if difference.get("stored_token") is not None and difference["stored_token"] == difference["replayed_token"]:
+            where += f" (id {difference['stored_token']})"
+        elif "stored_token" in difference:
             where += f" (stored id {difference['stored_token']}, replayed id {difference['replayed_token']})"
     return f"{where}: {difference['why']}"
 

@@ -49,8 +49,11 @@ def test_a_moved_folder_replays_the_reference_byte_identically_and_stays_auditab
     assert ELSEWHERE not in read_json(run_copy.replayed.provenance("reference"), "provenance")["model"]["path"]
     listed = {line.split("  ", 1)[1] for line in run_copy.sums.read_text().splitlines()}
     assert {"report/replay.json", "replay/reference/generations.json"} <= listed
-    assert audit_run(run_copy).ok, audit_run(run_copy).problems
+    audited = audit_run(run_copy)
+    assert audited.ok and f"replay: {entry['statement']}" in audited.facts, audited.problems
     assert "## 重放" in run_copy.report_md.read_text(encoding="utf-8")
+    rewrite(run_copy, run_copy.replay, "replay", lambda doc: doc.update(suite_sha256="0" * 64))
+    assert [(p.file, p.field) for p in audit_run(run_copy).structured_problems] == [(str(run_copy.replay), "suite_sha256")]
 
 
 def test_the_target_replays_byte_identically_on_a_server_started_with_the_recorded_flags(run_copy, vllm_server):

@@ -65,7 +65,8 @@ ACCURACY_FLAGS = $(strip $(if $(TASKS),--tasks $(TASKS)) $(if $(LIMIT),--limit $
 # lm-eval's data sets come through HF_ENDPOINT like the model and are cached beside it.
 DATASETS_CACHE = -e HF_DATASETS_CACHE=/work/models/datasets
 # Results and model cache are shared volumes; the Hub settings pass through, never written down.
-VOLUMES = -v $(RESULTS):/work/results -v $(MODELS):/work/models $(SUITE_VOLUME) -e HF_ENDPOINT -e HF_TOKEN -e MODELSCOPE_ENDPOINT -e MODELSCOPE_API_TOKEN
+HUB_ENV = -e HF_ENDPOINT -e HF_TOKEN -e MODELSCOPE_ENDPOINT -e MODELSCOPE_API_TOKEN
+VOLUMES = -v $(RESULTS):/work/results -v $(MODELS):/work/models $(SUITE_VOLUME) $(HUB_ENV)
 # Only the host's cards NPUS are mounted, and the runtime numbers them from 0 inside, so
 # ASCEND_RT_VISIBLE_DEVICES stays unset (as in vllm-ascend's docs); the host ids go to provenance.
 NPU_LIST = $(subst $(comma), ,$(NPUS))
@@ -81,19 +82,40 @@ NPU_FLAGS = $(foreach n,$(NPU_LIST),--device /dev/davinci$(n)) \
 OWNER_FLAGS = -e LLM_PARITY_OWNER=$$(id -u):$$(id -g)
 GPU_FLAGS = $(if $(filter cuda%,$(DEVICE)),--gpus all)
 IMAGE_ID = $$(docker image inspect --format '{{.Id}}' $(1))
+
+# make replay: RUN is a run name under RESULTS or the path of any results folder. It runs here (.venv)
+# or, with IN_IMAGE=1 (the default on an Ascend host), in the side's image: the target in the Ascend image
+# with the NPUS cards, the reference in the reference image; the folder's parent is mounted as the results.
+SIDE ?= reference
+MODEL ?=
+IN_IMAGE ?= $(if $(wildcard /dev/davinci_manager),1,0)
+REPLAY_FOLDER = $(if $(or $(findstring /,$(RUN)),$(filter .%,$(RUN))),$(abspath $(RUN)),$(RESULTS)/$(RUN_NAME))
+REPLAY_FLAGS = $(strip --side $(SIDE) $(if $(DTYPE),--dtype $(DTYPE)) --device $(DEVICE) --lang $(REPORT_LANG))
+REPLAY_VOLUMES = -v $(patsubst %/,%,$(dir $(REPLAY_FOLDER))):/work/results -v $(MODELS):/work/models \
+	$(if $(MODEL),-v $(abspath $(MODEL)):/work/model:ro) $(HUB_ENV)
+REPLAY_IN_IMAGE_target = docker run --rm $(NPU_FLAGS) $(OWNER_FLAGS) $(REPLAY_VOLUMES) \
+	-e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_ASCEND)) $(IMAGE_ASCEND)
+REPLAY_IN_IMAGE_reference = docker run --rm $(GPU_FLAGS) --user $$(id -u):$$(id -g) $(REPLAY_VOLUMES) \
+	-e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_REFERENCE)) $(IMAGE_REFERENCE)
+ifneq ($(filter replay,$(MAKECMDGOALS)),)
+ifeq ($(filter reference target,$(SIDE)),)
+$(error SIDE=$(SIDE): make replay runs SIDE=reference or SIDE=target)
+endif
+endif
 # Every environment here (the pins, jsonschema, invoke) needs Python 3.10+; older distributions
 # on Ascend hosts ship older ones, so say so before creating anything.
 REQUIRE_PYTHON = @$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null || { \
 	echo "error: llm-parity needs Python 3.10 or newer, and $(PYTHON) is older or missing: install one and run make PYTHON=python3.10 (or newer)" >&2; exit 2; }
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test clean verify reference compare audit serve image-ascend image-reference pin \
+.PHONY: help setup demo test clean verify reference compare audit replay serve image-ascend image-reference pin \
 	accuracy accuracy-target accuracy-reference
 
 help: ## list the targets and knobs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 	@echo "  knobs: PROFILE RUN SUITE LIMIT DTYPE MAX_MODEL_LEN MAX_NUM_SEQS PORT TP EAGER NPUS DEVICE REPORT_LANG RESULTS MODELS TASKS FEWSHOT"
 	@echo "         ASCEND_TAG ASCEND_VARIANT IMAGE_MIRROR ALLOW_UNPINNED (empty serve knobs: the profile's values)"
+	@echo "         SIDE MODEL IN_IMAGE (make replay)"
 
 $(STAMP): requirements/*.txt pyproject.toml scripts/install.sh
 	$(REQUIRE_PYTHON)
@@ -168,6 +190,12 @@ compare: $(HOST_STAMP) ## either host: compare both sides, write report/ and SHA
 
 audit: $(HOST_STAMP) ## re-check a results folder: schemas, sums, same inputs, recomputed verdict (RUN=...)
 	LLM_PARITY_RESULTS=$(RESULTS) $(HOST_INV) audit --run $(RUN_NAME)
+
+replay: $(if $(filter 1,$(IN_IMAGE)),image-$(if $(filter target,$(SIDE)),ascend,reference),$(STAMP)) ## run a side again from a folder's own records (RUN=name|folder SIDE=reference|target; DTYPE overrides)
+	mkdir -p $(MODELS)
+	$(strip $(if $(filter 1,$(IN_IMAGE)),$(REPLAY_IN_IMAGE_$(SIDE)) replay --run $(notdir $(REPLAY_FOLDER)) \
+		$(if $(MODEL),--model /work/model),$(INV) replay --run $(REPLAY_FOLDER) $(if $(MODEL),--model $(abspath $(MODEL)))) \
+		$(REPLAY_FLAGS))
 
 pin: $(HOST_STAMP) ## resolve missing base image digests from the registry into images.lock.json
 	$(HOST_INV) pin --all-missing

@@ -204,6 +204,27 @@ def audit(c, run="run", results=None):
     _finish(lambda: cli.audit(run=run, results=results))
 
 
+@task(help={"run": "a run name under results/, or the path of any results folder",
+            "side": "the side to run again: reference or target",
+            "model": "local folder of the model (default: fetched at the manifest's revision, or the profile's own); "
+                     "its files must match model/manifest.json",
+            "dtype": "override the recorded dtype (reported as an override; the records are still held to the "
+                     "recorded dtype's thresholds)",
+            "profile": "profile name or file, only for a folder whose provenance does not hold the profile it ran; "
+                       "it must have the recorded sha256",
+            "device": "torch device for a reference replay: cpu (default) or cuda",
+            "results": RESULTS_HELP, "lang": "language of the report it rewrites: zh (default) or en"})
+def replay(c, run="run", side="reference", model=None, dtype=None, profile=None, device="cpu", results=None, lang="zh"):
+    """Run one side of a results folder again from the folder's own records and compare with the stored records. Exit 0 reproduced, 1 not.
+
+    Takes the rendered suite, the model manifest, and the profile, dtype, serve flags and environment the side recorded;
+    checks the folder's SHA256SUMS and every model file before anything runs; writes replay/<side>/ and report/replay.json
+    (byte-identical, within thresholds, or not reproducible naming the first differing prompt and token, with every
+    difference in versions or hardware), the report's replay section, and SHA256SUMS again."""
+    _finish(lambda: cli.replay(run=run, side=side, model=model, dtype=dtype, profile=profile, device=device,
+                               results=results, lang=lang))
+
+
 @task(help={"model": "a model folder, its config.json, or a Hub id (fetches config.json only)",
             "dtype": "weights and KV cache dtype (default bfloat16)", "max_model_len": "default 8192 (seed)",
             "max_num_seqs": "default 16 (seed)", "card_gib": "memory per card in GiB (default 64: Ascend 910B)",

@@ -1,6 +1,7 @@
 """Audit a results folder from its files alone: every file valid against its schema, the
 SHA256SUMS intact and complete, both sides made from the same suite, model and decoding, and
-the comparison recomputed from the raw generations equal to compare.json, with a passing verdict.
+the comparison recomputed from the raw generations equal to compare.json, with a passing verdict;
+where a side was replayed, report/replay.json is read too and its outcomes stated.
 
 Each check is one named function in AUDIT_CHECKS. All problems are collected, not just the
 first; each names the file, the field, what was expected there and what was found."""
@@ -100,7 +101,9 @@ class RunFiles:
     def read(cls, run: RunDir) -> "RunFiles":
         files = cls(run)
         side_documents = [(getattr(run, kind)(side), kind) for side in SIDES for kind in SIDE_DOCUMENTS]
-        for path, schema in [(run.suite, "suite"), (run.manifest, "manifest"), *side_documents, (run.compare, "compare")]:
+        replayed = [(run.replay, "replay")] if run.replay.exists() else []  # only once a side was replayed
+        for path, schema in [(run.suite, "suite"), (run.manifest, "manifest"), *side_documents, (run.compare, "compare"),
+                             *replayed]:
             try:
                 files.docs[path] = read_json(path, schema)
             except ResultFileError as err:
@@ -269,6 +272,19 @@ def recomputed_verdict_passes(files: RunFiles, found: CheckResult) -> None:
     unchecked = unchecked_checks(recomputed)
     counts += f"; not checked: {', '.join(unchecked)}" if unchecked else ""
     found.facts.append(f"verdict recomputed from raw records: {recomputed['verdict']} ({counts})")
+
+
+@audit_check("replay")
+def replays_stated(files: RunFiles, found: CheckResult) -> None:
+    """A replay's outcome is the auditor's to judge, not a fault of the folder: it is stated, with the
+    inputs it ran from checked against this run's."""
+    replayed = files.docs.get(files.run.replay)
+    if not replayed:
+        return
+    for name, path in (("suite_sha256", files.run.suite), ("model_manifest_sha256", files.run.manifest)):
+        if (doc := files.docs.get(path)) and replayed[name] != doc["sha256"]:
+            found.problem(files.run.replay, name, expected=f"{doc['sha256']} (this run's)", found=replayed[name])
+    found.facts += [f"replay: {entry['statement']}" for entry in replayed["sides"].values()]
 
 
 def audit_run(run: RunDir | Path | str) -> AuditResult:

@@ -21,6 +21,7 @@ from llm_parity.plan import GIB, load_config, plan_memory, render_plan
 from llm_parity.profiles import DEMO_PROFILE, load_profile
 from llm_parity.records import SIDES
 from llm_parity.progress import note
+from llm_parity.replay import NOT_REPRODUCIBLE
 from llm_parity.results import ResultFileError, RunDir, read_json, write_json
 from llm_parity.serve import ServerError
 
@@ -177,6 +178,20 @@ def audit(*, run: str, results: str | None = None) -> int:
         if result.ok:
             return EXIT_PASS
         return EXIT_UNUSABLE if result.unreadable else EXIT_FAIL
+    return guarded(action)
+
+
+def replay(*, run: str, side: str, results: str | None = None, lang: str = "zh", **options) -> int:
+    """Run one side of a results folder again from its own records and judge the replayed records
+    against the stored ones; exit 0 byte-identical or within thresholds, 1 not reproducible."""
+    def action():
+        outcome = pipeline.replay(results_folder(run, results), side, lang=lang, cache_dir=CACHE_DIR,
+                                  models_root=MODELS_ROOT, api_key=os.environ.get(API_KEY_ENV), **options)
+        print(f"replay: {outcome.entry['statement']}")
+        for difference in outcome.entry["environment"]:
+            print(f"  differs here: {difference['field']}: recorded {difference['recorded']}, here {difference['here']}")
+        print(f"replay: wrote {outcome.path}")
+        return EXIT_FAIL if outcome.entry["outcome"] == NOT_REPRODUCIBLE else EXIT_PASS
     return guarded(action)
 
 

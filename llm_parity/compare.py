@@ -411,12 +411,10 @@ def verdict_reasons(result: dict) -> str:
     return " | ".join(parts)
 
 
-def compare_runs(*, suite: dict, target: dict, reference: dict, target_ppl: dict, reference_ppl: dict,
-                 thresholds: dict, profile: str, accuracy: dict[str, dict | None] | None = None) -> dict:
-    """The compare document (schemas/compare.schema.json) for one run; `accuracy` maps each side to
-    its lm-eval results (accuracy.read_side), None where it has none."""
-    check_same_inputs(suite=suite, target=target, reference=reference)
-    check_same_inputs(suite=suite, target=target_ppl, reference=reference_ppl)
+def gather_evidence(*, suite: dict, target: dict, reference: dict, target_ppl: dict, reference_ppl: dict,
+                    thresholds: dict, accuracy: dict[str, dict | None] | None = None) -> Evidence:
+    """The per-prompt and per-passage measurements of two sets of records, in the target's order;
+    `accuracy` maps each side to its lm-eval results (accuracy.read_side), None where it has none."""
     noise = thresholds["max_abs_logprob_diff"]
     eos_ids = set(suite["stop_ids"])
     reference_by_id = {r["id"]: r for r in reference["records"]}
@@ -426,7 +424,17 @@ def compare_runs(*, suite: dict, target: dict, reference: dict, target_ppl: dict
                for t in target["records"] if t["id"] in reference_by_id]
     reference_ppl_by_id = {r["id"]: r for r in reference_ppl["records"]}
     passages = [compare_passage(t, reference_ppl_by_id[t["id"]]) for t in target_ppl["records"] if t["id"] in reference_ppl_by_id]
-    evidence = Evidence(suite, prompts, passages, thresholds, accuracy_section(accuracy))
+    return Evidence(suite, prompts, passages, thresholds, accuracy_section(accuracy))
+
+
+def compare_runs(*, suite: dict, target: dict, reference: dict, target_ppl: dict, reference_ppl: dict,
+                 thresholds: dict, profile: str, accuracy: dict[str, dict | None] | None = None) -> dict:
+    """The compare document (schemas/compare.schema.json) for one run; `accuracy` as in gather_evidence."""
+    check_same_inputs(suite=suite, target=target, reference=reference)
+    check_same_inputs(suite=suite, target=target_ppl, reference=reference_ppl)
+    evidence = gather_evidence(suite=suite, target=target, reference=reference, target_ppl=target_ppl,
+                               reference_ppl=reference_ppl, thresholds=thresholds, accuracy=accuracy)
+    prompts, passages = evidence.prompts, evidence.passages
     checks = run_checks(evidence)
     ok = evidence.answered
     deltas = [p["mean_abs_logprob_diff"] for p in ok]

@@ -185,3 +185,28 @@ def resolve_model(profile: Profile, model: str | None = None, *, models_root: Pa
     folder, resolved = FETCHERS[source](repo_id, revision=revision, local_dir=models_root / repo_id,
                                         allow_pickle=profile.model.get("allow_pickle", False))
     return folder, ModelOrigin(source, repo_id, revision, resolved)
+
+
+def recorded_model(manifest: dict, manifest_path: Path, profile: Profile, model: str | None = None, *,
+                   models_root: Path = Path("models"), log=note) -> Path:
+    """The model a results folder ran, for a replay: `model` if given, else the manifest's Hub or
+    ModelScope snapshot at its resolved revision, else the profile's own (the tiny model, a local
+    folder); then every file checked against the manifest, so nothing runs on other weights."""
+    source = manifest["source"]
+    if model:
+        folder = Path(model)
+    elif source in FETCHERS:
+        revision = manifest["resolved_revision"] or manifest["revision"]
+        log(f"download: {manifest['repo_id']}@{revision or 'default branch'} from {source} (the manifest's revision)")
+        folder, _ = FETCHERS[source](manifest["repo_id"], revision=revision, local_dir=models_root / manifest["repo_id"],
+                                     allow_pickle=profile.model.get("allow_pickle", False))
+    else:
+        folder, _ = resolve_model(profile, models_root=models_root, log=log)
+    if not folder.is_dir():
+        raise DownloadError(f"{manifest_path}: field source: the model came from a local folder ({manifest['repo_id']}), "
+                            f"and {folder} is not one here: pass --model with a copy of it")
+    problems = verify_folder(folder, manifest, log=log)
+    if problems:
+        raise DownloadError(f"{manifest_path}: field files: model folder {folder} does not match the manifest, so "
+                            f"nothing was run: {'; '.join(problems)}")
+    return folder

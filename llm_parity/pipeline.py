@@ -1,11 +1,12 @@
 """The flows of the kit, stage by stage, over one results folder: which stages each task runs and
-in what order (demo, verify, target, reference, bench, compare, audit). Each stage reads what the
+in what order (demo, verify, target, reference, bench, compare, audit, replay). Each stage reads what the
 stages before it wrote (validated) and writes its own files (validated, atomic), so either side can
 run on a different machine and be copied in. cli.py only turns the outcomes into exit codes.
 
     suite source -> suite.json (rendered once) + model/manifest.json
       -> target/ and reference/ (one backend each, llm_parity.backend, the same records)
       -> report/compare.json, report.md, report.html, SHA256SUMS -> audit
+      -> replay: a side run again from the folder's own records into replay/<side>/ -> report/replay.json
 """
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from pathlib import Path
 from llm_parity import accuracy as accuracy_mod
 from llm_parity import ascend
 from llm_parity import compare as compare_mod
-from llm_parity.audit import AuditResult, audit_run
+from llm_parity import replay as replay_mod
+from llm_parity.audit import AuditResult, CheckResult, RunFiles, audit_run, sums_cover_every_file_unchanged
 from llm_parity.backend import DEFAULT_BACKEND, SideSetup, backend_class
-from llm_parity.download import (DownloadError, ModelOrigin, build_manifest, check_model_folder, resolve_model,
-                                  verify_folder)
+from llm_parity.download import (DownloadError, ModelOrigin, build_manifest, check_model_folder, recorded_model,
+                                  resolve_model, verify_folder)
 from llm_parity.profiles import Profile, load_profile
 from llm_parity.progress import note
 from llm_parity.provenance import collect
@@ -30,7 +32,8 @@ from llm_parity.records import SIDES, Generation, PassageScore, decoding_of, gen
 from llm_parity.report import build_report
 from llm_parity.report.html import render_html
 from llm_parity.report.markdown import render_markdown
-from llm_parity.results import RunDir, ensure_writable, read_json, sha256_of, write_json, write_sums, write_text_atomic
+from llm_parity.results import (ResultFileError, RunDir, ensure_writable, read_json, sha256_of, write_json, write_sums,
+                                write_text_atomic)
 from llm_parity.suite import DEFAULT_SUITE, load_suite_source, render_suite
 
 NOT_RUN = "not run: the run stopped before this item finished"
@@ -218,7 +221,7 @@ def run_side(side: str, setup: SideSetup, manifest: dict, *, backend: str | None
     notes = where.get("notes", []) + _template_warnings(side, done_gen.values(), setup.log)
     write_json(run.provenance(side), collect(
         side=side, backend=backend_type.name, backend_label=backend_type.label,
-        profile={"name": profile.name, "sha256": profile.sha256}, model_path=str(setup.model_dir),
+        profile={"name": profile.name, "sha256": profile.sha256, "document": profile.document}, model_path=str(setup.model_dir),
         manifest_sha256=manifest["sha256"], suite_sha256=suite["sha256"], decoding=decoding, device=where["device"],
         server=where["server"], notes=notes, duration_s=time.monotonic() - started), "provenance")
     return SideOutcome(side, run.side(side), run.generations(side), errors)
@@ -418,9 +421,8 @@ def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override
     target = read_json(run.generations("target"), "generations")
     dtype = target["decoding"]["dtype"]
     ensure_writable(run.compare.parent)
-    suite = read_json(run.suite, "suite")
     result = compare_mod.compare_runs(
-        suite=suite, target=target,
+        suite=read_json(run.suite, "suite"), target=target,
         reference=read_json(run.generations("reference"), "generations"),
         target_ppl=read_json(run.perplexity("target"), "perplexity"),
         reference_ppl=read_json(run.perplexity("reference"), "perplexity"),
@@ -430,13 +432,86 @@ def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override
     if differences:
         result["profile_override"] = "; ".join(differences)
     write_json(run.compare, result, "compare")
-    bench = read_json(run.bench, "bench") if run.bench.is_file() else None
-    report = build_report(result, provenance, manifest=read_json(run.manifest, "manifest"), bench=bench, suite=suite,
-                          lang=lang)
-    write_text_atomic(run.report_md, render_markdown(report))
-    write_text_atomic(run.report_html, render_html(report, result, bench))
+    write_report(run, result, provenance, lang=lang)
     write_sums(run)
     return CompareOutcome(result, run.report_md)
+
+
+def write_report(run: RunDir, result: dict, provenance: dict[str, dict], *, lang: str) -> None:
+    """report.md and report.html from compare.json, with the benchmark and the replays where the
+    folder has them."""
+    bench = read_json(run.bench, "bench") if run.bench.is_file() else None
+    replayed = read_json(run.replay, "replay") if run.replay.is_file() else None
+    report = build_report(result, provenance, manifest=read_json(run.manifest, "manifest"), bench=bench,
+                          suite=read_json(run.suite, "suite"), replay=replayed, lang=lang)
+    write_text_atomic(run.report_md, render_markdown(report))
+    write_text_atomic(run.report_html, render_html(report, result, bench))
+
+
+@dataclass(frozen=True)
+class ReplayOutcome:
+    entry: dict  # this side's entry of report/replay.json
+    path: Path
+
+
+def replay(folder: Path, side: str, *, model: str | None = None, dtype: str | None = None, profile: str | None = None,
+           device: str = "cpu", lang: str = "zh", cache_dir: Path = Path(".cache"), models_root: Path = Path("models"),
+           api_key: str | None = None, running=None, log=note) -> ReplayOutcome:
+    """One side of a results folder run again from the folder's own records (suite, manifest, the
+    profile, dtype and serve flags in its provenance; `dtype` overrides, and is reported as such)
+    into replay/<side>/, then judged against the stored records: report/replay.json, the report's
+    replay section where the folder has a comparison, then SHA256SUMS. The folder's sums, the
+    model's files and, for the target on an Ascend host, the preflight are checked before anything runs. `running`: a VllmServer started with the
+    recorded flags, for the target (tests)."""
+    run = RunDir(Path(folder))
+    recorded = replay_mod.Recorded.read(run, side)
+    _refuse_changed_folder(run, side)
+    ran, overrides = replay_mod.replay_profile(recorded, replay_mod.recorded_profile(recorded, profile), dtype=dtype)
+    if side == "target" and running is None:
+        preflight()  # on an Ascend host, before anything is downloaded or started
+    model_dir = recorded_model(recorded.manifest, run.manifest, ran, model, models_root=models_root, log=log)
+    if running is not None:
+        _refuse_other_flags(running, ran, model_dir)
+    replayed = run.replayed
+    shutil.rmtree(replayed.side(side), ignore_errors=True)  # what is there is an earlier replay of this side
+    setup = SideSetup(profile=ran, model_dir=model_dir, suite=recorded.suite, run=replayed, cache_dir=cache_dir,
+                      device=device, running=running, api_key=api_key, log=log)
+    run_side(side, setup, recorded.manifest, backend=recorded.provenance["backend"])
+    entry = replay_mod.judge(recorded, replayed, thresholds=ran.thresholds(recorded.dtype), overrides=overrides,
+                             notes=replay_mod.replay_notes(recorded))
+    earlier = read_json(run.replay, "replay") if run.replay.is_file() else None
+    write_json(run.replay, replay_mod.replay_doc(recorded, entry, earlier), "replay")
+    if run.compare.is_file():
+        write_report(run, read_json(run.compare, "compare"),
+                     {name: read_json(run.provenance(name), "provenance") for name in SIDES}, lang=lang)
+    write_sums(run)
+    return ReplayOutcome(entry, run.replay)
+
+
+def _refuse_changed_folder(run: RunDir, side: str) -> None:
+    """A replay rewrites SHA256SUMS, so it refuses a folder whose files changed after the sums were
+    written (an earlier replay of this side excepted: this one replaces it)."""
+    if not run.sums.is_file():
+        return
+    found = CheckResult("sums")
+    sums_cover_every_file_unchanged(RunFiles(run), found)
+    problems = [p for p in found.problems if not Path(p.file).is_relative_to(run.replayed.side(side))]
+    if problems:
+        raise ResultFileError(f"{problems[0].message}; a replay rewrites SHA256SUMS, so it does not run on a folder "
+                              "that changed after its sums were written (`inv audit` lists every change)")
+
+
+def _refuse_other_flags(running, profile: Profile, model_dir: Path) -> None:
+    """A server already running serves the replay only if it was started with the recorded flags."""
+    from llm_parity.serve import serve_settings, spec_from_profile, vllm_command
+
+    wanted = serve_settings(vllm_command(spec_from_profile(profile, model_dir)))
+    started = serve_settings(running.argv)
+    differing = [f"{name} {started.get(name)} (recorded {wanted.get(name)})"
+                 for name in sorted(set(wanted) | set(started)) if wanted.get(name) != started.get(name)]
+    if differing:
+        raise compare_mod.IncompatibleRuns(f"the running server was not started with the recorded serve flags: "
+                                           f"{', '.join(differing)}")
 
 
 def compare_run(request: Request, *, lang: str, profile_override: bool = False) -> CompareOutcome:

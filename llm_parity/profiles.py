@@ -3,7 +3,7 @@ the comparison is held to. Profiles are JSON files in profiles/ (schema: schemas
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from llm_parity import PROJECT_ROOT
@@ -23,6 +23,12 @@ class Profile:
     thresholds_by_dtype: dict
     path: Path
     sha256: str  # of the profile file's content: the sides record it, compare checks it
+    document: dict  # the profile file's content, recorded whole in each side's provenance so a replay needs no other copy
+
+    @classmethod
+    def from_document(cls, doc: dict, path: Path) -> "Profile":
+        """A profile from its (validated) document; `path` is where it was read, for error messages."""
+        return cls(doc["name"], doc["model"], doc["serve"], doc["decoding"], doc["thresholds"], path, sha256_of(doc), doc)
 
     @property
     def dtype(self) -> str:
@@ -39,7 +45,7 @@ class Profile:
         """A copy with some serve settings replaced (None values are ignored)."""
         serve = copy.deepcopy(self.serve)
         serve.update({key: value for key, value in changes.items() if value is not None})
-        profile = Profile(self.name, self.model, serve, self.decoding, self.thresholds_by_dtype, self.path, self.sha256)
+        profile = replace(self, serve=serve)
         profile.thresholds()  # fail early on a dtype the profile cannot judge
         return profile
 
@@ -54,5 +60,4 @@ def profile_path(name_or_path: str) -> Path:
 def load_profile(name_or_path: str = DEFAULT_PROFILE) -> Profile:
     """Load a profile by name (profiles/<name>.json) or by path, validated against its schema."""
     path = profile_path(name_or_path)
-    doc = read_json(path, "profile")
-    return Profile(doc["name"], doc["model"], doc["serve"], doc["decoding"], doc["thresholds"], path, sha256_of(doc))
+    return Profile.from_document(read_json(path, "profile"), path)

@@ -225,6 +225,15 @@ class RunDir:
     def audit(self) -> Path:
         return self.root / "report" / "audit.json"
 
+    @property
+    def replay(self) -> Path:
+        return self.root / "report" / "replay.json"
+
+    @property
+    def replayed(self) -> "RunDir":
+        """Where a replay writes the sides it ran again: replay/<side>/, laid out like the run's own."""
+        return RunDir(self.root / "replay")
+
 
 def sha256_of(doc: Any) -> str:
     """The hash that names a JSON payload (suite, manifest) in every other file."""

@@ -101,6 +101,43 @@ def vllm_command(spec: ServerSpec) -> list[str]:
     return argv + list(spec.extra_args)
 
 
+# The flags of vllm_command that say what the model computes and how it is batched, with the serve
+# setting each one sets; the model's path, host, port and served name do not change a number.
+_VALUE_FLAGS = {"--dtype": ("dtype", str), "--max-model-len": ("max_model_len", int),
+                "--max-num-seqs": ("max_num_seqs", int), "--tensor-parallel-size": ("tensor_parallel_size", int)}
+_SWITCHES = {"--enforce-eager": "enforce_eager"}
+_IGNORED_VALUE_FLAGS = ("--served-model-name", "--host", "--port", "--load-format")
+_IGNORED_SWITCHES = ("--trust-remote-code",)  # the profile's model settings say it
+
+
+def serve_settings(argv: list[str]) -> dict:
+    """The serve settings (profile "serve" keys) a recorded `vllm_command` line was started with:
+    dtype, max_model_len, max_num_seqs, tensor_parallel_size, enforce_eager and extra_args, the
+    flags vllm_command does not write itself."""
+    if "serve" not in argv:
+        raise ValueError(f"not a `vllm serve` command line: {' '.join(argv)}")
+    rest = argv[argv.index("serve") + 2:]  # past "serve" and the model's path
+    settings = {"enforce_eager": False, "extra_args": []}
+    index = 0
+    while index < len(rest):
+        flag = rest[index]
+        if flag in _VALUE_FLAGS and index + 1 < len(rest):
+            name, kind = _VALUE_FLAGS[flag]
+            settings[name] = kind(rest[index + 1])
+            index += 2
+        elif flag in _IGNORED_VALUE_FLAGS:
+            index += 2
+        elif flag in _SWITCHES:
+            settings[_SWITCHES[flag]] = True
+            index += 1
+        elif flag in _IGNORED_SWITCHES:
+            index += 1
+        else:  # vllm_command writes the profile's extra_args last, as they were given
+            settings["extra_args"] = rest[index:]
+            break
+    return settings
+
+
 def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))

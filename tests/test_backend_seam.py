@@ -1,6 +1,6 @@
 """The backend seam with real components: both sides stop on the suite's stop ids, a server that
-cannot render the chat template leaves the check unchecked, and a third backend (a replay of a
-recorded folder) runs through the same run_side."""
+cannot render the chat template leaves the check unchecked, and a third backend (the records of a
+results folder) runs through the same run_side."""
 import shutil
 
 import pytest
@@ -43,20 +43,20 @@ def test_the_target_stops_on_the_suites_stop_ids_not_the_models(demo_run, suite,
     assert record.output_ids == full[:4] and record.finish_reason == "stop"
 
 
-def test_a_backend_that_replays_a_recorded_folder_runs_through_the_same_seam(demo_run, suite, demo_profile,
-                                                                             tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setitem(BACKENDS, "replay", "replay_backend:ReplayBackend")
-    run = RunDir(tmp_path / "replayed")
+def test_a_backend_that_answers_from_recorded_records_runs_through_the_same_seam(demo_run, suite, demo_profile,
+                                                                                 tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(BACKENDS, "recorded", "recorded_backend:RecordedBackend")
+    run = RunDir(tmp_path / "answered")
     run.root.mkdir()
     shutil.copyfile(demo_run.suite, run.suite)
     manifest = read_json(demo_run.manifest, "manifest")
     setup = SideSetup(profile=demo_profile, model_dir=tiny_model_dir, suite=suite, run=run,
-                      options={"replay_from": str(demo_run.root), "side": "reference"})
-    outcome = pipeline.run_side("reference", setup, manifest, backend="replay")
+                      options={"records_from": str(demo_run.root), "side": "reference"})
+    outcome = pipeline.run_side("reference", setup, manifest, backend="recorded")
     assert outcome.errors == 0
     assert run.generations("reference").read_bytes() == demo_run.generations("reference").read_bytes()
     assert run.perplexity("reference").read_bytes() == demo_run.perplexity("reference").read_bytes()
     provenance = read_json(run.provenance("reference"), "provenance")
-    assert (provenance["backend"], provenance["device"]) == ("replay", "replay")
+    assert (provenance["backend"], provenance["device"]) == ("recorded", "recorded")
     assert [Generation.from_json(r).to_json() for r in read_json(run.generations("reference"), "generations")["records"]] \
         == read_json(demo_run.generations("reference"), "generations")["records"]

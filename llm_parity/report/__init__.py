@@ -176,6 +176,24 @@ def _bench(s: dict, bench: dict) -> Section:
     return section
 
 
+def _change_text(change: dict, new_key: str) -> str:
+    return f"{change['setting' if 'setting' in change else 'field']}: {fmt(change['recorded'])} → {fmt(change[new_key])}"
+
+
+def _replay(s: dict, replay: dict, lang: str) -> Section:
+    """Each replayed side: its outcome, the first difference, the overrides it was told, and every
+    difference in versions or hardware beside it, so the reader can judge the outcome."""
+    section = Section(s["replay"], [s["side"], s["result"], s["detail"], s["overrides"], s["env_differences"]])
+    for side, entry in replay["sides"].items():
+        marker = "❌" if entry["outcome"] == "not_reproducible" else "✅"
+        section.rows.append([s[side], f"{marker} {s[entry['outcome']]} ({entry['dtype']})", detail_text(entry["statement"], lang),
+                             "; ".join(_change_text(o, "replayed") for o in entry["overrides"]) or "—",
+                             "; ".join(_change_text(d, "here") for d in entry["environment"]) or "—"])
+        section.notes += entry["notes"]
+    section.notes.append(s["replay_note"])
+    return section
+
+
 def side_titles(s: dict, provenance: dict) -> dict[str, str]:
     """Each side named with the backend that made it, as its provenance records it."""
     return {side: f"{s[side]} ({doc.get('backend_label', doc['backend'])})" for side, doc in provenance.items()}
@@ -189,10 +207,11 @@ def _suite_text(s: dict, compare: dict, suite: dict | None) -> str:
 
 
 def build_report(compare: dict, provenance: dict, *, manifest: dict | None = None, bench: dict | None = None,
-                 suite: dict | None = None, lang: str = "zh") -> Report:
+                 suite: dict | None = None, replay: dict | None = None, lang: str = "zh") -> Report:
     """`provenance` maps side name ("target", "reference") to its provenance document; `manifest`
     (the run's model manifest) adds where the weights came from; `bench` (target/bench.json) adds
-    the serving benchmark; `suite` (the rendered suite) names it."""
+    the serving benchmark; `suite` (the rendered suite) names it; `replay` (report/replay.json)
+    adds the replays of the sides."""
     if lang not in STRINGS:
         raise ValueError(f"report language {lang!r}: choose one of {sorted(STRINGS)}")
     s = STRINGS[lang]
@@ -207,7 +226,7 @@ def build_report(compare: dict, provenance: dict, *, manifest: dict | None = Non
              (s["model"], compare["model_manifest_sha256"]), (s["suite"], _suite_text(s, compare, suite))]
     titles = side_titles(s, provenance)
     sections = [_environment(s, provenance), items, _precision(s, compare, lang), _prompts(s, compare, lang),
-                _passages(s, compare, titles), *_accuracy(s, compare, titles)] + ([_bench(s, bench)] if bench else []) + \
-        [_outputs(s, compare, titles)]
+                _passages(s, compare, titles), *_accuracy(s, compare, titles)] + ([_bench(s, bench)] if bench else []) \
+        + ([_replay(s, replay, lang)] if replay else []) + [_outputs(s, compare, titles)]
     return Report(f"{s['title']}: {compare['profile']}", f"{s['verdict']}: {s[compare['verdict']]}", facts, sections, lang,
                   titles)

@@ -31,6 +31,9 @@ STRINGS = {
         "chart_accuracy": "各任务准确率(红色:有样本翻转)",
         "accuracy_note": "lm-evaluation-harness {version};两侧相同:limit {limit},few-shot {num_fewshot}(null 为任务默认),"
                          "add_bos_token {add_bos_token},上下文长度 {max_length};两侧实际打分的 token 已逐样本核对一致。",
+        "replay": "重放(按结果目录自身记录重新运行)", "overrides": "覆盖的设置", "env_differences": "版本或硬件差异",
+        "byte_identical": "逐字节一致", "within_thresholds": "在阈值内", "not_reproducible": "不可复现",
+        "replay_note": "逐字节一致:重放记录与存储记录字节相同;在阈值内:不同,但按记录的数据类型的阈值全部检查通过;不可复现:有检查未通过,并给出首个不同的提示与 token。",
     },
     "en": {
         "title": "Parity verification report", "verdict": "Verdict", "pass": "✅ pass", "fail": "❌ fail", "not_checked": "not checked",
@@ -63,6 +66,10 @@ STRINGS = {
         "accuracy_note": "lm-evaluation-harness {version}; the same on both sides: limit {limit}, few-shot {num_fewshot} "
                          "(null: each task's own), add_bos_token {add_bos_token}, context length {max_length}; the token ids "
                          "each side scored were checked equal, sample by sample.",
+        "replay": "Replay (run again from the folder's own records)", "overrides": "overridden settings",
+        "env_differences": "differences in versions or hardware",
+        "byte_identical": "byte-identical", "within_thresholds": "within thresholds", "not_reproducible": "not reproducible",
+        "replay_note": "byte-identical: the replayed records have the stored bytes; within thresholds: they differ, but every check holds at the thresholds of the recorded dtype; not reproducible: a check fails, and the first differing prompt and token are named.",
     },
 }
 

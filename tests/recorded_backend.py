@@ -1,5 +1,6 @@
-"""A backend that answers from a recorded results folder instead of a model: it shows that a new
-backend is one class plus its line in llm_parity.backend.BACKENDS, and lets tests replay a side."""
+"""A test backend that answers with the records of a results folder instead of running a model: it
+shows that a new backend is one class plus its line in llm_parity.backend.BACKENDS. (Not the replay
+of `inv replay`, which runs a side's own backend again.)"""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -10,18 +11,18 @@ from llm_parity.records import Generation, PassageScore
 from llm_parity.results import RunDir, read_json
 
 
-class ReplayBackend(Backend):
-    """Replays `setup.options["replay_from"]` (a results folder), side `setup.options["side"]`."""
+class RecordedBackend(Backend):
+    """Answers with the records of `setup.options["records_from"]` (a results folder), side `setup.options["side"]`."""
 
-    name = "replay"
-    label = "replay of a recorded results folder"
+    name = "recorded"
+    label = "records of a results folder"
 
     def __init__(self, generations: dict[str, dict], scores: dict[str, dict], source: Path):
         self.generations, self.scores, self.source = generations, scores, source
 
     @classmethod
-    def open(cls, setup: SideSetup) -> "ReplayBackend":
-        recorded = RunDir(Path(setup.options["replay_from"]))
+    def open(cls, setup: SideSetup) -> "RecordedBackend":
+        recorded = RunDir(Path(setup.options["records_from"]))
         side = setup.options.get("side", "reference")
         generations = read_json(recorded.generations(side), "generations")["records"]
         scores = read_json(recorded.perplexity(side), "perplexity")["records"]
@@ -40,4 +41,4 @@ class ReplayBackend(Backend):
             on_record(PassageScore.from_json(self.scores[passage["id"]]))
 
     def describe(self) -> dict:
-        return {"device": "replay", "server": None, "notes": [f"replayed from {self.source}"]}
+        return {"device": "recorded", "server": None, "notes": [f"records taken from {self.source}"]}

@@ -26,6 +26,7 @@ TP ?=
 EAGER ?=
 NPUS ?= 0
 DEVICE ?= cpu
+SCORER ?= reference
 REPORT_LANG ?= zh
 RESULTS ?= $(CURDIR)/results
 MODELS ?= $(CURDIR)/models
@@ -80,11 +81,11 @@ REQUIRE_PYTHON = @$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))
 	echo "error: llm-parity needs Python 3.10 or newer, and $(PYTHON) is older or missing: install one and run make PYTHON=python3.10 (or newer)" >&2; exit 2; }
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test clean verify reference compare audit serve image-ascend image-reference pin
+.PHONY: help setup demo test clean verify reference cross compare audit serve image-ascend image-reference pin
 
 help: ## list the targets and knobs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
-	@echo "  knobs: PROFILE RUN SUITE LIMIT DTYPE MAX_MODEL_LEN MAX_NUM_SEQS PORT TP EAGER NPUS DEVICE REPORT_LANG RESULTS MODELS"
+	@echo "  knobs: PROFILE RUN SUITE LIMIT DTYPE MAX_MODEL_LEN MAX_NUM_SEQS PORT TP EAGER NPUS DEVICE SCORER REPORT_LANG RESULTS MODELS"
 	@echo "         ASCEND_TAG ASCEND_VARIANT IMAGE_MIRROR ALLOW_UNPINNED (empty serve knobs: the profile's values)"
 
 $(STAMP): requirements/*.txt pyproject.toml scripts/install.sh
@@ -135,6 +136,19 @@ reference: image-reference ## CPU/GPU host (DEVICE=cuda for GPUs): the reference
 	mkdir -p $(RESULTS) $(MODELS)
 	docker run --rm $(GPU_FLAGS) --user $$(id -u):$$(id -g) $(VOLUMES) -e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_REFERENCE)) \
 		$(IMAGE_REFERENCE) reference $(strip $(SIDE_FLAGS) --device $(DEVICE))
+
+# Teacher forcing needs the other side's answers: the side that runs second scores the first one's
+# by itself, and `make cross` lets the side that ran first score the second one's (SCORER=reference
+# in the reference image, SCORER=target on the Ascend host). Cheapest: reference, verify, cross.
+cross: $(if $(filter target,$(SCORER)),image-ascend,image-reference) ## teacher forcing for the side that ran first (SCORER=reference or target)
+	mkdir -p $(RESULTS) $(MODELS)
+ifeq ($(SCORER),target)
+	docker run --rm $(NPU_FLAGS) $(OWNER_FLAGS) $(VOLUMES) -e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_ASCEND)) \
+		$(IMAGE_ASCEND) cross-score --scorer target $(strip $(SIDE_FLAGS) $(SERVE_FLAGS))
+else
+	docker run --rm $(GPU_FLAGS) --user $$(id -u):$$(id -g) $(VOLUMES) -e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_REFERENCE)) \
+		$(IMAGE_REFERENCE) cross-score --scorer reference $(strip $(SIDE_FLAGS) --device $(DEVICE))
+endif
 
 serve: $(STAMP) ## serve the profile's model here with the profile's flags until Ctrl-C (for lm-eval, curl, ...)
 	$(INV) serve --profile $(PROFILE) $(strip $(if $(DTYPE),--dtype $(DTYPE)) $(SERVE_FLAGS))

@@ -163,8 +163,23 @@ def bench(c, side, server_url=None, concurrencies="1,2,4,8,16", output_len=64, i
 
 @side_task(help={"device": "torch device for transformers: cpu (default) or cuda"})
 def reference(c, side, device="cpu"):
-    """Reference side: the same suite ids through transformers, write results/<run>/reference/."""
+    """Reference side: the same suite ids through transformers, write results/<run>/reference/.
+
+    When the target side has run already, the reference also scores the target's answers (teacher forcing):
+    reference/teacher-forced.json."""
     _finish(lambda: cli.reference(**side, device=device))
+
+
+@side_task(serve=True, name="cross-score", help={
+    "scorer": "the side that scores the other side's answers: reference (default) or target",
+    "server_url": SERVER_URL_HELP, "device": "torch device for the reference: cpu (default) or cuda"})
+def cross_score(c, side, scorer="reference", server_url=None, device="cpu"):
+    """Teacher forcing for the side that ran first: it scores the answers of the side that ran after it.
+
+    The side that runs second scores the first one's answers by itself; this completes the pair, writing
+    results/<run>/<side>/teacher-forced.json (each answer token's logprob and the top-k at its position, from one
+    pass over prompt + answer). Cheapest order: reference, target, then cross-score --scorer reference."""
+    _finish(lambda: cli.cross_score(**side, scorer=scorer, server_url=server_url, device=device))
 
 
 @task(help={"profile": PROFILE_HELP, "run": RUN_HELP, "lang": "report language: zh (default) or en",

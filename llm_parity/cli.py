@@ -90,6 +90,11 @@ def reference(**options) -> int:
     return guarded(lambda: side_exit(pipeline.reference(request(**options))))
 
 
+def cross_score(*, scorer: str, **options) -> int:
+    """`scorer` (a side) scores the other side's answers by teacher forcing; writes <scorer>/teacher-forced.json."""
+    return guarded(lambda: side_exit(pipeline.cross_score(request(**options), scorer)))
+
+
 def dummy(**options) -> int:
     """The dummy-weights check on the profile's config and tokenizer; exit 1 if it fails."""
     return guarded(lambda: pipeline.dummy(request(**options)) and EXIT_PASS)

@@ -8,7 +8,7 @@ import sys
 from invoke import Exit, task
 
 from llm_parity import cli
-from llm_parity.profiles import DEFAULT_PROFILE
+from llm_parity.profiles import DEFAULT_PROFILE, DEMO_PROFILE
 
 DTYPE_HELP = "serving and reference dtype: float32, bfloat16 or float16 (default: the profile's)"
 RUN_HELP = "name of the results folder under results/ (or LLM_PARITY_RESULTS)"
@@ -78,13 +78,15 @@ def side_task(*, serve: bool = False, **task_options):
 
 @task(help={"dtype": DTYPE_HELP, "run": RUN_HELP, "lang": "report language: zh (default) or en",
             "server_url": SERVER_URL_HELP, "results": RESULTS_HELP, "suite": SIDE_OPTIONS["suite"][1],
-            "limit": SIDE_OPTIONS["limit"][1]})
-def demo(c, dtype=None, run="demo", lang="zh", server_url=None, results=None, suite=None, limit=None):
+            "limit": SIDE_OPTIONS["limit"][1],
+            "profile": "a tiny model's profile: tiny-llama (default) or tiny-llama-split, trained less, whose answers "
+                       "split in bfloat16"})
+def demo(c, dtype=None, run="demo", lang="zh", server_url=None, results=None, suite=None, limit=None, profile=DEMO_PROFILE):
     """Run the whole path on the embedded tiny model: build it, serve with vLLM, query, transformers reference, compare, report.
 
     Writes results/<run>/ and prints the verdict and the report's path. Exit 0 pass, 1 fail."""
     _finish(lambda: cli.demo(dtype=dtype, run=run, lang=lang, server_url=server_url, results=results, suite=suite,
-                             limit=limit))
+                             limit=limit, profile=profile))
 
 
 @task(name="tiny-model")

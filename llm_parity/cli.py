@@ -125,9 +125,9 @@ def compare(*, lang: str = "zh", profile_override: bool = False, **options) -> i
                                                              profile_override=profile_override)))
 
 
-def demo(*, lang: str = "zh", run: str = "demo", **options) -> int:
-    """The whole path on the embedded tiny model: prepare, target, reference, compare, report."""
-    return guarded(lambda: verdict_exit(pipeline.demo(request(profile=DEMO_PROFILE, run=run, **options), lang=lang)))
+def demo(*, lang: str = "zh", run: str = "demo", profile: str = DEMO_PROFILE, **options) -> int:
+    """The whole path on the embedded tiny model: prepare, reference, target, teacher forcing, compare, report."""
+    return guarded(lambda: verdict_exit(pipeline.demo(request(profile=profile, run=run, **options), lang=lang)))
 
 
 def download(**options) -> int:

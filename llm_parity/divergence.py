@@ -7,7 +7,8 @@ the logprob of the token actually taken there. P is the reference (the base), Q 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+
+from llm_parity.bench import percentile
 
 # A tail bucket below this is rounding (top-k masses that sum to 1 within float error).
 TAIL_FLOOR = 1e-12
@@ -51,15 +52,6 @@ def position_measures(reference_top: list[list], reference_logprob: float, targe
             "delta_p": math.exp(target_logprob) - math.exp(reference_logprob),
             "same_top1": bool(reference_top and target_top and reference_top[0][0] == target_top[0][0]),
             "abs_logprob_diff": abs(target_logprob - reference_logprob)}
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100) by linear interpolation between the closest ranks."""
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def kld_summary(positions: list[dict], reference_logprobs: list[float], target_logprobs: list[float]) -> dict | None:

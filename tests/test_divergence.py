@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from llm_parity.divergence import kl_with_tail, kld_summary, percentile, position_measures
+from llm_parity.divergence import kl_with_tail, kld_summary, position_measures
 
 
 def top(*pairs):
@@ -56,13 +56,6 @@ def test_the_taken_token_counts_as_reported_on_both_sides():
     measures = position_measures(top((5, 0.8)), math.log(0.1), top((5, 0.8)), math.log(0.05), 7)
     assert measures["kld"] == pytest.approx(0.0287682, abs=1e-6)
     assert measures["delta_p"] == pytest.approx(-0.05)
-
-
-def test_percentiles_interpolate_between_ranks():
-    values = [4.0, 1.0, 3.0, 2.0, 5.0]
-    assert percentile(values, 50) == 3.0
-    assert percentile(values, 90) == pytest.approx(4.6)  # rank 3.6: 4 + 0.6 * (5 - 4)
-    assert percentile(values, 100) == 5.0 and percentile([7.0], 99.9) == 7.0
 
 
 def test_run_summary_like_llama_cpp():

@@ -26,6 +26,9 @@ TP ?=
 EAGER ?=
 NPUS ?= 0
 DEVICE ?= cpu
+SCORER ?= reference
+# The tiny model's profile for make demo; tiny-llama-split is trained less, so bf16 answers split.
+DEMO_PROFILE ?= tiny-llama
 REPORT_LANG ?= zh
 # lm-eval tasks for the accuracy targets (default: the project's own two); FEWSHOT empty: each task's own.
 # LIMIT there means the first N documents of each task.
@@ -108,12 +111,12 @@ REQUIRE_PYTHON = @$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))
 	echo "error: llm-parity needs Python 3.10 or newer, and $(PYTHON) is older or missing: install one and run make PYTHON=python3.10 (or newer)" >&2; exit 2; }
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test clean verify reference compare audit replay serve image-ascend image-reference pin \
+.PHONY: help setup demo test clean verify reference cross compare audit replay serve image-ascend image-reference pin \
 	accuracy accuracy-target accuracy-reference
 
 help: ## list the targets and knobs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
-	@echo "  knobs: PROFILE RUN SUITE LIMIT DTYPE MAX_MODEL_LEN MAX_NUM_SEQS PORT TP EAGER NPUS DEVICE REPORT_LANG RESULTS MODELS TASKS FEWSHOT"
+	@echo "  knobs: PROFILE RUN SUITE LIMIT DTYPE MAX_MODEL_LEN MAX_NUM_SEQS PORT TP EAGER NPUS DEVICE SCORER REPORT_LANG RESULTS MODELS TASKS FEWSHOT"
 	@echo "         ASCEND_TAG ASCEND_VARIANT IMAGE_MIRROR ALLOW_UNPINNED (empty serve knobs: the profile's values)"
 	@echo "         SIDE MODEL IN_IMAGE (make replay)"
 
@@ -141,8 +144,8 @@ $(HOST_STAMP): requirements/base.txt pyproject.toml scripts/install.sh
 
 setup: $(STAMP) ## create .venv and install the pinned CPU target, reference and test tools
 
-demo: $(STAMP) ## end to end on the tiny model: vLLM on this CPU vs transformers (DTYPE=bfloat16 to try bf16)
-	$(INV) demo $(strip $(if $(DTYPE),--dtype $(DTYPE)) --run $(or $(RUN),demo) --lang $(REPORT_LANG) \
+demo: $(STAMP) ## end to end on the tiny model: vLLM on this CPU vs transformers (DTYPE=bfloat16 DEMO_PROFILE=tiny-llama-split: a split)
+	$(INV) demo $(strip $(if $(DTYPE),--dtype $(DTYPE)) --run $(or $(RUN),demo) --lang $(REPORT_LANG) --profile $(DEMO_PROFILE) \
 		$(if $(SUITE),--suite $(SUITE)) $(if $(LIMIT),--limit $(LIMIT)))
 
 test: $(STAMP) $(OLAH_STAMP) ## run the tests (starts one real vLLM server and a Hub-compatible server)
@@ -181,6 +184,19 @@ accuracy-reference: image-reference ## CPU/GPU host (DEVICE=cuda): lm-eval's hf 
 	docker run --rm $(GPU_FLAGS) --user $$(id -u):$$(id -g) $(VOLUMES) $(DATASETS_CACHE) -e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_REFERENCE)) \
 		$(IMAGE_REFERENCE) accuracy --side reference $(strip --profile $(PROFILE) --run $(RUN_NAME) $(if $(DTYPE),--dtype $(DTYPE)) \
 		--device $(DEVICE) $(ACCURACY_FLAGS))
+
+# Teacher forcing needs the other side's answers: the side that runs second scores the first one's
+# by itself, and `make cross` lets the side that ran first score the second one's (SCORER=reference
+# in the reference image, SCORER=target on the Ascend host). Cheapest: reference, verify, cross.
+cross: $(if $(filter target,$(SCORER)),image-ascend,image-reference) ## teacher forcing for the side that ran first (SCORER=reference or target)
+	mkdir -p $(RESULTS) $(MODELS)
+ifeq ($(SCORER),target)
+	docker run --rm $(NPU_FLAGS) $(OWNER_FLAGS) $(VOLUMES) -e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_ASCEND)) \
+		$(IMAGE_ASCEND) cross-score --scorer target $(strip $(SIDE_FLAGS) $(SERVE_FLAGS))
+else
+	docker run --rm $(GPU_FLAGS) --user $$(id -u):$$(id -g) $(VOLUMES) -e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_REFERENCE)) \
+		$(IMAGE_REFERENCE) cross-score --scorer reference $(strip $(SIDE_FLAGS) --device $(DEVICE))
+endif
 
 serve: $(STAMP) ## serve the profile's model here with the profile's flags until Ctrl-C (for lm-eval, curl, ...)
 	$(INV) serve --profile $(PROFILE) $(strip $(if $(DTYPE),--dtype $(DTYPE)) $(SERVE_FLAGS))

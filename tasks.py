@@ -9,7 +9,7 @@ from invoke import Exit, task
 
 from llm_parity import cli
 from llm_parity.accuracy import project_tasks
-from llm_parity.profiles import DEFAULT_PROFILE
+from llm_parity.profiles import DEFAULT_PROFILE, DEMO_PROFILE
 
 DTYPE_HELP = "serving and reference dtype: float32, bfloat16 or float16 (default: the profile's)"
 RUN_HELP = "name of the results folder under results/ (or LLM_PARITY_RESULTS)"
@@ -79,13 +79,15 @@ def side_task(*, serve: bool = False, **task_options):
 
 @task(help={"dtype": DTYPE_HELP, "run": RUN_HELP, "lang": "report language: zh (default) or en",
             "server_url": SERVER_URL_HELP, "results": RESULTS_HELP, "suite": SIDE_OPTIONS["suite"][1],
-            "limit": SIDE_OPTIONS["limit"][1]})
-def demo(c, dtype=None, run="demo", lang="zh", server_url=None, results=None, suite=None, limit=None):
+            "limit": SIDE_OPTIONS["limit"][1],
+            "profile": "a tiny model's profile: tiny-llama (default) or tiny-llama-split, trained less, whose answers "
+                       "split in bfloat16"})
+def demo(c, dtype=None, run="demo", lang="zh", server_url=None, results=None, suite=None, limit=None, profile=DEMO_PROFILE):
     """Run the whole path on the embedded tiny model: build it, serve with vLLM, query, transformers reference, compare, report.
 
     Writes results/<run>/ and prints the verdict and the report's path. Exit 0 pass, 1 fail."""
     _finish(lambda: cli.demo(dtype=dtype, run=run, lang=lang, server_url=server_url, results=results, suite=suite,
-                             limit=limit))
+                             limit=limit, profile=profile))
 
 
 @task(name="tiny-model")
@@ -164,7 +166,10 @@ def bench(c, side, server_url=None, concurrencies="1,2,4,8,16", output_len=64, i
 
 @side_task(help={"device": "torch device for transformers: cpu (default) or cuda"})
 def reference(c, side, device="cpu"):
-    """Reference side: the same suite ids through transformers, write results/<run>/reference/."""
+    """Reference side: the same suite ids through transformers, write results/<run>/reference/.
+
+    When the target side has run already, the reference also scores the target's answers (teacher forcing):
+    reference/teacher-forced.json."""
     _finish(lambda: cli.reference(**side, device=device))
 
 
@@ -186,6 +191,18 @@ def accuracy(c, tasks=",".join(project_tasks()), side="both", limit=None, num_fe
     sides did not score the same thing (BOS, tokens, documents)."""
     _finish(lambda: cli.accuracy(tasks=tasks, side=side, limit=limit, num_fewshot=num_fewshot, lang=lang, profile=profile,
                                  run=run, dtype=dtype, model=model, results=results, server_url=server_url, device=device))
+
+
+@side_task(serve=True, name="cross-score", help={
+    "scorer": "the side that scores the other side's answers: reference (default) or target",
+    "server_url": SERVER_URL_HELP, "device": "torch device for the reference: cpu (default) or cuda"})
+def cross_score(c, side, scorer="reference", server_url=None, device="cpu"):
+    """Teacher forcing for the side that ran first: it scores the answers of the side that ran after it.
+
+    The side that runs second scores the first one's answers by itself; this completes the pair, writing
+    results/<run>/<side>/teacher-forced.json (each answer token's logprob and the top-k at its position, from one
+    pass over prompt + answer). Cheapest order: reference, target, then cross-score --scorer reference."""
+    _finish(lambda: cli.cross_score(**side, scorer=scorer, server_url=server_url, device=device))
 
 
 @task(help={"profile": PROFILE_HELP, "run": RUN_HELP, "lang": "report language: zh (default) or en",

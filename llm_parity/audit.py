@@ -22,6 +22,7 @@ from llm_parity.results import (ResultFileError, RunDir, canonical_json, ensure_
 from llm_parity.suite import suite_hash
 
 SIDE_DOCUMENTS = ("generations", "perplexity", "provenance")  # each the name of its schema and of its RunDir path
+OPTIONAL_SIDE_DOCUMENTS = ("teacher-forced",)  # read where present; SHA256SUMS says whether one was removed
 WHOLE_FILE = "(file)"  # the field of a problem with the file itself: missing, added, not JSON
 READABLE = "readable"  # the check whose problems make a folder unreadable
 
@@ -88,6 +89,11 @@ class AuditResult:
         return any(problem.check == READABLE for problem in self.structured_problems)
 
 
+def _side_path(run: RunDir, side: str, kind: str) -> Path:
+    """The path of one side's document of schema `kind` ("teacher-forced": run.teacher_forced)."""
+    return getattr(run, kind.replace("-", "_"))(side)
+
+
 @dataclass
 class RunFiles:
     """The documents of one results folder, each read and validated once; what could not be read."""
@@ -100,10 +106,12 @@ class RunFiles:
     @classmethod
     def read(cls, run: RunDir) -> "RunFiles":
         files = cls(run)
-        side_documents = [(getattr(run, kind)(side), kind) for side in SIDES for kind in SIDE_DOCUMENTS]
+        side_documents = [(_side_path(run, side, kind), kind) for side in SIDES for kind in SIDE_DOCUMENTS]
+        optional = [(path, kind) for side in SIDES for kind in OPTIONAL_SIDE_DOCUMENTS
+                    if (path := _side_path(run, side, kind)).is_file()]
         replayed = [(run.replay, "replay")] if run.replay.exists() else []  # only once a side was replayed
-        for path, schema in [(run.suite, "suite"), (run.manifest, "manifest"), *side_documents, (run.compare, "compare"),
-                             *replayed]:
+        for path, schema in [(run.suite, "suite"), (run.manifest, "manifest"), *side_documents, *optional,
+                             (run.compare, "compare"), *replayed]:
             try:
                 files.docs[path] = read_json(path, schema)
             except ResultFileError as err:
@@ -116,7 +124,7 @@ class RunFiles:
         return files
 
     def side(self, side: str, kind: str) -> tuple[Path, dict | None]:
-        path = getattr(self.run, kind)(side)
+        path = _side_path(self.run, side, kind)
         return path, self.docs.get(path)
 
     @cached_property
@@ -129,10 +137,12 @@ class RunFiles:
             return None
         if any(self.run.accuracy(side) in self.errors for side in SIDES):
             return None
+        forced = {side: self.side(side, "teacher-forced")[1] for side in SIDES}
         try:
             recomputed = compare_runs(suite=suite, target=raw["target", "generations"], reference=raw["reference", "generations"],
                                       target_ppl=raw["target", "perplexity"], reference_ppl=raw["reference", "perplexity"],
-                                      thresholds=compare["thresholds"], profile=compare["profile"], accuracy=self.accuracy)
+                                      thresholds=compare["thresholds"], profile=compare["profile"], accuracy=self.accuracy,
+                                      target_forced=forced["target"], reference_forced=forced["reference"])
         except IncompatibleRuns as err:
             return err
         # Not a measurement: what compare was told, kept so the rest can be compared as a whole.
@@ -219,7 +229,7 @@ def _same_inputs_of_one_document(found: CheckResult, files: RunFiles, side: str,
 @audit_check("same_inputs")
 def both_sides_from_this_runs_suite_and_model(files: RunFiles, found: CheckResult) -> None:
     for side in SIDES:
-        for kind in SIDE_DOCUMENTS:
+        for kind in SIDE_DOCUMENTS + OPTIONAL_SIDE_DOCUMENTS:
             _same_inputs_of_one_document(found, files, side, kind)
 
 

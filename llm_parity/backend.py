@@ -8,6 +8,10 @@ with a small set of requests it must answer. Ours are
   with the chosen token's logprob and the top-k at every position: one `Generation` per prompt;
 - `score(passages, on_record=...)`: the logprob of every passage token given the ones before it
   (prompt logprobs), one `PassageScore` per passage;
+- `score_answers(answers, top_logprobs=k, on_record=...)`: teacher forcing of the other side's
+  answers: for each {"id", "prompt_ids", "answer_ids"}, this backend's logprob of every answer
+  token and its own top-k at that position, given the prompt and the answer tokens before it,
+  from one pass over prompt + answer: one `ForcedScore` per answer;
 - `describe()`: what provenance records about where it ran (device, and for a server how it was
   started);
 - `close()`, also through `with`: free the model or stop the server.
@@ -29,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from llm_parity.progress import note
-from llm_parity.records import Generation, PassageScore
+from llm_parity.records import ForcedScore, Generation, PassageScore
 
 if TYPE_CHECKING:
     from llm_parity.profiles import Profile
@@ -85,6 +89,11 @@ class Backend(ABC):
     @abstractmethod
     def score(self, passages: list[dict], *, on_record: Callable[[PassageScore], None]) -> None:
         """Prompt logprobs of every passage; each record to `on_record` as it finishes."""
+
+    @abstractmethod
+    def score_answers(self, answers: list[dict], *, top_logprobs: int,
+                      on_record: Callable[[ForcedScore], None]) -> None:
+        """Teacher-forced scores of the other side's answers; each record to `on_record` as it finishes."""
 
     @abstractmethod
     def describe(self) -> dict:

@@ -93,6 +93,11 @@ def reference(**options) -> int:
     return guarded(lambda: side_exit(pipeline.reference(request(**options))))
 
 
+def cross_score(*, scorer: str, **options) -> int:
+    """`scorer` (a side) scores the other side's answers by teacher forcing; writes <scorer>/teacher-forced.json."""
+    return guarded(lambda: side_exit(pipeline.cross_score(request(**options), scorer)))
+
+
 def dummy(**options) -> int:
     """The dummy-weights check on the profile's config and tokenizer; exit 1 if it fails."""
     return guarded(lambda: pipeline.dummy(request(**options)) and EXIT_PASS)
@@ -123,9 +128,9 @@ def compare(*, lang: str = "zh", profile_override: bool = False, **options) -> i
                                                              profile_override=profile_override)))
 
 
-def demo(*, lang: str = "zh", run: str = "demo", **options) -> int:
-    """The whole path on the embedded tiny model: prepare, target, reference, compare, report."""
-    return guarded(lambda: verdict_exit(pipeline.demo(request(profile=DEMO_PROFILE, run=run, **options), lang=lang)))
+def demo(*, lang: str = "zh", run: str = "demo", profile: str = DEMO_PROFILE, **options) -> int:
+    """The whole path on the embedded tiny model: prepare, reference, target, teacher forcing, compare, report."""
+    return guarded(lambda: verdict_exit(pipeline.demo(request(profile=profile, run=run, **options), lang=lang)))
 
 
 def accuracy(*, tasks: str, side: str = "both", limit: int | None = None, num_fewshot: int | None = None,

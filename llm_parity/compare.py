@@ -1,7 +1,9 @@
 """Compare target and reference records: exact ids and text, the first divergence with the
 top-1/top-2 margin there and top-k containment (the rule of vLLM's check_logprobs_close),
-|Δ logprob| on the common prefix, perplexity, token accounting; every number against the
-profile's thresholds. A pure function of records: no model, no server, no network."""
+|Δ logprob| on the common prefix, perplexity, token accounting, and past the split, from each
+side's teacher-forced scores of the other's answer, the distance between the two distributions at
+every position (llm_parity.divergence); every number against the profile's thresholds. A pure
+function of records: no model, no server, no network."""
 from __future__ import annotations
 
 import functools
@@ -9,7 +11,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from llm_parity.accuracy_stats import compare_accuracy
-from llm_parity.records import IncompatibleRuns, top_margin
+from llm_parity.divergence import kld_summary, position_measures
+from llm_parity.records import IncompatibleRuns, answers_hash, top_margin
 from llm_parity.results import schema_tag
 
 
@@ -150,6 +153,71 @@ def compare_passage(target: dict, reference: dict) -> dict:
     }
 
 
+def _forced_pairs(target: dict, reference: dict, target_forced: dict, reference_forced: dict) -> list[tuple]:
+    """(reference top-k, reference logprob, target top-k, target logprob, taken token) at every
+    distinct prefix of both answers: each position of the target's answer (the reference's
+    distribution from its teacher-forced scores), then each position of the reference's answer
+    whose prefix the target's answer does not share (the target's from its teacher-forced scores)."""
+    pairs = [(reference_forced["top_logprobs"][i], reference_forced["logprobs"][i], target["top_logprobs"][i],
+              target["logprobs"][i], token) for i, token in enumerate(target["output_ids"])]
+    # Prefixes up to the split are the target answer's too; the split position's only where the target went on.
+    start = min(_common_prefix(target["output_ids"], reference["output_ids"]) + 1, len(target["output_ids"]))
+    pairs += [(reference["top_logprobs"][i], reference["logprobs"][i], target_forced["top_logprobs"][i],
+               target_forced["logprobs"][i], reference["output_ids"][i])
+              for i in range(start, len(reference["output_ids"]))]
+    return pairs
+
+
+def _forced_problem(target: dict, reference: dict, target_forced: dict | None, reference_forced: dict | None) -> str | None:
+    """Why one prompt has no teacher-forced measures, or None."""
+    for scorer, forced, answer in (("reference", reference_forced, target), ("target", target_forced, reference)):
+        if forced is None:
+            return f"the {scorer} did not score this answer"
+        if forced["error"]:
+            return f"the {scorer} could not score this answer: {forced['error']}"
+        if forced["answer_ids"] != answer["output_ids"]:
+            return f"the {scorer} scored another answer than the one recorded now"
+    return None
+
+
+def compare_teacher_forced(target: dict, reference: dict, target_forced: dict | None,
+                           reference_forced: dict | None) -> dict:
+    """One prompt's teacher-forced measures: the summary over its positions and each position's KLD."""
+    problem = _forced_problem(target, reference, target_forced, reference_forced)
+    if problem:
+        return {"error": problem}
+    pairs = _forced_pairs(target, reference, target_forced, reference_forced)
+    positions = [position_measures(*pair) for pair in pairs]
+    return {"error": None, "summary": kld_summary(positions, [p[1] for p in pairs], [p[3] for p in pairs]),
+            "klds": [p["kld"] for p in positions], "delta_ps": [p["delta_p"] for p in positions],
+            "reference_logprobs": [p[1] for p in pairs], "target_logprobs": [p[3] for p in pairs],
+            "same_top1": [p["same_top1"] for p in positions]}
+
+
+def teacher_forced_run_summary(prompts: list[dict]) -> dict | None:
+    """kld_summary over every position of every prompt with teacher-forced measures."""
+    scored = [p["teacher_forced"] for p in prompts if p.get("teacher_forced") and not p["teacher_forced"]["error"]]
+    positions = [{"kld": k, "delta_p": d, "same_top1": s, "abs_logprob_diff": abs(t - r)}
+                 for f in scored
+                 for k, d, s, r, t in zip(f["klds"], f["delta_ps"], f["same_top1"], f["reference_logprobs"],
+                                          f["target_logprobs"])]
+    return kld_summary(positions, [lp for f in scored for lp in f["reference_logprobs"]],
+                       [lp for f in scored for lp in f["target_logprobs"]])
+
+
+def teacher_forced_unavailable(target: dict, reference: dict, target_forced: dict | None,
+                               reference_forced: dict | None) -> str | None:
+    """Why the run has no teacher-forced measures at all (a side has not scored the other's
+    answers, or scored answers that have changed since), or None."""
+    for scorer, forced, answers in (("reference", reference_forced, target), ("target", target_forced, reference)):
+        if forced is None:
+            return f"the {scorer} has not scored the {answers['side']}'s answers: run cross-score --scorer {scorer}"
+        if forced["answers_sha256"] != answers_hash(answers):
+            return (f"the {scorer} scored other answers than the {answers['side']}'s generations.json holds now: "
+                    f"run cross-score --scorer {scorer} again")
+    return None
+
+
 PASS, FAIL, NOT_CHECKED = "pass", "fail", "not_checked"
 # compare.json keeps the boolean "passed" of its first readers; a check that could not run is null there.
 PASSED_FIELD = {PASS: True, FAIL: False, NOT_CHECKED: None}
@@ -175,6 +243,8 @@ class Evidence:
     passages: list[dict]  # compare_passage of each passage both sides have
     thresholds: dict
     accuracy: dict  # compare.json's "accuracy": per-task results, or why there are none
+    teacher_forced: dict | None = None  # teacher_forced_run_summary; None when unavailable
+    teacher_forced_missing: str | None = None  # why the run has no teacher-forced measures
 
     @property
     def answered(self) -> list[dict]:
@@ -370,6 +440,53 @@ def accuracy_section(accuracy: dict[str, dict | None] | None) -> dict:
             "settings": {name: accuracy["target"][name] for name in ("limit", "num_fewshot", "add_bos_token", "max_length")}}
 
 
+def _teacher_forced_evidence(evidence: Evidence) -> Outcome | None:
+    """The outcome of a teacher-forced check that cannot run, or None when it can."""
+    if evidence.teacher_forced_missing:
+        return Outcome(NOT_CHECKED, None, None, evidence.teacher_forced_missing)
+    if evidence.teacher_forced is None:
+        return Outcome(NOT_CHECKED, None, None, "no answer was scored by both sides")
+    return None
+
+
+@check("teacher_forced_scored")
+@needs_answered_prompts
+def every_answer_teacher_forced(evidence: Evidence) -> Outcome:
+    if evidence.teacher_forced_missing:
+        return Outcome(NOT_CHECKED, None, 0, evidence.teacher_forced_missing)
+    unscored = [f"{p['id']} ({p['teacher_forced']['error']})" for p in evidence.answered if p["teacher_forced"]["error"]]
+    return _none_of(unscored, fine="each side scored every answer of the other side", wrong="not scored")
+
+
+def _teacher_forced_limit(field: str, *, at_least: bool, what: str) -> Callable[[Evidence], Outcome]:
+    """A check of one number of the teacher-forced run summary against the profile's
+    thresholds.teacher_forced[field]: at most it, or with `at_least`, at least it."""
+    def measure(evidence: Evidence) -> Outcome:
+        unavailable = _teacher_forced_evidence(evidence)
+        if unavailable:
+            return unavailable
+        summary = evidence.teacher_forced
+        measured = summary["kld_percentiles"]["99"] if field == "kld_p99" else summary[field]
+        limits = evidence.thresholds.get("teacher_forced")
+        if limits is None:
+            return Outcome(NOT_CHECKED, measured, None, f"{what}; the profile sets no teacher-forced thresholds")
+        threshold = limits[field]
+        held = measured >= threshold if at_least else measured <= threshold
+        return Outcome(_held(held), measured, threshold, f"{what}; {summary['positions']} positions scored")
+    return measure
+
+
+# (check name, field of the run summary and of thresholds.teacher_forced, at least?, what it is)
+TEACHER_FORCED_LIMITS = (
+    ("kld_mean", "mean_kld", False, "mean KL(reference || target), top-k with a tail bucket (a lower bound)"),
+    ("kld_p99", "kld_p99", False, "99th percentile of the KL divergence per position"),
+    ("same_top1", "same_top1_rate", True, "share of positions whose top-1 tokens agree"),
+    ("rms_delta_p", "rms_delta_p", False, "RMS of Δp, the taken token's probability target minus reference"),
+)
+for _name, _field, _at_least, _what in TEACHER_FORCED_LIMITS:
+    check(_name)(_teacher_forced_limit(_field, at_least=_at_least, what=_what))
+
+
 def _check_record(name: str, outcome: Outcome) -> dict:
     return {"name": name, "status": outcome.status, "passed": PASSED_FIELD[outcome.status],
             "measured": outcome.measured, "threshold": outcome.threshold, "detail": outcome.detail}
@@ -412,28 +529,47 @@ def verdict_reasons(result: dict) -> str:
 
 
 def gather_evidence(*, suite: dict, target: dict, reference: dict, target_ppl: dict, reference_ppl: dict,
-                    thresholds: dict, accuracy: dict[str, dict | None] | None = None) -> Evidence:
-    """The per-prompt and per-passage measurements of two sets of records, in the target's order;
-    `accuracy` maps each side to its lm-eval results (accuracy.read_side), None where it has none."""
+                    thresholds: dict, accuracy: dict[str, dict | None] | None = None,
+                    target_forced: dict | None = None, reference_forced: dict | None = None) -> Evidence:
+    """The measurements of two sets of records, in the target's order: per prompt, per passage,
+    teacher-forced where each side scored the other's answers (`target_forced`, `reference_forced`),
+    and `accuracy`, which maps each side to its lm-eval results (accuracy.read_side), None where it has none."""
     noise = thresholds["max_abs_logprob_diff"]
     eos_ids = set(suite["stop_ids"])
     reference_by_id = {r["id"]: r for r in reference["records"]}
+    target_by_id = {r["id"]: r for r in target["records"]}
     suite_prompt_ids = {p["id"]: p["prompt_ids"] for p in suite["prompts"]}
     prompts = [compare_generation(t, reference_by_id[t["id"]], suite_prompt_ids=suite_prompt_ids.get(t["id"]),
                                   eos_ids=eos_ids, noise=noise)
                for t in target["records"] if t["id"] in reference_by_id]
     reference_ppl_by_id = {r["id"]: r for r in reference_ppl["records"]}
     passages = [compare_passage(t, reference_ppl_by_id[t["id"]]) for t in target_ppl["records"] if t["id"] in reference_ppl_by_id]
-    return Evidence(suite, prompts, passages, thresholds, accuracy_section(accuracy))
+    missing = teacher_forced_unavailable(target, reference, target_forced, reference_forced)
+    if not missing:
+        forced_by = {side: {r["id"]: r for r in doc["records"]}
+                     for side, doc in (("target", target_forced), ("reference", reference_forced))}
+        for prompt in prompts:
+            if prompt["status"] != "error":
+                prompt["teacher_forced"] = compare_teacher_forced(
+                    target_by_id[prompt["id"]], reference_by_id[prompt["id"]], forced_by["target"].get(prompt["id"]),
+                    forced_by["reference"].get(prompt["id"]))
+    forced_summary = None if missing else teacher_forced_run_summary(prompts)
+    return Evidence(suite, prompts, passages, thresholds, accuracy_section(accuracy), forced_summary, missing)
 
 
 def compare_runs(*, suite: dict, target: dict, reference: dict, target_ppl: dict, reference_ppl: dict,
-                 thresholds: dict, profile: str, accuracy: dict[str, dict | None] | None = None) -> dict:
-    """The compare document (schemas/compare.schema.json) for one run; `accuracy` as in gather_evidence."""
+                 thresholds: dict, profile: str, accuracy: dict[str, dict | None] | None = None,
+                 target_forced: dict | None = None, reference_forced: dict | None = None) -> dict:
+    """The compare document (schemas/compare.schema.json) for one run; the optional documents as in
+    gather_evidence."""
     check_same_inputs(suite=suite, target=target, reference=reference)
     check_same_inputs(suite=suite, target=target_ppl, reference=reference_ppl)
+    for forced in (target_forced, reference_forced):
+        if forced is not None:
+            check_same_inputs(suite=suite, target=target_ppl, reference=forced)
     evidence = gather_evidence(suite=suite, target=target, reference=reference, target_ppl=target_ppl,
-                               reference_ppl=reference_ppl, thresholds=thresholds, accuracy=accuracy)
+                               reference_ppl=reference_ppl, thresholds=thresholds, accuracy=accuracy,
+                               target_forced=target_forced, reference_forced=reference_forced)
     prompts, passages = evidence.prompts, evidence.passages
     checks = run_checks(evidence)
     ok = evidence.answered
@@ -464,5 +600,7 @@ def compare_runs(*, suite: dict, target: dict, reference: dict, target_ppl: dict
             "top_k_max_abs_logprob_diff": max((p["top_k_max_abs_logprob_diff"] for p in ok), default=0.0),
             "min_reference_margin": min(margins, default=None),
             "max_perplexity_rel_diff": max((p["rel_diff"] for p in passages if not p.get("error")), default=None),
+            "teacher_forced": evidence.teacher_forced,
+            "teacher_forced_missing": evidence.teacher_forced_missing,
         },
     }

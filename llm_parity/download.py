@@ -176,7 +176,7 @@ def resolve_model(profile: Profile, model: str | None = None, *, models_root: Pa
     if source == "tiny":
         from llm_parity.tiny_model import build_tiny_model
 
-        folder = build_tiny_model(log=log)
+        folder = build_tiny_model(variant=profile.model.get("tiny_variant", "default"), log=log)
         return folder, ModelOrigin("local", folder.name)
     if source == "local":
         return Path(repo_id), ModelOrigin("local", Path(repo_id).name)

@@ -5,8 +5,14 @@ run on a different machine and be copied in. cli.py only turns the outcomes into
 
     suite source -> suite.json (rendered once) + model/manifest.json
       -> target/ and reference/ (one backend each, llm_parity.backend, the same records)
+      -> teacher forcing: each side scores the other side's answers (<side>/teacher-forced.json)
       -> report/compare.json, report.md, report.html, SHA256SUMS -> audit
       -> replay: a side run again from the folder's own records into replay/<side>/ -> report/replay.json
+
+Teacher forcing needs the other side's answers, so the side that runs second scores them while
+its model is loaded, and the side that ran first scores the second one's answers afterwards
+(`cross_score`). The reference reloads in seconds where a server takes minutes to start, so the
+cheap order is reference, target, then cross_score("reference"); the demo runs it so.
 """
 from __future__ import annotations
 
@@ -28,7 +34,8 @@ from llm_parity.download import (DownloadError, ModelOrigin, build_manifest, che
 from llm_parity.profiles import Profile, load_profile
 from llm_parity.progress import note
 from llm_parity.provenance import collect
-from llm_parity.records import SIDES, Generation, PassageScore, decoding_of, generations_doc, perplexity_doc, unrunnable_prompt
+from llm_parity.records import (SIDES, ForcedScore, Generation, PassageScore, answers_of, decoding_of, generations_doc,
+                                other_side, perplexity_doc, teacher_forced_doc, unrunnable_prompt)
 from llm_parity.report import build_report
 from llm_parity.report.html import render_html
 from llm_parity.report.markdown import render_markdown
@@ -183,6 +190,31 @@ def _runnable(suite: dict, max_model_len: int, done_gen: dict, done_ppl: dict) -
     return prompts, passages
 
 
+def _other_answers(run: RunDir, side: str, suite: dict, manifest: dict) -> dict | None:
+    """The other side's generations document, to score its answers; None when it has not run."""
+    path = run.generations(other_side(side))
+    if not path.is_file():
+        return None
+    doc = read_json(path, "generations")
+    if (doc["suite_sha256"], doc["model_manifest_sha256"]) != (suite["sha256"], manifest["sha256"]):
+        raise compare_mod.IncompatibleRuns(f"{path}: made from another suite or model than this run's; "
+                                           "cannot score its answers")
+    return doc
+
+
+def _teacher_force(runner, run: RunDir, side: str, suite: dict, manifest: dict, other: dict, top_logprobs: int) -> int:
+    """`runner` scores every answer of `other`; whatever finished is written to
+    <side>/teacher-forced.json, the rest as errors. Returns how many answers carry an error."""
+    answers, done = answers_of(other), {}
+    try:
+        runner.score_answers(answers, top_logprobs=top_logprobs, on_record=lambda record: done.__setitem__(record.id, record))
+    finally:
+        records = [done.get(answer["id"]) or ForcedScore.failed(answer, NOT_RUN) for answer in answers]
+        write_json(run.teacher_forced(side), teacher_forced_doc(side, suite, manifest["sha256"], other, top_logprobs,
+                                                                records), "teacher-forced")
+    return sum(1 for record in records if record.error)
+
+
 def _template_warnings(side: str, records, log) -> list[str]:
     """Said at once, not only when compare runs: the server's own chat template rendered other
     prompt ids than the suite for some prompts."""
@@ -209,12 +241,16 @@ def run_side(side: str, setup: SideSetup, manifest: dict, *, backend: str | None
         setup.log(f"resume: keeping {len(done_gen)} prompts and {len(done_ppl)} passages that finished before")
     decoding = decoding_of(profile.decoding, profile.dtype)
     backend_type = backend_class(backend or DEFAULT_BACKEND[side])
+    other = _other_answers(run, side, suite, manifest)
+    forced_errors = 0
     try:
         with backend_type.open(setup) as runner:
             prompts, passages = _runnable(suite, runner.max_model_len, done_gen, done_ppl)
             runner.generate(prompts, top_logprobs=profile.decoding["top_logprobs"],
                             on_record=lambda record: done_gen.__setitem__(record.id, record))
             runner.score(passages, on_record=lambda record: done_ppl.__setitem__(record.id, record))
+            if other is not None:
+                forced_errors = _teacher_force(runner, run, side, suite, manifest, other, profile.decoding["top_logprobs"])
             where = runner.describe()
     finally:
         errors = _write_side(run, side, suite, manifest, decoding, done_gen, done_ppl)
@@ -224,7 +260,21 @@ def run_side(side: str, setup: SideSetup, manifest: dict, *, backend: str | None
         profile={"name": profile.name, "sha256": profile.sha256, "document": profile.document}, model_path=str(setup.model_dir),
         manifest_sha256=manifest["sha256"], suite_sha256=suite["sha256"], decoding=decoding, device=where["device"],
         server=where["server"], notes=notes, duration_s=time.monotonic() - started), "provenance")
-    return SideOutcome(side, run.side(side), run.generations(side), errors)
+    return SideOutcome(side, run.side(side), run.generations(side), errors + forced_errors)
+
+
+def cross_score_side(side: str, setup: SideSetup, manifest: dict, *, backend: str | None = None) -> SideOutcome:
+    """The side that ran first scores the answers of the side that ran after it (teacher forcing),
+    writing <side>/teacher-forced.json; its own records are left as they are."""
+    run = setup.run
+    other = _other_answers(run, side, setup.suite, manifest)
+    if other is None:
+        raise ResultFileError(f"{run.generations(other_side(side))}: file not found: run the {other_side(side)} side "
+                              f"before the {side} side scores its answers")
+    ensure_writable(run.side(side))
+    with backend_class(backend or DEFAULT_BACKEND[side]).open(setup) as runner:
+        errors = _teacher_force(runner, run, side, setup.suite, manifest, other, setup.profile.decoding["top_logprobs"])
+    return SideOutcome(side, run.side(side), run.teacher_forced(side), errors)
 
 
 def _setup(workspace: Workspace, request: Request, **extra) -> SideSetup:
@@ -258,6 +308,14 @@ def target(request: Request) -> SideOutcome:
 def reference(request: Request) -> SideOutcome:
     workspace = open_workspace(request)
     return run_side("reference", _setup(workspace, request), workspace.manifest)
+
+
+def cross_score(request: Request, side: str) -> SideOutcome:
+    """`side` scores the other side's answers (it ran first, so it could not then)."""
+    if side not in SIDES:
+        raise ValueError(f"side {side!r}: choose one of {', '.join(SIDES)}")
+    workspace = open_workspace(request)
+    return cross_score_side(side, _setup(workspace, request), workspace.manifest)
 
 
 def dummy(request: Request) -> dict:
@@ -325,14 +383,16 @@ def serve(request: Request, *, ready: Callable[[str, str], None], wait: Callable
 
 
 def demo(request: Request, *, lang: str) -> CompareOutcome:
-    """The whole path on the embedded tiny model, from an empty folder: prepare, target,
-    reference, compare, report."""
+    """The whole path on the embedded tiny model, from an empty folder: prepare, reference,
+    target (which scores the reference's answers while its server is up), the reference scoring
+    the target's answers, compare, report."""
     folder = RunDir.under(request.results_root, request.run).root
     if folder.exists():
         shutil.rmtree(folder)  # a demo's suite and manifest are this model's
     workspace = open_workspace(request)
-    run_side("target", _setup(workspace, request), workspace.manifest)
     run_side("reference", _setup(workspace, request), workspace.manifest)
+    run_side("target", _setup(workspace, request), workspace.manifest)
+    cross_score_side("reference", _setup(workspace, request), workspace.manifest)
     return compare(workspace.run, workspace.profile, lang=lang)
 
 
@@ -421,6 +481,8 @@ def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override
     target = read_json(run.generations("target"), "generations")
     dtype = target["decoding"]["dtype"]
     ensure_writable(run.compare.parent)
+    forced = {side: read_json(run.teacher_forced(side), "teacher-forced") if run.teacher_forced(side).is_file() else None
+              for side in SIDES}
     result = compare_mod.compare_runs(
         suite=read_json(run.suite, "suite"), target=target,
         reference=read_json(run.generations("reference"), "generations"),
@@ -428,6 +490,7 @@ def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override
         reference_ppl=read_json(run.perplexity("reference"), "perplexity"),
         thresholds=profile.thresholds(dtype), profile=profile.name,
         accuracy={side: accuracy_mod.read_side(run, side) for side in SIDES},
+        target_forced=forced["target"], reference_forced=forced["reference"],
     )
     if differences:
         result["profile_override"] = "; ".join(differences)

@@ -1,13 +1,14 @@
-"""The records both sides produce, whatever the backend: one generation record per suite prompt
-and one perplexity record per passage (schemas/generations and schemas/perplexity), and the
-documents that hold them. compare never needs to know which backend made a record."""
+"""The records both sides produce, whatever the backend: one generation record per suite prompt,
+one perplexity record per passage, and one teacher-forced record per answer of the other side
+(schemas/generations, schemas/perplexity, schemas/teacher-forced), and the documents that hold
+them. compare never needs to know which backend made a record."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from typing import TypeVar
 
-from llm_parity.results import schema_tag
+from llm_parity.results import schema_tag, sha256_of
 
 SIDES = ("target", "reference")
 
@@ -15,6 +16,10 @@ SIDES = ("target", "reference")
 class IncompatibleRuns(ValueError):
     """Target and reference were not produced from the same suite, model or decoding, or did not
     score the same thing."""
+
+
+def other_side(side: str) -> str:
+    return SIDES[1 - SIDES.index(side)]
 
 
 def sort_top_k(pairs, k: int) -> list[list]:
@@ -119,12 +124,53 @@ class PassageScore:
         return cls(id=doc["id"], logprobs=doc["logprobs"], error=doc["error"])
 
 
+@dataclass
+class ForcedScore:
+    """One side's distribution at every position of the other side's answer to one prompt
+    (teacher forcing: prompt + answer in one pass; schemas/teacher-forced, one item of records).
+
+    `logprobs[i]` is this side's logprob of `answer_ids[i]` given the prompt and `answer_ids[:i]`,
+    `top_logprobs[i]` its own top-k there."""
+
+    id: str
+    answer_ids: list[int]
+    logprobs: list[float]
+    top_logprobs: list[list]
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, answer: dict, error: str) -> "ForcedScore":
+        return cls(id=answer["id"], answer_ids=list(answer["answer_ids"]), logprobs=[], top_logprobs=[], error=error)
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "answer_ids": list(self.answer_ids), "logprobs": list(self.logprobs),
+                "top_logprobs": self.top_logprobs, "error": self.error}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "ForcedScore":
+        return cls(id=doc["id"], answer_ids=doc["answer_ids"], logprobs=doc["logprobs"],
+                   top_logprobs=doc["top_logprobs"], error=doc["error"])
+
+
+def answers_of(generations: dict) -> list[dict]:
+    """The answers of a generations document that can be scored by the other side: each prompt's
+    id, prompt ids and output ids, for prompts that were answered."""
+    return [{"id": r["id"], "prompt_ids": r["prompt_ids"], "answer_ids": r["output_ids"]}
+            for r in generations["records"] if not r["error"] and r["output_ids"]]
+
+
+def answers_hash(generations: dict) -> str:
+    """What a teacher-forced file scored: the hash of every answer's id and output ids, so a side
+    rerun since then is noticed."""
+    return sha256_of([[answer["id"], answer["answer_ids"]] for answer in answers_of(generations)])
+
+
 def decoding_of(profile_decoding: dict, dtype: str) -> dict:
     return {"temperature": 0, "top_logprobs": profile_decoding["top_logprobs"], "dtype": dtype}
 
 
 # Either record type, for code that handles both the same way.
-Record = TypeVar("Record", Generation, PassageScore)
+Record = TypeVar("Record", Generation, PassageScore, ForcedScore)
 
 
 def generations_doc(side: str, suite: dict, manifest_sha256: str, decoding: dict, records: list[Generation]) -> dict:
@@ -136,3 +182,12 @@ def generations_doc(side: str, suite: dict, manifest_sha256: str, decoding: dict
 def perplexity_doc(side: str, suite: dict, manifest_sha256: str, records: list[PassageScore]) -> dict:
     return {"schema": schema_tag("perplexity"), "side": side, "suite_sha256": suite["sha256"],
             "model_manifest_sha256": manifest_sha256, "records": [record.to_json() for record in records]}
+
+
+def teacher_forced_doc(side: str, suite: dict, manifest_sha256: str, other_generations: dict, top_logprobs: int,
+                       records: list[ForcedScore]) -> dict:
+    """`side`'s scores of the answers in `other_generations` (the other side's generations document)."""
+    return {"schema": schema_tag("teacher-forced"), "side": side, "answers_of": other_generations["side"],
+            "suite_sha256": suite["sha256"], "model_manifest_sha256": manifest_sha256,
+            "answers_sha256": answers_hash(other_generations), "top_logprobs": top_logprobs,
+            "records": [record.to_json() for record in records]}

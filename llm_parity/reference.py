@@ -17,7 +17,7 @@ from pathlib import Path
 
 from llm_parity.backend import Backend, SideSetup
 from llm_parity.progress import note
-from llm_parity.records import Generation, PassageScore, Record, sort_top_k
+from llm_parity.records import ForcedScore, Generation, PassageScore, Record, sort_top_k
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 # Share of the free memory a batch may take: the estimate counts the KV cache and the logits,
@@ -133,10 +133,11 @@ class TransformersRunner:
                   + max((p["max_tokens"] for p in prompts), default=0))
         return self._batch_size(self.sequence_bytes(tokens, logit_rows=1), len(prompts))
 
-    def passage_batch_size(self, passages: list[dict]) -> int:
-        """Passages per batch: one forward pass holds logits for every position of every row."""
-        tokens = max((len(p["ids"]) for p in passages), default=0)
-        return self._batch_size(self.sequence_bytes(tokens, logit_rows=tokens), len(passages))
+    def forward_batch_size(self, lengths: list[int]) -> int:
+        """Sequences (passages, prompt + answer) per batch of one forward pass, which holds logits
+        for every position of every row."""
+        tokens = max(lengths, default=0)
+        return self._batch_size(self.sequence_bytes(tokens, logit_rows=tokens), len(lengths))
 
     def _forward(self, input_ids, attention_mask, position_ids, past_key_values=None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -237,21 +238,40 @@ class TransformersRunner:
         """One prompt: a batch of one."""
         return self.generate_batch([prompt], top_logprobs=top_logprobs)[0]
 
-    def perplexity_batch(self, passages: list[dict]) -> list[PassageScore]:
-        """One forward pass over right-padded passages; logprob of each real token given the ones
-        before it (padding comes after a row's tokens, so it never sits in their context)."""
+    def _scored(self, sequences: list[list[int]], starts: list[int], top_logprobs: int) -> list[tuple[list, list]]:
+        """One forward pass over right-padded sequences; for each, from token `start` on, the
+        logprob of every token given the ones before it and the top-k there (none when
+        `top_logprobs` is 0). Padding comes after a row's tokens, so it never sits in their context."""
         torch = self.torch
-        self._check_ids([passage["ids"] for passage in passages])
-        lengths = [len(passage["ids"]) for passage in passages]
-        width = max(lengths)
-        ids = torch.tensor([list(p["ids"]) + [PAD_ID] * (width - n) for p, n in zip(passages, lengths)],
-                           device=self.device)
-        mask = torch.tensor([[1] * n + [0] * (width - n) for n in lengths], device=self.device)
+        self._check_ids(sequences)
+        width = max(len(ids) for ids in sequences)
+        ids = torch.tensor([list(row) + [PAD_ID] * (width - len(row)) for row in sequences], device=self.device)
+        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in sequences], device=self.device)
+        scored = []
         with torch.inference_mode():
             logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            scores = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            chosen = scores.gather(2, ids[:, 1:].unsqueeze(2)).squeeze(2).tolist()
-        return [PassageScore(id=passage["id"], logprobs=row[:n - 1]) for passage, row, n in zip(passages, chosen, lengths)]
+            for index, (tokens, start) in enumerate(zip(sequences, starts)):
+                scores = torch.log_softmax(logits[index, start - 1:len(tokens) - 1].float(), dim=-1)
+                chosen = scores.gather(1, ids[index, start:len(tokens)].unsqueeze(1)).squeeze(1).tolist()
+                if not top_logprobs:
+                    scored.append((chosen, []))
+                    continue
+                values, indices = torch.topk(scores, top_logprobs, dim=-1)
+                scored.append((chosen, [sort_top_k(zip(i, v), top_logprobs)
+                                        for i, v in zip(indices.tolist(), values.tolist())]))
+        return scored
+
+    def perplexity_batch(self, passages: list[dict]) -> list[PassageScore]:
+        """Logprob of each passage token given the ones before it, one forward pass for the batch."""
+        scored = self._scored([passage["ids"] for passage in passages], [1] * len(passages), 0)
+        return [PassageScore(id=passage["id"], logprobs=chosen) for passage, (chosen, _) in zip(passages, scored)]
+
+    def score_answers_batch(self, answers: list[dict], *, top_logprobs: int) -> list[ForcedScore]:
+        """Teacher forcing: each answer scored after its prompt, one forward pass for the batch."""
+        scored = self._scored([a["prompt_ids"] + a["answer_ids"] for a in answers],
+                              [len(a["prompt_ids"]) for a in answers], top_logprobs)
+        return [ForcedScore(id=answer["id"], answer_ids=list(answer["answer_ids"]), logprobs=chosen, top_logprobs=top)
+                for answer, (chosen, top) in zip(answers, scored)]
 
     def perplexity(self, passage: dict) -> PassageScore:
         """One passage: a batch of one."""
@@ -351,9 +371,18 @@ def reference_scores(runner: TransformersRunner, passages: list[dict], *, log=no
                      on_record=lambda record: None) -> list[PassageScore]:
     """Prompt logprobs of every passage, in the passages' order."""
     _check_batch_size(batch_size)
-    batches = length_batches([len(passage["ids"]) for passage in passages],
-                             batch_size or runner.passage_batch_size(passages), PASSAGE_PADDING_LIMIT)
+    lengths = [len(passage["ids"]) for passage in passages]
+    batches = length_batches(lengths, batch_size or runner.forward_batch_size(lengths), PASSAGE_PADDING_LIMIT)
     return _run_batched(passages, batches, runner.perplexity_batch, PassageScore.failed, log, "perplexity ", on_record)
+
+
+def reference_answer_scores(runner: TransformersRunner, answers: list[dict], *, top_logprobs: int, log=note,
+                            on_record=lambda record: None) -> list[ForcedScore]:
+    """Teacher-forced scores of the other side's answers, in the answers' order."""
+    lengths = [len(answer["prompt_ids"]) + len(answer["answer_ids"]) for answer in answers]
+    batches = length_batches(lengths, runner.forward_batch_size(lengths), PASSAGE_PADDING_LIMIT)
+    return _run_batched(answers, batches, partial(runner.score_answers_batch, top_logprobs=top_logprobs),
+                        ForcedScore.failed, log, "teacher-forced ", on_record)
 
 
 def run_reference(runner: TransformersRunner, suite: dict, *, top_logprobs: int, log=note,
@@ -392,6 +421,10 @@ class TransformersBackend(Backend):
 
     def score(self, passages: list[dict], *, on_record: Callable[[PassageScore], None]) -> None:
         reference_scores(self.runner, passages, log=self._log, on_record=on_record)
+
+    def score_answers(self, answers: list[dict], *, top_logprobs: int,
+                      on_record: Callable[[ForcedScore], None]) -> None:
+        reference_answer_scores(self.runner, answers, top_logprobs=top_logprobs, log=self._log, on_record=on_record)
 
     def describe(self) -> dict:
         return {"device": self.runner.device, "server": None}

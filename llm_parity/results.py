@@ -187,6 +187,10 @@ class RunDir:
     def perplexity(self, side: str) -> Path:
         return self.root / side / "perplexity.json"
 
+    def teacher_forced(self, side: str) -> Path:
+        """`side`'s scores of the other side's answers."""
+        return self.root / side / "teacher-forced.json"
+
     def provenance(self, side: str) -> Path:
         return self.root / side / "provenance.json"
 

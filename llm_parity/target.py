@@ -17,7 +17,7 @@ from llm_parity.backend import Backend, SideSetup
 from llm_parity.http import http_session
 from llm_parity.progress import note
 from llm_parity.provenance import VLLM_CPU_NOTE, numeric_env, serving_device
-from llm_parity.records import Generation, PassageScore, Record, sort_top_k
+from llm_parity.records import ForcedScore, Generation, PassageScore, Record, sort_top_k
 from llm_parity.serve import ServerSpec, VllmServer, is_vllm_cpu, serving
 
 TOKEN_ID_PREFIX = "token_id:"
@@ -119,15 +119,29 @@ class VllmHttpClient:
         ids = body.get("prompt_token_ids") or body["choices"][0].get("prompt_token_ids")
         return list(ids) if ids is not None else None
 
-    def perplexity(self, passage: dict) -> PassageScore:
-        """Prompt logprobs of a passage in one request."""
+    def prompt_logprobs(self, ids: list[int], top_logprobs: int) -> list[dict]:
+        """For each token of `ids` after the first, {token id: logprob} of the `top_logprobs` best
+        tokens there and of the token itself, in one request (vLLM's `prompt_logprobs`)."""
         body = self._post("/v1/completions", {
-            "model": self.model, "prompt": passage["ids"], "max_tokens": 1, "temperature": 0,
-            "prompt_logprobs": 1,
+            "model": self.model, "prompt": list(ids), "max_tokens": 1, "temperature": 0,
+            "prompt_logprobs": top_logprobs,
         })
         entries = body["choices"][0].get("prompt_logprobs") or body.get("prompt_logprobs")
-        logprobs = [float(entry[str(token)]["logprob"]) for token, entry in zip(passage["ids"][1:], entries[1:])]
-        return PassageScore(id=passage["id"], logprobs=logprobs)
+        return [{int(token): float(value["logprob"]) for token, value in entry.items()} for entry in entries[1:]]
+
+    def perplexity(self, passage: dict) -> PassageScore:
+        """Prompt logprobs of a passage in one request."""
+        entries = self.prompt_logprobs(passage["ids"], 1)
+        return PassageScore(id=passage["id"], logprobs=[entry[token] for token, entry in zip(passage["ids"][1:], entries)])
+
+    def score_answer(self, answer: dict, *, top_logprobs: int) -> ForcedScore:
+        """The other side's answer scored after its prompt, in one request: the logprob of each
+        answer token and the top-k at its position."""
+        entries = self.prompt_logprobs(answer["prompt_ids"] + answer["answer_ids"], top_logprobs)
+        along = entries[len(answer["prompt_ids"]) - 1:]
+        return ForcedScore(id=answer["id"], answer_ids=list(answer["answer_ids"]),
+                           logprobs=[entry[token] for token, entry in zip(answer["answer_ids"], along)],
+                           top_logprobs=[sort_top_k(entry.items(), top_logprobs) for entry in along])
 
 
 def _token_id(token: str) -> int:
@@ -172,6 +186,13 @@ def query_perplexity(client: VllmHttpClient, passages: list[dict], *, concurrenc
                      label="query perplexity", on_record=on_record, log=log)
 
 
+def query_answer_scores(client: VllmHttpClient, answers: list[dict], *, top_logprobs: int, concurrency: int,
+                        on_record: Callable[[ForcedScore], None], log=note) -> None:
+    run_concurrently(answers, lambda answer: client.score_answer(answer, top_logprobs=top_logprobs),
+                     ForcedScore.failed, concurrency=concurrency, label="query teacher-forced", on_record=on_record,
+                     log=log)
+
+
 class VllmHttpBackend(Backend):
     """The target: a `vllm serve` started with the profile's flags (or one already running),
     queried over its OpenAI-compatible API with up to max-num-seqs requests in flight."""
@@ -211,6 +232,11 @@ class VllmHttpBackend(Backend):
 
     def score(self, passages: list[dict], *, on_record: Callable[[PassageScore], None]) -> None:
         query_perplexity(self.client, passages, concurrency=self.spec.max_num_seqs, on_record=on_record, log=self._log)
+
+    def score_answers(self, answers: list[dict], *, top_logprobs: int,
+                      on_record: Callable[[ForcedScore], None]) -> None:
+        query_answer_scores(self.client, answers, top_logprobs=top_logprobs, concurrency=self.spec.max_num_seqs,
+                            on_record=on_record, log=self._log)
 
     def describe(self) -> dict:
         ours = self.server is not None

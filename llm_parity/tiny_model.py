@@ -48,6 +48,11 @@ ARCHITECTURE = {
     "eos_token_id": [chat_template.END_OF_TEXT_ID, chat_template.END_OF_TURN_ID],
 }
 TRAINING = {"seed": 1234, "steps": 160, "batch_size": 4, "learning_rate": 3e-3, "max_length": 192}
+# Variants of the training recipe, each a change to TRAINING. "split" stops early, so its logits
+# are flatter and bf16 rounding flips some greedy near-ties on the real server: a model whose
+# answers split, for the teacher-forced measures. The default stays as it is (its recipe's hash
+# names the cached model).
+VARIANTS = {"default": {}, "split": {"steps": 12}}
 
 
 def llama3_tokenizer_json() -> Path:
@@ -102,12 +107,18 @@ def _encode(tokenizer, item) -> list[int]:
     return [chat_template.BOS_ID] + tokenizer(payload, add_special_tokens=False)["input_ids"] + [chat_template.END_OF_TEXT_ID]
 
 
-def recipe(training_source: dict) -> dict:
+def training_of(variant: str) -> dict:
+    if variant not in VARIANTS:
+        raise ValueError(f"tiny model variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+    return {**TRAINING, **VARIANTS[variant]}
+
+
+def recipe(training_source: dict, variant: str = "default") -> dict:
     """Everything the model's weights depend on."""
     return {
         "version": RECIPE_VERSION,
         "architecture": ARCHITECTURE,
-        "training": TRAINING,
+        "training": training_of(variant),
         "tokenizer_config": TOKENIZER_CONFIG,
         "generation_config": GENERATION_CONFIG,
         "tokenizer": sha256_file(llama3_tokenizer_json()),
@@ -115,8 +126,13 @@ def recipe(training_source: dict) -> dict:
     }
 
 
-def recipe_key(training_source: dict) -> str:
-    return sha256_of(recipe(training_source))[:16]
+def recipe_key(training_source: dict, variant: str = "default") -> str:
+    return sha256_of(recipe(training_source, variant))[:16]
+
+
+def folder_name(training_source: dict, variant: str = "default") -> str:
+    named = "" if variant == "default" else f"{variant}-"
+    return f"tiny-llama-3-{named}{recipe_key(training_source, variant)}"
 
 
 def rebuild_reason(cache_dir: Path, wanted: dict) -> str:
@@ -130,22 +146,22 @@ def rebuild_reason(cache_dir: Path, wanted: dict) -> str:
     return f"the recipe changed since {built[-1].parent.name}: {names or 'nothing recorded differs'}"
 
 
-def _train(folder: Path, training_source: dict, log) -> None:
+def _train(folder: Path, training_source: dict, training: dict, log) -> None:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(TRAINING["seed"])
+    torch.manual_seed(training["seed"])
     write_tokenizer(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    sequences = [_encode(tokenizer, item)[: TRAINING["max_length"]] for item in training_texts(training_source)]
+    sequences = [_encode(tokenizer, item)[: training["max_length"]] for item in training_texts(training_source)]
 
     model = LlamaForCausalLM(LlamaConfig(**ARCHITECTURE))
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=TRAINING["learning_rate"], weight_decay=0.0)
-    generator = torch.Generator().manual_seed(TRAINING["seed"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=training["learning_rate"], weight_decay=0.0)
+    generator = torch.Generator().manual_seed(training["seed"])
     started = time.monotonic()
-    for step in range(TRAINING["steps"]):
-        pick = torch.randperm(len(sequences), generator=generator)[: TRAINING["batch_size"]].tolist()
+    for step in range(training["steps"]):
+        pick = torch.randperm(len(sequences), generator=generator)[: training["batch_size"]].tolist()
         batch = [sequences[i] for i in pick]
         width = max(len(seq) for seq in batch)
         input_ids = torch.full((len(batch), width), chat_template.END_OF_TEXT_ID)
@@ -159,27 +175,28 @@ def _train(folder: Path, training_source: dict, log) -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if step % 20 == 0 or step == TRAINING["steps"] - 1:
-            log(f"  step {step + 1:>3}/{TRAINING['steps']}  loss {loss.item():.3f}  ({time.monotonic() - started:.0f} s)")
+        if step % 20 == 0 or step == training["steps"] - 1:
+            log(f"  step {step + 1:>3}/{training['steps']}  loss {loss.item():.3f}  ({time.monotonic() - started:.0f} s)")
     model.eval()
     model.save_pretrained(folder, safe_serialization=True)
     write_tokenizer(folder)  # save_pretrained may rewrite generation_config.json; keep ours
 
 
-def build_tiny_model(*, training_path: Path = TRAINING_TEXT, cache_dir: Path = CACHE_DIR, log=print) -> Path:
-    """Return the folder of the tiny model, building and training it first if not cached."""
+def build_tiny_model(*, variant: str = "default", training_path: Path = TRAINING_TEXT, cache_dir: Path = CACHE_DIR,
+                     log=print) -> Path:
+    """Return the folder of the tiny model (the recipe's `variant`), building and training it first if not cached."""
     training_source = load_suite_source(training_path)
-    wanted = recipe(training_source)
-    folder = Path(cache_dir) / f"tiny-llama-3-{recipe_key(training_source)}"
+    wanted = recipe(training_source, variant)
+    folder = Path(cache_dir) / folder_name(training_source, variant)
     if (folder / "model.safetensors").is_file():
         log(f"tiny model: reusing {folder}")
         return folder
-    log(f"tiny model: building {folder.name} ({TRAINING['steps']} training steps on the CPU) because "
+    log(f"tiny model: building {folder.name} ({wanted['training']['steps']} training steps on the CPU) because "
         f"{rebuild_reason(cache_dir, wanted)}")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
     try:
-        _train(staging, training_source, log)
+        _train(staging, training_source, wanted["training"], log)
         (staging / RECIPE_FILE).write_text(json.dumps(wanted, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         try:
             staging.rename(folder)

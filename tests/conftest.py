@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from llm_parity import cli, pipeline
+from llm_parity.backend import SideSetup
 from llm_parity.download import ModelOrigin
 from llm_parity.profiles import DEMO_PROFILE, load_profile
 from llm_parity.results import RunDir, read_json
@@ -38,13 +39,16 @@ def vllm_server(tiny_model_dir, demo_profile, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_run(vllm_server, tiny_model_dir, demo_profile, tmp_path_factory) -> RunDir:
-    """A complete results folder: suite, manifest, target (via the shared server), reference, report."""
+    """A complete results folder: suite, manifest, target (via the shared server), reference (which
+    scores the target's answers), the target scoring the reference's answers, report."""
     run = RunDir(tmp_path_factory.mktemp("results") / "demo")
     suite, manifest = pipeline.prepare(run, demo_profile, tiny_model_dir, ModelOrigin("local", tiny_model_dir.name))
     pipeline.target_side(run, demo_profile, tiny_model_dir, suite, manifest, running=vllm_server,
                          cache_dir=Path(".cache"))
     shutil.copyfile(vllm_server.log_path, run.server_log)
     pipeline.reference_side(run, demo_profile, tiny_model_dir, suite, manifest)
+    setup = SideSetup(profile=demo_profile, model_dir=tiny_model_dir, suite=suite, run=run, running=vllm_server)
+    pipeline.cross_score_side("target", setup, manifest)
     pipeline.compare(run, demo_profile)
     return run
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llm_parity.backend import Backend, SideSetup
-from llm_parity.records import Generation, PassageScore
+from llm_parity.records import ForcedScore, Generation, PassageScore
 from llm_parity.results import RunDir, read_json
 
 
@@ -17,8 +17,8 @@ class RecordedBackend(Backend):
     name = "recorded"
     label = "records of a results folder"
 
-    def __init__(self, generations: dict[str, dict], scores: dict[str, dict], source: Path):
-        self.generations, self.scores, self.source = generations, scores, source
+    def __init__(self, generations: dict[str, dict], scores: dict[str, dict], forced: dict[str, dict], source: Path):
+        self.generations, self.scores, self.forced, self.source = generations, scores, forced, source
 
     @classmethod
     def open(cls, setup: SideSetup) -> "RecordedBackend":
@@ -26,7 +26,10 @@ class RecordedBackend(Backend):
         side = setup.options.get("side", "reference")
         generations = read_json(recorded.generations(side), "generations")["records"]
         scores = read_json(recorded.perplexity(side), "perplexity")["records"]
-        return cls({r["id"]: r for r in generations}, {r["id"]: r for r in scores}, recorded.root)
+        path = recorded.teacher_forced(side)
+        forced = read_json(path, "teacher-forced")["records"] if path.is_file() else []
+        return cls({r["id"]: r for r in generations}, {r["id"]: r for r in scores}, {r["id"]: r for r in forced},
+                   recorded.root)
 
     @property
     def max_model_len(self) -> int:
@@ -39,6 +42,11 @@ class RecordedBackend(Backend):
     def score(self, passages: list[dict], *, on_record: Callable[[PassageScore], None]) -> None:
         for passage in passages:
             on_record(PassageScore.from_json(self.scores[passage["id"]]))
+
+    def score_answers(self, answers: list[dict], *, top_logprobs: int,
+                      on_record: Callable[[ForcedScore], None]) -> None:
+        for answer in answers:
+            on_record(ForcedScore.from_json(self.forced[answer["id"]]))
 
     def describe(self) -> dict:
         return {"device": "recorded", "server": None, "notes": [f"records taken from {self.source}"]}

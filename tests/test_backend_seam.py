@@ -47,8 +47,9 @@ def test_a_backend_that_answers_from_recorded_records_runs_through_the_same_seam
                                                                                  tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(BACKENDS, "recorded", "recorded_backend:RecordedBackend")
     run = RunDir(tmp_path / "answered")
-    run.root.mkdir()
+    run.side("target").mkdir(parents=True)
     shutil.copyfile(demo_run.suite, run.suite)
+    shutil.copyfile(demo_run.generations("target"), run.generations("target"))  # so the replay scores its answers
     manifest = read_json(demo_run.manifest, "manifest")
     setup = SideSetup(profile=demo_profile, model_dir=tiny_model_dir, suite=suite, run=run,
                       options={"records_from": str(demo_run.root), "side": "reference"})
@@ -56,6 +57,7 @@ def test_a_backend_that_answers_from_recorded_records_runs_through_the_same_seam
     assert outcome.errors == 0
     assert run.generations("reference").read_bytes() == demo_run.generations("reference").read_bytes()
     assert run.perplexity("reference").read_bytes() == demo_run.perplexity("reference").read_bytes()
+    assert run.teacher_forced("reference").read_bytes() == demo_run.teacher_forced("reference").read_bytes()
     provenance = read_json(run.provenance("reference"), "provenance")
     assert (provenance["backend"], provenance["device"]) == ("recorded", "recorded")
     assert [Generation.from_json(r).to_json() for r in read_json(run.generations("reference"), "generations")["records"]] \

@@ -5,13 +5,16 @@ import pytest
 
 from llm_parity.compare import (IncompatibleRuns, compare_runs, failing_checks, token_accounting, unchecked_checks,
                                  verdict_reasons)
-from llm_parity.records import Generation, PassageScore, decoding_of, generations_doc, perplexity_doc
+from llm_parity.records import (ForcedScore, Generation, PassageScore, decoding_of, generations_doc, perplexity_doc,
+                                teacher_forced_doc)
 from llm_parity.results import ResultFileError, validate
 
 EOS = 9
 SUITE_SHA = "a" * 64
 MODEL_SHA = "b" * 64
-STRICT = {"token_match": "exact", "max_abs_logprob_diff": 1e-4, "perplexity_rel_diff": 1e-3, "why": "test"}
+FORCED_LIMITS = {"mean_kld": 1e-4, "kld_p99": 1e-3, "same_top1_rate": 1.0, "rms_delta_p": 1e-3, "why": "test"}
+STRICT = {"token_match": "exact", "max_abs_logprob_diff": 1e-4, "perplexity_rel_diff": 1e-3, "why": "test",
+          "teacher_forced": FORCED_LIMITS}
 LOOSE = {**STRICT, "token_match": "top_k", "max_abs_logprob_diff": 0.25}
 
 
@@ -39,23 +42,34 @@ def scores(side, suite, records):
 PASSAGE = {"id": "x", "logprobs": [-1.0, -2.0], "perplexity": 4.48, "error": None}
 
 
-def compare_many(targets, references, thresholds=STRICT, passages=(PASSAGE,)):
-    """compare_runs on a suite made of the targets' prompts, both sides scoring the same `passages`."""
+def mirrored(scorer, suite, answers):
+    """`scorer`'s teacher-forced scores of the answers in the generations document `answers`, equal
+    to the answering side's own logprobs and top-k (two sides that agree exactly)."""
+    records = [ForcedScore(id=r["id"], answer_ids=r["output_ids"], logprobs=r["logprobs"], top_logprobs=r["top_logprobs"])
+               for r in answers["records"] if not r["error"] and r["output_ids"]]
+    return teacher_forced_doc(scorer, suite, MODEL_SHA, answers, 2, records)
+
+
+def compare_many(targets, references, thresholds=STRICT, passages=(PASSAGE,), forced=mirrored):
+    """compare_runs on a suite made of the targets' prompts, both sides scoring the same `passages`
+    and each other's answers with `forced(scorer, suite, answers)` (None: no teacher forcing)."""
     suite = {"sha256": SUITE_SHA, "stop_ids": [EOS],
              "prompts": [{"id": target["id"], "prompt_ids": target["prompt_ids"]} for target in targets]}
     decoding = decoding_of({"top_logprobs": 2}, "float32")
+    target = generations("target", suite, targets, decoding)
+    reference = generations("reference", suite, references, decoding)
     return compare_runs(
-        suite=suite,
-        target=generations("target", suite, targets, decoding),
-        reference=generations("reference", suite, references, decoding),
+        suite=suite, target=target, reference=reference,
         target_ppl=scores("target", suite, passages),
         reference_ppl=scores("reference", suite, passages),
         thresholds=thresholds, profile="test",
+        target_forced=forced and forced("target", suite, reference),
+        reference_forced=forced and forced("reference", suite, target),
     )
 
 
-def compare_one(target, reference, thresholds=STRICT):
-    return compare_many([target], [reference], thresholds)
+def compare_one(target, reference, thresholds=STRICT, forced=mirrored):
+    return compare_many([target], [reference], thresholds, forced=forced)
 
 
 def check(result, name):
@@ -215,7 +229,8 @@ def test_checks_keep_their_names_and_order():
     result = compare_one(record([5]), record([5]))
     assert [c["name"] for c in result["checks"]] == [
         "all_prompts_answered", "prompt_ids_from_suite", "chat_template", "token_ids", "text",
-        "max_abs_logprob_diff", "perplexity_rel_diff", "token_accounting"]
+        "max_abs_logprob_diff", "perplexity_rel_diff", "token_accounting", "teacher_forced_scored", "kld_mean",
+        "kld_p99", "same_top1", "rms_delta_p"]
 
 
 def test_failing_checks_name_the_measured_value_and_threshold():
@@ -267,3 +282,78 @@ def test_perplexity_difference_over_threshold_fails():
         target_ppl=target_ppl, reference_ppl=reference_ppl, thresholds=STRICT, profile="test")
     assert check(result, "perplexity_rel_diff")["measured"] == pytest.approx((math.exp(1.01) - math.exp(1.0)) / math.exp(1.01))
     assert result["verdict"] == "fail"
+
+
+def test_teacher_forced_measures_cover_every_distinct_prefix_of_both_answers():
+    # Split at position 1: the target's 3 positions, then the reference's answer past the split (position 2).
+    result = compare_one(record([5, 7, EOS]), record([5, 8, EOS]), LOOSE)
+    forced = result["prompts"][0]["teacher_forced"]
+    assert forced["error"] is None and forced["summary"]["positions"] == 4
+    assert result["summary"]["teacher_forced"]["mean_kld"] == pytest.approx(0.0, abs=1e-12)
+    assert {c["name"]: c["status"] for c in result["checks"]}["kld_mean"] == "pass"
+    # One answer ends where the other goes on: its last prefix is new to the shorter answer.
+    longer = compare_one(record([5, 6]), record([5, 6, 7]), LOOSE)
+    assert longer["prompts"][0]["teacher_forced"]["summary"]["positions"] == 3
+
+
+def sharper(scorer, suite, answers):
+    """Teacher-forced scores whose top-1 is more sure than the answering side's own (0.9 vs e^-0.1)."""
+    doc = mirrored(scorer, suite, answers)
+    for r in doc["records"]:
+        r["logprobs"] = [math.log(0.9)] * len(r["answer_ids"])
+        r["top_logprobs"] = [[[token, math.log(0.9)], [100 + token, math.log(0.05)]] for token in r["answer_ids"]]
+    return doc
+
+
+def test_distributions_that_differ_fail_the_kld_limits_with_the_measured_values():
+    result = compare_one(record([5, 6]), record([5, 6]), forced=sharper)
+    # Every position of the target's answer (the reference scored it): P = (0.9, 0.05 | 0.05),
+    # Q = (e^-0.1, e^-2.1 | rest) = (0.904837, 0.122456 | -0.027293 -> 0, floored at 1e-12).
+    kld = 0.9 * math.log(0.9 / math.exp(-0.1)) + 0.05 * math.log(0.05 / math.exp(-2.1)) + 0.05 * math.log(0.05 / 1e-12)
+    summary = result["summary"]["teacher_forced"]
+    assert summary["positions"] == 2 and summary["mean_kld"] == pytest.approx(kld)
+    statuses = {c["name"]: c["status"] for c in result["checks"]}
+    assert statuses["kld_mean"] == statuses["kld_p99"] == statuses["rms_delta_p"] == "fail"
+    assert statuses["same_top1"] == "pass" and result["verdict"] == "fail"
+    assert any(line.startswith("kld_mean: ") for line in failing_checks(result))
+
+
+def compare_with_forced(make_forced):
+    """compare_one on equal answers where the test builds the teacher-forced documents itself."""
+    return compare_one(record([5, 6]), record([5, 6]), forced=make_forced)
+
+
+def test_without_teacher_forcing_the_checks_say_what_to_run():
+    result = compare_with_forced(None)
+    scored = check(result, "teacher_forced_scored")
+    assert scored["status"] == "not_checked" and "cross-score --scorer reference" in scored["detail"]
+    assert set(unchecked_checks(result)) >= {"teacher_forced_scored", "kld_mean", "kld_p99", "same_top1", "rms_delta_p"}
+    assert result["verdict"] == "pass" and result["summary"]["teacher_forced"] is None
+
+
+def test_scores_of_answers_that_have_changed_since_are_not_used():
+    def stale(scorer, suite, answers):
+        old = {**answers, "records": [{**r, "output_ids": [5, 9]} for r in answers["records"]]}
+        return mirrored(scorer, suite, old)
+    result = compare_with_forced(stale)
+    assert "cross-score --scorer reference again" in check(result, "teacher_forced_scored")["detail"]
+    assert "kld_mean" in unchecked_checks(result)
+
+
+def test_an_answer_the_other_side_could_not_score_fails_the_scored_check():
+    def one_failed(scorer, suite, answers):
+        doc = mirrored(scorer, suite, answers)
+        if scorer == "target":
+            doc["records"][0] = ForcedScore.failed({"id": "p1", "answer_ids": [5, 6]}, "HTTP 400").to_json()
+        return doc
+    result = compare_with_forced(one_failed)
+    scored = check(result, "teacher_forced_scored")
+    assert scored["status"] == "fail" and "the target could not score this answer: HTTP 400" in scored["detail"]
+
+
+def test_without_profile_limits_the_measures_are_reported_but_not_judged():
+    thresholds = {key: value for key, value in STRICT.items() if key != "teacher_forced"}
+    result = compare_one(record([5, 6]), record([5, 6]), thresholds)
+    kld = check(result, "kld_mean")
+    assert kld["status"] == "not_checked" and kld["measured"] == pytest.approx(0.0, abs=1e-12)
+    assert "no teacher-forced thresholds" in kld["detail"]

@@ -145,7 +145,7 @@ def test_sequence_bytes_come_from_the_model_config(runner):
     kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4  # float32
     assert runner.sequence_bytes(101, logit_rows=1) - runner.sequence_bytes(100, logit_rows=1) == kv_per_token
     assert runner.sequence_bytes(100, logit_rows=2) - runner.sequence_bytes(100, logit_rows=1) >= config.vocab_size * 4
-    assert 1 <= runner.passage_batch_size([{"ids": [1] * 50}] * 3) <= 3
+    assert 1 <= runner.forward_batch_size([50] * 3) <= 3
 
 
 def random_model(folder, tiny_model_dir, model_class, config):

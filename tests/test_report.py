@@ -67,3 +67,27 @@ def test_perplexity_not_checked_in_the_precision_table():
     en = render_markdown(build_report(compare, PROVENANCE, manifest=MANIFEST, lang="en"))
     rows = [line for line in en.splitlines() if line.startswith("| perplexity relative difference")]
     assert len(rows) == 2 and all("⚪ not checked" in row for row in rows)
+
+
+def test_teacher_forced_section_gives_the_run_summary_per_prompt_and_the_bound():
+    from test_compare import sharper
+
+    from llm_parity.report.html import decade_counts, render_html
+
+    compare = compare_one(record([5, 6]), record([5, 6]), forced=sharper)
+    report = build_report(compare, PROVENANCE, manifest=MANIFEST, lang="en")
+    en = render_markdown(report)
+    assert "## Past the split: distributions under teacher forcing" in en
+    row = next(line for line in en.splitlines() if line.startswith("| p1 | 2 |"))
+    assert "100 %" in row  # same top-1 at both positions
+    assert "mean KLD 1.18 ± 0" in en and "99.9 %: 1.18" in en and "a lower bound on the full-vocabulary KL" in en
+    assert "表 KL 的下界" in render_markdown(build_report(compare, PROVENANCE, manifest=MANIFEST))
+    assert "Distribution of the KLD per position" in render_html(report, compare)
+    assert decade_counts([0.0, 3e-13, 2e-3, 5e-3, 0.5]) == (
+        ["≤1e-12"] + [f"1e{d}" for d in range(-11, 0)], [2] + [0] * 8 + [2, 0, 1])
+
+
+def test_without_teacher_forcing_the_report_says_what_is_missing():
+    compare = compare_one(record([5]), record([5]), forced=None)
+    en = render_markdown(build_report(compare, PROVENANCE, manifest=MANIFEST, lang="en"))
+    assert "No teacher-forced scores: the reference has not scored the target's answers" in en

@@ -52,3 +52,20 @@ def test_a_rebuild_says_which_part_of_the_recipe_changed(tmp_path):
                                                  "suite": "0" * 64}))
     assert rebuild_reason(tmp_path, wanted) == ("the recipe changed since tiny-llama-3-0123456789abcdef: "
                                                 "training, training text")
+
+
+def test_the_split_variant_is_another_model_and_the_default_stays_as_it_was(tiny_model_dir):
+    from llm_parity.tiny_model import TRAINING, TRAINING_TEXT, folder_name, recipe, training_of
+
+    source = load_suite_source(TRAINING_TEXT)
+    assert recipe(source)["training"] == TRAINING and folder_name(source) == tiny_model_dir.name
+    split = folder_name(source, "split")
+    assert split.startswith("tiny-llama-3-split-") and split != tiny_model_dir.name
+    assert training_of("split")["steps"] < TRAINING["steps"]
+    assert load_profile("tiny-llama-split").model["tiny_variant"] == "split"
+    try:
+        training_of("flat")
+    except ValueError as err:
+        assert "choose one of default, split" in str(err)
+    else:
+        raise AssertionError("an unknown variant was accepted")

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from llm_parity.compare import FAIL, PASS, unchecked_checks
 from llm_parity.report.strings import CHECK_NAMES, STRINGS, detail_text
 
-PRECISION_CHECKS = ("token_ids", "text", "max_abs_logprob_diff", "perplexity_rel_diff")
+PRECISION_CHECKS = ("token_ids", "text", "max_abs_logprob_diff", "perplexity_rel_diff", "kld_mean", "kld_p99", "same_top1",
+                    "rms_delta_p")
 
 
 @dataclass
@@ -74,6 +75,43 @@ def _precision(s: dict, compare: dict, lang: str) -> Section:
                      [s["min_margin"], "—", fmt(summary["min_reference_margin"]), ""]]
     section.notes = [f"{s['why']}: {compare['thresholds']['why']}", s["hidden"]]
     section.chart = "delta"
+    return section
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.4g} %"
+
+
+def _teacher_forced(s: dict, compare: dict, titles: dict[str, str]) -> Section:
+    """Past the first split: the distance between both sides' distributions at every position of
+    both answers, summed up the way llama.cpp's --kl-divergence run does, then per prompt."""
+    section = Section(s["tf"], [s["prompt"], s["tf_positions"], s["tf_mean_kld"], s["tf_max_kld"], s["same_top1"],
+                                s["rms_delta_p"], s["ppl_ratio"]])
+    summary = compare["summary"].get("teacher_forced")
+    if summary is None:
+        section.notes = [s["tf_missing"].format(why=compare["summary"].get("teacher_forced_missing") or "—")]
+        return section
+    for prompt in compare["prompts"]:
+        forced = prompt.get("teacher_forced")
+        if not forced:
+            continue
+        if forced["error"]:
+            section.rows.append([prompt["id"], "—", "—", "—", "—", "—", forced["error"]])
+            continue
+        row = forced["summary"]
+        section.rows.append([prompt["id"], str(row["positions"]), fmt(row["mean_kld"]), fmt(row["max_kld"]),
+                             _pct(row["same_top1_rate"]), fmt(row["rms_delta_p"]), f"{row['perplexity_ratio']:.6g}"])
+    percentiles = ", ".join(f"{q} %: {fmt(v)}" for q, v in summary["kld_percentiles"].items())
+    section.notes = [
+        s["tf_run"].format(n=summary["positions"], mean=fmt(summary["mean_kld"]), err=fmt(summary["kld_stderr"]),
+                           max=fmt(summary["max_kld"]), percentiles=percentiles, same=_pct(summary["same_top1_rate"]),
+                           rms=fmt(summary["rms_delta_p"]), ratio=f"{summary['perplexity_ratio']:.6g}",
+                           target=titles["target"], reference=titles["reference"]),
+        s["tf_bound"],
+    ]
+    if why := (compare["thresholds"].get("teacher_forced") or {}).get("why"):
+        section.notes.append(f"{s['why']}: {why}")
+    section.chart = "kld"
     return section
 
 
@@ -226,7 +264,7 @@ def build_report(compare: dict, provenance: dict, *, manifest: dict | None = Non
              (s["model"], compare["model_manifest_sha256"]), (s["suite"], _suite_text(s, compare, suite))]
     titles = side_titles(s, provenance)
     sections = [_environment(s, provenance), items, _precision(s, compare, lang), _prompts(s, compare, lang),
-                _passages(s, compare, titles), *_accuracy(s, compare, titles)] + ([_bench(s, bench)] if bench else []) \
-        + ([_replay(s, replay, lang)] if replay else []) + [_outputs(s, compare, titles)]
+                _teacher_forced(s, compare, titles), _passages(s, compare, titles), *_accuracy(s, compare, titles)] \
+        + ([_bench(s, bench)] if bench else []) + ([_replay(s, replay, lang)] if replay else []) + [_outputs(s, compare, titles)]
     return Report(f"{s['title']}: {compare['profile']}", f"{s['verdict']}: {s[compare['verdict']]}", facts, sections, lang,
                   titles)

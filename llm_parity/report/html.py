@@ -3,6 +3,7 @@ no network), with charts where a reader would rather look. Every piece of text, 
 above all, is HTML-escaped."""
 from __future__ import annotations
 
+import math
 from html import escape
 
 from llm_parity.report import Report
@@ -18,6 +19,21 @@ code{background:#f6f6f6;padding:0 3px} svg{max-width:100%;height:auto;margin:.5e
 """
 
 
+# KLD below this is rounding (exactly equal distributions give 0, or a hair below it).
+KLD_FLOOR_DECADE = -12
+
+
+def decade_counts(values: list[float]) -> tuple[list[str], list[int]]:
+    """How many values fall in each decade [1eN, 1eN+1), from the floor decade (which also counts
+    everything below it) to the largest value's."""
+    decades = [max(KLD_FLOOR_DECADE, math.floor(math.log10(v))) if v > 0 else KLD_FLOOR_DECADE for v in values]
+    if not decades:
+        return [], []
+    span = range(min(decades), max(decades) + 1)
+    labels = [f"≤1e{d}" if d == KLD_FLOOR_DECADE else f"1e{d}" for d in span]
+    return labels, [decades.count(d) for d in span]
+
+
 def charts(compare: dict, lang: str, bench: dict | None = None, titles: dict[str, str] | None = None) -> dict[str, str]:
     s = STRINGS[lang]
     titles = titles or {side: s[side] for side in ("target", "reference")}
@@ -31,6 +47,10 @@ def charts(compare: dict, lang: str, bench: dict | None = None, titles: dict[str
                                   (titles["reference"], [t["reference_accuracy"] for t in tasks])],
                                  title=s["chart_accuracy"], x_label=s["task"],
                                  highlight={t["task"] for t in tasks if t["flipped_to_wrong"] or t["flipped_to_correct"]})
+    klds = [k for p in ok if (p.get("teacher_forced") or {}).get("klds") for k in p["teacher_forced"]["klds"]]
+    if klds:
+        labels, counts = decade_counts(klds)
+        drawn["kld"] = bars(labels, [(s["tf_positions"], counts)], title=s["chart_kld"], x_label=s["kld_bin"])
     if bench:
         levels = bench["levels"]
         drawn["bench"] = bars([str(level["concurrency"]) for level in levels],

@@ -34,6 +34,14 @@ STRINGS = {
         "replay": "重放(按结果目录自身记录重新运行)", "overrides": "覆盖的设置", "env_differences": "版本或硬件差异",
         "byte_identical": "逐字节一致", "within_thresholds": "在阈值内", "not_reproducible": "不可复现",
         "replay_note": "逐字节一致:重放记录与存储记录字节相同;在阈值内:不同,但按记录的数据类型的阈值全部检查通过;不可复现:有检查未通过,并给出首个不同的提示与 token。",
+        "tf": "分歧之后:teacher forcing 下的分布差异", "tf_positions": "位置数", "tf_mean_kld": "平均 KLD",
+        "tf_max_kld": "最大 KLD", "same_top1": "top-1 一致率", "rms_delta_p": "Δp 均方根", "ppl_ratio": "PPL 比(目标/参考)",
+        "tf_missing": "没有 teacher forcing 的结果:{why}",
+        "tf_run": "两侧互相为对方的回答打分({target} 与 {reference}),共 {n} 个位置:平均 KLD {mean} ± {err},最大 {max};"
+                  "分位 {percentiles};top-1 一致率 {same};Δp 均方根 {rms};回答的 perplexity 比 {ratio}。",
+        "tf_bound": "KLD 为 KL(参考 || 目标),由双方报告的 top-k token 加一个尾部桶(其余概率质量)计算:这是完整词表 KL 的下界,"
+                    "仅在使用完整词表时精确。",
+        "chart_kld": "各位置 KLD 的分布(按数量级分组)", "kld_bin": "KLD",
     },
     "en": {
         "title": "Parity verification report", "verdict": "Verdict", "pass": "✅ pass", "fail": "❌ fail", "not_checked": "not checked",
@@ -70,6 +78,14 @@ STRINGS = {
         "env_differences": "differences in versions or hardware",
         "byte_identical": "byte-identical", "within_thresholds": "within thresholds", "not_reproducible": "not reproducible",
         "replay_note": "byte-identical: the replayed records have the stored bytes; within thresholds: they differ, but every check holds at the thresholds of the recorded dtype; not reproducible: a check fails, and the first differing prompt and token are named.",
+        "tf": "Past the split: distributions under teacher forcing", "tf_positions": "positions", "tf_mean_kld": "mean KLD",
+        "tf_max_kld": "max KLD", "same_top1": "same top-1", "rms_delta_p": "RMS Δp", "ppl_ratio": "PPL ratio (target/reference)",
+        "tf_missing": "No teacher-forced scores: {why}",
+        "tf_run": "Each side scored the other's answers ({target} and {reference}), {n} positions: mean KLD {mean} ± {err}, "
+                  "maximum {max}; percentiles {percentiles}; same top-1 {same}; RMS Δp {rms}; perplexity ratio of the answers {ratio}.",
+        "tf_bound": "KLD is KL(reference || target) over the top-k tokens both sides reported plus one tail bucket for the "
+                    "remaining mass: a lower bound on the full-vocabulary KL, exact only when the full vocabulary is used.",
+        "chart_kld": "Distribution of the KLD per position (by order of magnitude)", "kld_bin": "KLD",
     },
 }
 
@@ -86,6 +102,11 @@ CHECK_NAMES = {
     "accuracy_significant_drop": {"zh": "准确率无显著下降 (McNemar)", "en": "no significant accuracy drop (McNemar)"},
     "answer_agreement": {"zh": "逐样本答案一致率", "en": "per-sample answer agreement"},
     "loglikelihood_diff": {"zh": "选项 loglikelihood 最大绝对差", "en": "max |Δ loglikelihood| per choice"},
+    "teacher_forced_scored": {"zh": "双向 teacher forcing 打分", "en": "each answer scored by the other side"},
+    "kld_mean": {"zh": "平均 KL 散度", "en": "mean KL divergence"},
+    "kld_p99": {"zh": "KL 散度 99% 分位", "en": "99th percentile of the KL divergence"},
+    "same_top1": {"zh": "top-1 一致率", "en": "same top-1 share"},
+    "rms_delta_p": {"zh": "Δp 均方根", "en": "RMS Δp"},
 }
 
 # compare.json keeps its detail strings in English (one language for machines and logs); the zh
@@ -120,6 +141,23 @@ DETAIL_PHRASES_ZH = sorted({
     "tokens while the other went on": "个 token 后结束,另一侧继续生成",
     "top-1/top-2 margin": "top-1/top-2 间隔",
     "margin": "间隔",
+    "each side scored every answer of the other side": "每一侧都为另一侧的全部回答打了分",
+    "not scored": "未打分",
+    "did not score this answer": "未为此回答打分",
+    "could not score this answer": "无法为此回答打分",
+    "scored another answer than the one recorded now": "打分的回答与当前记录的回答不同",
+    "has not scored the": "尚未为以下一侧的回答打分:",
+    "scored other answers than the": "打分的回答不同于",
+    "generations.json holds now": "generations.json 当前记录的回答",
+    "run cross-score --scorer": "请运行 cross-score --scorer",
+    "again": "重新打分",
+    "no answer was scored by both sides": "没有被两侧都打分的回答",
+    "the profile sets no teacher-forced thresholds": "配置中没有 teacher forcing 阈值",
+    "mean KL(reference || target), top-k with a tail bucket (a lower bound)": "平均 KL(参考 || 目标),top-k 加尾部桶(下界)",
+    "99th percentile of the KL divergence per position": "各位置 KL 散度的 99% 分位",
+    "share of positions whose top-1 tokens agree": "top-1 token 一致的位置比例",
+    "RMS of Δp, the taken token's probability target minus reference": "Δp(所取 token 的概率,目标减参考)的均方根",
+    "positions scored": "个位置",
     "errors": "错误",
     "missing": "缺失",
     "none": "无",

@@ -1,0 +1,73 @@
+"""The per-position measures and the run summary on hand-made distributions, against values worked
+out by hand (the arithmetic is in each test's comment)."""
+import math
+
+import pytest
+
+from llm_parity.divergence import kl_with_tail, kld_summary, position_measures
+
+
+def top(*pairs):
+    """[[token, logprob], ...] from (token, probability) pairs."""
+    return [[token, math.log(p)] for token, p in pairs]
+
+
+def test_kl_over_shared_tokens_and_one_tail_bucket():
+    # P = (0.5, 0.3 | tail 0.2), Q = (0.4, 0.4 | tail 0.2):
+    # 0.5 ln(0.5/0.4) + 0.3 ln(0.3/0.4) + 0.2 ln(0.2/0.2) = 0.111572 - 0.086305 + 0 = 0.025267
+    assert kl_with_tail({1: 0.5, 2: 0.3}, {1: 0.4, 2: 0.4}) == pytest.approx(0.0252671, abs=1e-7)
+
+
+def test_a_token_only_one_side_reports_joins_the_tail():
+    # Token 3 is known to P only, so it is not a bucket of its own: buckets {1}, tail.
+    # P = (0.6 | 0.4), Q = (0.5 | 0.5): 0.6 ln(0.6/0.5) + 0.4 ln(0.4/0.5) = 0.109393 - 0.089257 = 0.020136
+    assert kl_with_tail({1: 0.6, 3: 0.3}, {1: 0.5, 2: 0.2}) == pytest.approx(0.0201355, abs=1e-7)
+
+
+def test_the_tail_bound_never_exceeds_the_full_vocabulary_kl():
+    full_p = {1: 0.5, 2: 0.2, 3: 0.2, 4: 0.1}
+    full_q = {1: 0.4, 2: 0.1, 3: 0.3, 4: 0.2}
+    exact = sum(p * math.log(p / full_q[t]) for t, p in full_p.items())
+    assert kl_with_tail(full_p, full_q) == pytest.approx(exact)  # the whole vocabulary: exact
+    assert kl_with_tail({1: 0.5, 2: 0.2}, {1: 0.4, 2: 0.1}) < exact  # top-2 only: a lower bound
+
+
+def test_identical_distributions_have_zero_kl_and_no_delta():
+    measures = position_measures(top((5, 0.7), (6, 0.2)), math.log(0.7), top((5, 0.7), (6, 0.2)), math.log(0.7), 5)
+    assert measures == {"kld": pytest.approx(0.0, abs=1e-15), "delta_p": 0.0, "same_top1": True, "abs_logprob_diff": 0.0}
+
+
+def test_position_measures_of_a_flipped_near_tie():
+    # The reference prefers 5 (0.45) to 6 (0.40); the target 6 (0.44) to 5 (0.43); the answer took 6.
+    # KL = 0.45 ln(0.45/0.43) + 0.40 ln(0.40/0.44) + 0.15 ln(0.15/0.13)
+    #    = 0.020458 - 0.038124 + 0.021465 = 0.003799
+    measures = position_measures(top((5, 0.45), (6, 0.40)), math.log(0.40),
+                                 top((6, 0.44), (5, 0.43)), math.log(0.44), 6)
+    assert measures["kld"] == pytest.approx(0.003799, abs=1e-6)
+    assert measures["delta_p"] == pytest.approx(0.04)
+    assert measures["same_top1"] is False
+    assert measures["abs_logprob_diff"] == pytest.approx(math.log(0.44 / 0.40))
+
+
+def test_the_taken_token_counts_as_reported_on_both_sides():
+    # Token 7 is outside both top-1 lists but both sides gave its logprob: buckets {5, 7}, tail.
+    # P = (0.8, 0.1 | 0.1), Q = (0.8, 0.05 | 0.15):
+    # 0.1 ln(0.1/0.05) + 0.1 ln(0.1/0.15) = 0.069315 - 0.040547 = 0.028768
+    measures = position_measures(top((5, 0.8)), math.log(0.1), top((5, 0.8)), math.log(0.05), 7)
+    assert measures["kld"] == pytest.approx(0.0287682, abs=1e-6)
+    assert measures["delta_p"] == pytest.approx(-0.05)
+
+
+def test_run_summary_like_llama_cpp():
+    positions = [{"kld": k, "delta_p": d, "same_top1": s, "abs_logprob_diff": 0.0}
+                 for k, d, s in ((0.0, 0.0, True), (0.1, 0.3, True), (0.2, -0.4, False), (0.3, 0.0, True))]
+    summary = kld_summary(positions, reference_logprobs=[-1.0, -1.0, -1.0, -1.0], target_logprobs=[-1.0, -1.2, -1.0, -1.2])
+    assert summary["mean_kld"] == pytest.approx(0.15)
+    # sample standard deviation sqrt(0.05 / 3) = 0.129099, over sqrt(4): 0.064550
+    assert summary["kld_stderr"] == pytest.approx(0.0645497, abs=1e-7)
+    assert summary["max_kld"] == 0.3 and summary["kld_percentiles"]["50"] == pytest.approx(0.15)
+    assert summary["same_top1_rate"] == 0.75
+    assert summary["rms_delta_p"] == pytest.approx(math.sqrt((0.09 + 0.16) / 4))  # 0.25
+    # perplexities exp(1.1) (target) over exp(1.0) (reference)
+    assert summary["perplexity_ratio"] == pytest.approx(math.exp(0.1))
+    assert kld_summary([], [], []) is None

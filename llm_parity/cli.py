@@ -120,6 +120,32 @@ def compare(*, lang: str = "zh", profile_override: bool = False, **options) -> i
                                                              profile_override=profile_override)))
 
 
+def matrix_lines(doc: dict) -> list[str]:
+    """One line per variant: what became of it, against the reference and the base, what differs from base."""
+    lines = []
+    for entry in doc["variants"]:
+        against = [f"{label} {c['verdict']} ({c['identical']}/{c['prompts']} identical"
+                   f"{'' if c['records_identical'] is None else ', records identical' if c['records_identical'] else ', records differ'})"
+                   for label, c in (("vs reference", entry["vs_reference"]), ("vs base", entry["vs_base"])) if c]
+        what = [entry["verdict"].upper()] + against if entry["status"] == "ran" else [f"{entry['status']}: {entry['reason']}"]
+        differs = f" - differs from base: {'; '.join(entry['differs_from_base'])}" if entry["differs_from_base"] else ""
+        lines.append(f"matrix: {entry['name']:<20} {', '.join(what)}{differs}")
+    return lines + [f"matrix: verdict {doc['verdict'].upper()}"]
+
+
+def matrix(*, lang: str = "zh", variants: str | None = None, with_reference: bool = True, **options) -> int:
+    """The configuration matrix: each variant on a server of its own against the reference and the base variant."""
+    def action():
+        names = [name.strip() for name in variants.split(",") if name.strip()] if variants else None
+        outcome = pipeline.matrix(request(**options), lang=lang, names=names, with_reference=with_reference)
+        print("\n".join(matrix_lines(outcome.matrix)))
+        print(f"matrix: wrote {outcome.path}")
+        if outcome.compared:
+            print(f"report: {outcome.compared.report}")
+        return EXIT_PASS if outcome.matrix["verdict"] == "pass" else EXIT_FAIL
+    return guarded(action)
+
+
 def demo(*, lang: str = "zh", run: str = "demo", **options) -> int:
     """The whole path on the embedded tiny model: prepare, target, reference, compare, report."""
     return guarded(lambda: verdict_exit(pipeline.demo(request(profile=DEMO_PROFILE, run=run, **options), lang=lang)))

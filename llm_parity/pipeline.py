@@ -1,11 +1,13 @@
 """The flows of the kit, stage by stage, over one results folder: which stages each task runs and
-in what order (demo, verify, target, reference, bench, compare, audit). Each stage reads what the
+in what order (demo, verify, target, reference, bench, matrix, compare, audit). Each stage reads what the
 stages before it wrote (validated) and writes its own files (validated, atomic), so either side can
 run on a different machine and be copied in. cli.py only turns the outcomes into exit codes.
 
     suite source -> suite.json (rendered once) + model/manifest.json
       -> target/ and reference/ (one backend each, llm_parity.backend, the same records)
       -> report/compare.json, report.md, report.html, SHA256SUMS -> audit
+    matrix: the reference once, then each serving variant a target side of its own (target/,
+      variants/<name>/) -> report/matrix.json -> compare as above, the report with the matrix
 """
 from __future__ import annotations
 
@@ -13,11 +15,12 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from llm_parity import ascend
 from llm_parity import compare as compare_mod
+from llm_parity import matrix as matrix_mod
 from llm_parity.audit import AuditResult, audit_run
 from llm_parity.backend import DEFAULT_BACKEND, SideSetup, backend_class
 from llm_parity.download import (DownloadError, ModelOrigin, build_manifest, check_model_folder, resolve_model,
@@ -30,6 +33,7 @@ from llm_parity.report import build_report
 from llm_parity.report.html import render_html
 from llm_parity.report.markdown import render_markdown
 from llm_parity.results import RunDir, ensure_writable, read_json, sha256_of, write_json, write_sums, write_text_atomic
+from llm_parity.serve import ServerError
 from llm_parity.suite import DEFAULT_SUITE, load_suite_source, render_suite
 
 NOT_RUN = "not run: the run stopped before this item finished"
@@ -88,6 +92,13 @@ class SideOutcome:
 class CompareOutcome:
     result: dict  # report/compare.json
     report: Path
+
+
+@dataclass(frozen=True)
+class MatrixOutcome:
+    matrix: dict  # report/matrix.json
+    path: Path
+    compared: CompareOutcome | None  # None until the run has a reference side
 
 
 def prepare(run: RunDir, profile: Profile, model_dir: Path, origin: ModelOrigin, *,
@@ -390,12 +401,59 @@ def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override
         result["profile_override"] = "; ".join(differences)
     write_json(run.compare, result, "compare")
     bench = read_json(run.bench, "bench") if run.bench.is_file() else None
+    matrix = read_json(run.matrix, "matrix") if run.matrix.is_file() else None
     report = build_report(result, provenance, manifest=read_json(run.manifest, "manifest"), bench=bench, suite=suite,
-                          lang=lang)
+                          lang=lang, matrix=matrix)
     write_text_atomic(run.report_md, render_markdown(report))
     write_text_atomic(run.report_html, render_html(report, result, bench))
     write_sums(run)
     return CompareOutcome(result, run.report_md)
+
+
+def _run_variant(workspace: Workspace, request: Request, variant: matrix_mod.Variant, profile: Profile,
+                 image_tag: str | None) -> matrix_mod.VariantRun:
+    """One variant as a target side of its own server; a server that does not start is recorded, not raised."""
+    why_not = matrix_mod.why_not_here(variant, image_tag)
+    if why_not:
+        note(f"matrix: {variant.name}: skipped: {why_not}")
+        return matrix_mod.VariantRun(variant, matrix_mod.SKIPPED, why_not)
+    matrix_mod.clear(variant, workspace.run)
+    setup = replace(_setup(workspace, request), profile=profile, run=variant.results(workspace.run), server_url=None,
+                    options={"concurrency": variant.concurrency})
+    note(f"matrix: {variant.name}: {variant.definition.get('description', '')} -> {variant.folder}/")
+    try:
+        run_side("target", setup, workspace.manifest)
+    except ServerError as err:
+        reason = matrix_mod.server_failure(err)
+        note(f"matrix: {variant.name}: the server did not start, going on: {reason}")
+        return matrix_mod.VariantRun(variant, matrix_mod.SERVER_FAILED, reason)
+    return matrix_mod.VariantRun(variant, matrix_mod.RAN)
+
+
+def matrix(request: Request, *, lang: str, names: list[str] | None = None,
+           variants: list[matrix_mod.Variant] | None = None, with_reference: bool = True) -> MatrixOutcome:
+    """The configuration matrix: the reference once (unless the run has one, or not `with_reference`),
+    then each variant named (all when None) on a server of its own; then report/matrix.json from every
+    variant's files (those not run now keep what became of them before) and, with a reference side,
+    compare and the report. `variants` defaults to the profile's."""
+    workspace = open_workspace(request)
+    defined = variants or matrix_mod.variants_of(workspace.profile)
+    chosen = matrix_mod.select(defined, names)
+    profiles = {v.name: matrix_mod.variant_profile(workspace.profile, v) for v in chosen}  # refused before any start
+    run = workspace.run
+    if with_reference and not run.provenance("reference").is_file():
+        run_side("reference", _setup(workspace, request), workspace.manifest)
+    runs = matrix_mod.previous_runs(run, defined)
+    image_tag = matrix_mod.image_tag_here()
+    for variant in chosen:
+        runs[variant.name] = _run_variant(workspace, request, variant, profiles[variant.name], image_tag)
+    doc = matrix_mod.matrix_document(run, [runs[v.name] for v in defined], profile=workspace.profile.name,
+                                     thresholds_by_dtype=workspace.profile.thresholds_by_dtype)
+    write_json(run.matrix, doc, "matrix")
+    if run.provenance("reference").is_file() and run.provenance("target").is_file():
+        return MatrixOutcome(doc, run.matrix, compare(run, workspace.profile, lang=lang))
+    write_sums(run)
+    return MatrixOutcome(doc, run.matrix, None)
 
 
 def compare_run(request: Request, *, lang: str, profile_override: bool = False) -> CompareOutcome:

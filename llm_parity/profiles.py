@@ -23,6 +23,7 @@ class Profile:
     thresholds_by_dtype: dict
     path: Path
     sha256: str  # of the profile file's content: the sides record it, compare checks it
+    variants: dict | None = None  # the configuration matrix's variants, when the profile names its own
 
     @property
     def dtype(self) -> str:
@@ -39,7 +40,8 @@ class Profile:
         """A copy with some serve settings replaced (None values are ignored)."""
         serve = copy.deepcopy(self.serve)
         serve.update({key: value for key, value in changes.items() if value is not None})
-        profile = Profile(self.name, self.model, serve, self.decoding, self.thresholds_by_dtype, self.path, self.sha256)
+        profile = Profile(self.name, self.model, serve, self.decoding, self.thresholds_by_dtype, self.path, self.sha256,
+                          self.variants)
         profile.thresholds()  # fail early on a dtype the profile cannot judge
         return profile
 
@@ -55,4 +57,5 @@ def load_profile(name_or_path: str = DEFAULT_PROFILE) -> Profile:
     """Load a profile by name (profiles/<name>.json) or by path, validated against its schema."""
     path = profile_path(name_or_path)
     doc = read_json(path, "profile")
-    return Profile(doc["name"], doc["model"], doc["serve"], doc["decoding"], doc["thresholds"], path, sha256_of(doc))
+    return Profile(doc["name"], doc["model"], doc["serve"], doc["decoding"], doc["thresholds"], path, sha256_of(doc),
+                   doc.get("variants"))

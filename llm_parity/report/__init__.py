@@ -164,10 +164,14 @@ def _suite_text(s: dict, compare: dict, suite: dict | None) -> str:
 
 
 def build_report(compare: dict, provenance: dict, *, manifest: dict | None = None, bench: dict | None = None,
-                 suite: dict | None = None, lang: str = "zh") -> Report:
+                 suite: dict | None = None, lang: str = "zh", matrix: dict | None = None) -> Report:
     """`provenance` maps side name ("target", "reference") to its provenance document; `manifest`
     (the run's model manifest) adds where the weights came from; `bench` (target/bench.json) adds
-    the serving benchmark; `suite` (the rendered suite) names it."""
+    the serving benchmark; `suite` (the rendered suite) names it; `matrix` (report/matrix.json)
+    adds the configuration matrix."""
+    from llm_parity.report.matrix import matrix_section  # it builds on this module's Section
+
+
     if lang not in STRINGS:
         raise ValueError(f"report language {lang!r}: choose one of {sorted(STRINGS)}")
     s = STRINGS[lang]
@@ -182,6 +186,7 @@ def build_report(compare: dict, provenance: dict, *, manifest: dict | None = Non
              (s["model"], compare["model_manifest_sha256"]), (s["suite"], _suite_text(s, compare, suite))]
     titles = side_titles(s, provenance)
     sections = [_environment(s, provenance), items, _precision(s, compare, lang), _prompts(s, compare, lang),
-                _passages(s, compare, titles)] + ([_bench(s, bench)] if bench else []) + [_outputs(s, compare, titles)]
+                _passages(s, compare, titles)] + ([_bench(s, bench)] if bench else []) + \
+        ([matrix_section(s, matrix)] if matrix else []) + [_outputs(s, compare, titles)]
     return Report(f"{s['title']}: {compare['profile']}", f"{s['verdict']}: {s[compare['verdict']]}", facts, sections, lang,
                   titles)

@@ -25,6 +25,11 @@ STRINGS = {
         "revision": "模型版本", "moving": "按分支名 {asked} 下载,该分支可能移动:请固定提交号",
         "unresolved": "{asked} 未解析为提交号(该来源不提供提交号):文件由清单中的 sha256 固定",
         "default_branch": "默认分支",
+        "matrix": "配置矩阵", "variant": "变体", "vs_reference": "对比参考", "vs_base": "对比 base 变体",
+        "differs_from_base": "与 base 不同的设置", "not_comparable": "无法比较", "records_identical": "记录逐字节一致",
+        "records_differ": "记录不一致", "first_split": "首个分歧",
+        "matrix_not_run": "未运行", "matrix_server_failed": "服务未能启动", "matrix_skipped": "此主机无法运行",
+        "matrix_note": "矩阵结论:{verdict}。每个变体各用一个服务;与 base 设置完全相同的变体(如 repeat)其记录必须逐字节一致。未运行的变体列出原因,不计为未通过。",
     },
     "en": {
         "title": "Parity verification report", "verdict": "Verdict", "pass": "✅ pass", "fail": "❌ fail", "not_checked": "not checked",
@@ -50,6 +55,12 @@ STRINGS = {
         "revision": "model revision", "moving": "asked for the branch {asked}, which can move: pin the commit",
         "unresolved": "{asked} was not resolved to a commit (the source names none): the manifest's sha256 pins the files",
         "default_branch": "the default branch",
+        "matrix": "Configuration matrix", "variant": "Variant", "vs_reference": "against the reference",
+        "vs_base": "against the base variant", "differs_from_base": "settings that differ from base",
+        "not_comparable": "not comparable", "records_identical": "records byte-identical", "records_differ": "records differ",
+        "first_split": "first split",
+        "matrix_not_run": "not run", "matrix_server_failed": "server did not start", "matrix_skipped": "cannot run on this host",
+        "matrix_note": "Matrix verdict: {verdict}. Each variant ran on a server of its own; a variant whose settings equal base's (repeat) must give byte-identical records. Variants that did not run are listed with the reason and do not count as failures.",
     },
 }
 

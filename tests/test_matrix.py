@@ -1,0 +1,101 @@
+"""The configuration matrix's pure parts: variant definitions, the profile a variant runs, which
+settings differ from base, and which image a variant needs."""
+import json
+
+import pytest
+
+from llm_parity.matrix import BASE, DEFAULT_VARIANTS, Variant, differences, select, serve_flags, variant_profile, variants_of, why_not_here
+from llm_parity.profiles import load_profile
+from llm_parity.results import ResultFileError, RunDir
+from llm_parity.serve import spec_from_profile, vllm_command
+
+
+def profile_with(tmp_path, **changes):
+    doc = json.loads(load_profile("tiny-llama").path.read_text())
+    doc.update(changes)
+    path = tmp_path / "matrix-profile.json"
+    path.write_text(json.dumps(doc))
+    return load_profile(str(path))
+
+
+def settings_of(profile, variant: Variant, *, concurrency=16, image=None) -> dict:
+    """What a variant's provenance would say it ran with, from the real command line builder."""
+    spec = spec_from_profile(variant_profile(profile, variant), "models/m", port=1234)
+    return {"argv": vllm_command(spec), "env_set": spec.env, "concurrency": variant.concurrency or concurrency,
+            "image": image}
+
+
+def test_the_default_variants_are_the_profiles_when_it_names_none():
+    names = [variant.name for variant in variants_of(load_profile("tiny-llama"))]
+    assert names == list(DEFAULT_VARIANTS)
+    assert {"base", "eager", "tp2", "concurrency-1", "no-prefix-cache", "no-chunked-prefill", "repeat"} <= set(names)
+
+
+def test_a_profile_names_its_own_variants_and_needs_a_base(tmp_path):
+    own = profile_with(tmp_path, variants={"base": {}, "bf16": {"serve": {"dtype": "bfloat16"}}})
+    assert [variant.name for variant in variants_of(own)] == ["base", "bf16"]
+    with pytest.raises(ResultFileError, match=r"matrix-profile\.json: field variants: no variant named 'base'"):
+        variants_of(profile_with(tmp_path, variants={"eager": {"serve": {"enforce_eager": True}}}))
+
+
+def test_a_bad_variant_is_refused_naming_file_and_field(tmp_path):
+    with pytest.raises(ResultFileError, match=r"matrix-profile\.json: field variants\.eager\.serve\.enforce_eager"):
+        profile_with(tmp_path, variants={"base": {}, "eager": {"serve": {"enforce_eager": "yes"}}})
+
+
+def test_unknown_variant_names_are_refused_with_the_known_ones():
+    variants = variants_of(load_profile("tiny-llama"))
+    assert [v.name for v in select(variants, ["repeat", "eager"])] == ["eager", "repeat"]
+    with pytest.raises(ValueError, match="unknown variant nope: the profile's variants are base, eager"):
+        select(variants, ["nope"])
+
+
+def test_a_variant_adds_its_env_and_flags_to_the_profiles(tmp_path):
+    profile = profile_with(tmp_path, serve={**load_profile("tiny-llama").serve, "env": {"A": "1"}, "extra_args": ["--x"]})
+    ran = variant_profile(profile, Variant("v", {"serve": {"tensor_parallel_size": 2, "env": {"B": "2"},
+                                                              "extra_args": ["--y"]}}))
+    assert ran.serve["env"] == {"A": "1", "B": "2"} and ran.serve["extra_args"] == ["--x", "--y"]
+    assert ran.serve["tensor_parallel_size"] == 2 and profile.serve["tensor_parallel_size"] == 1
+    with pytest.raises(ResultFileError, match="field thresholds.float16"):
+        variant_profile(profile, Variant("fp16", {"serve": {"dtype": "float16"}}))
+
+
+def test_the_settings_that_differ_from_base_are_named_and_the_port_is_not():
+    profile = load_profile("tiny-llama")
+    base = settings_of(profile, Variant(BASE, {}))
+    other_port = [*base["argv"], "--port", "9"]  # vLLM keeps the last value of a repeated flag
+    assert differences(settings_of(profile, Variant("repeat", {})), {**base, "argv": other_port}) == []
+    found = {name: differences(settings_of(profile, Variant(name, DEFAULT_VARIANTS[name])), base)
+             for name in ("eager", "tp2", "concurrency-1", "no-prefix-cache")}
+    assert found == {"eager": ["--enforce-eager (base: not set)"],
+                     "tp2": ["--tensor-parallel-size 2 (base: 1)", "VLLM_CPU_OMP_THREADS_BIND=0|1 (base: unset)"],
+                     "concurrency-1": ["concurrency 1 (base: 16)"],
+                     "no-prefix-cache": ["--no-enable-prefix-caching (base: not set)"]}
+    bf16 = settings_of(profile, Variant("bf16", {"serve": {"dtype": "bfloat16"}}), image="vllm-ascend:v0.23.0")
+    assert differences(bf16, base) == ["--dtype bfloat16 (base: float32)", "image vllm-ascend:v0.23.0 (base: unset)"]
+    assert differences(base, settings_of(profile, Variant("eager", DEFAULT_VARIANTS["eager"]))) == ["without --enforce-eager"]
+
+
+def test_serve_flags_keep_the_last_value_of_a_repeated_flag_as_vllm_does():
+    argv = ["python", "launcher", "serve", "/m", "--tensor-parallel-size", "1", "--enforce-eager",
+            "--hf-overrides", '{"a": 1}', "--tensor-parallel-size", "2"]
+    assert serve_flags(argv) == {"--tensor-parallel-size": "2", "--enforce-eager": "", "--hf-overrides": '{"a": 1}'}
+
+
+@pytest.mark.parametrize("here, runs", [("v0.23.0", True), ("v0.23.0-a3", True), ("v0.18.0", False), (None, False)])
+def test_a_variant_that_names_an_image_runs_only_in_that_image(here, runs):
+    variant = Variant("next-release", {"image_tag": "v0.23.0"})
+    reason = why_not_here(variant, here)
+    assert (reason is None) == runs
+    if not runs:
+        assert "make matrix ASCEND_TAG=v0.23.0 VARIANTS=next-release" in reason
+    assert why_not_here(Variant("eager", {}), here) is None
+
+
+def test_variants_live_under_variants_and_base_is_the_target(tmp_path):
+    run = RunDir(tmp_path)
+    assert Variant(BASE, {}).results(run).generations("target") == tmp_path / "target" / "generations.json"
+    eager = Variant("eager", {}).results(run)
+    assert eager.provenance("target") == tmp_path / "variants" / "eager" / "provenance.json"
+    assert eager.server_log == tmp_path / "variants" / "eager" / "server.log"
+    assert eager.suite == run.suite and eager.generations("reference") == run.generations("reference")

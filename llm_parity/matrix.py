@@ -188,6 +188,17 @@ def differences(ran: dict, base: dict) -> list[str]:
     return found
 
 
+def defined_differences(definition: dict) -> list[str]:
+    """What a variant that did not run would have changed, from its definition."""
+    serve = definition.get("serve", {})
+    found = [f"--{key.replace('_', '-')}" + ("" if value is True else f" {value}")
+             for key, value in serve.items() if key not in ("env", "extra_args")]
+    found += [" ".join(serve["extra_args"])] if serve.get("extra_args") else []
+    found += [f"{name}={value}" for name, value in serve.get("env", {}).items()]
+    found += [f"{key} {definition[key]}" for key in ("concurrency", "image_tag") if key in definition]
+    return [f"{text} (defined; not run)" for text in found]
+
+
 def _records(side: dict) -> str:
     return canonical_json([side["generations"]["records"], side["perplexity"]["records"]])
 
@@ -258,6 +269,8 @@ def matrix_document(run: RunDir, runs: list[VariantRun], *, profile: str, thresh
                 entry["differs_from_base"] = differences(entry["settings"], settings(base))
                 entry["must_equal_base"] = not entry["differs_from_base"]
                 entry["vs_base"] = comparison(side, base, records=True, **compare)
+        else:
+            entry["differs_from_base"] = defined_differences(variant.definition)
         entries.append({**entry, "verdict": _verdict(entry)})
     failed = any(entry["verdict"] == FAIL for entry in entries)
     return {"schema": schema_tag("matrix"), "verdict": FAIL if failed else PASS, "profile": profile, "base": BASE,

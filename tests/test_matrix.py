@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from llm_parity.matrix import BASE, DEFAULT_VARIANTS, Variant, differences, select, serve_flags, variant_profile, variants_of, why_not_here
+from llm_parity.matrix import BASE, DEFAULT_VARIANTS, Variant, defined_differences, differences, select, serve_flags, variant_profile, variants_of, why_not_here
 from llm_parity.profiles import load_profile
 from llm_parity.results import ResultFileError, RunDir
 from llm_parity.serve import spec_from_profile, vllm_command
@@ -74,6 +74,13 @@ def test_the_settings_that_differ_from_base_are_named_and_the_port_is_not():
     bf16 = settings_of(profile, Variant("bf16", {"serve": {"dtype": "bfloat16"}}), image="vllm-ascend:v0.23.0")
     assert differences(bf16, base) == ["--dtype bfloat16 (base: float32)", "image vllm-ascend:v0.23.0 (base: unset)"]
     assert differences(base, settings_of(profile, Variant("eager", DEFAULT_VARIANTS["eager"]))) == ["without --enforce-eager"]
+
+
+def test_a_variant_that_did_not_run_names_what_it_would_have_changed():
+    assert defined_differences({"serve": {"enforce_eager": True, "tensor_parallel_size": 2, "env": {"A": "1"},
+                                          "extra_args": ["--x", "3"]}, "concurrency": 1, "image_tag": "v0.23.0"}) == [
+        "--enforce-eager (defined; not run)", "--tensor-parallel-size 2 (defined; not run)", "--x 3 (defined; not run)",
+        "A=1 (defined; not run)", "concurrency 1 (defined; not run)", "image_tag v0.23.0 (defined; not run)"]
 
 
 def test_serve_flags_keep_the_last_value_of_a_repeated_flag_as_vllm_does():

@@ -376,10 +376,20 @@ def profile_differences(provenance: dict[str, dict], profile: Profile) -> list[s
     return differences
 
 
+def _refreshed_matrix(run: RunDir) -> dict | None:
+    """report/matrix.json recomputed from the variants' files, now that the run may have gained a
+    reference side (an Ascend host runs the matrix without one); None when the run has no matrix."""
+    if not run.matrix.is_file():
+        return None
+    matrix = matrix_mod.recompute(run, read_json(run.matrix, "matrix"))
+    write_json(run.matrix, matrix, "matrix")
+    return matrix
+
+
 def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override: bool = False) -> CompareOutcome:
-    """Compare the two sides' files; write report/compare.json, report.md, report.html and, last,
-    SHA256SUMS. The sides must have run `profile` (its thresholds judge them) unless
-    `profile_override`, which the report then states."""
+    """Compare the two sides' files; write report/compare.json, report/matrix.json (recomputed, when
+    the run has a matrix), report.md, report.html and, last, SHA256SUMS. The sides must have run
+    `profile` (its thresholds judge them) unless `profile_override`, which the report then states."""
     provenance = {side: read_json(run.provenance(side), "provenance") for side in SIDES}
     differences = profile_differences(provenance, profile)
     if differences and not profile_override:
@@ -401,7 +411,7 @@ def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override
         result["profile_override"] = "; ".join(differences)
     write_json(run.compare, result, "compare")
     bench = read_json(run.bench, "bench") if run.bench.is_file() else None
-    matrix = read_json(run.matrix, "matrix") if run.matrix.is_file() else None
+    matrix = _refreshed_matrix(run)
     report = build_report(result, provenance, manifest=read_json(run.manifest, "manifest"), bench=bench, suite=suite,
                           lang=lang, matrix=matrix)
     write_text_atomic(run.report_md, render_markdown(report))

@@ -9,7 +9,8 @@ import pytest
 from llm_parity import pipeline
 from llm_parity.audit import audit_run
 from llm_parity.matrix import Variant
-from llm_parity.results import read_json, write_json
+from llm_parity.profiles import load_profile
+from llm_parity.results import RunDir, read_json, write_json
 
 pytestmark = pytest.mark.integration
 
@@ -88,3 +89,22 @@ def test_each_variant_records_how_it_ran_and_the_audit_covers_its_files(matrix_r
     problems = audit_run(copy).problems
     assert any("variants/repeat/generations.json: field sha256" in p for p in problems)
     assert any("report/matrix.json: field variants[2].vs_base" in p for p in problems), problems
+
+
+def test_a_matrix_run_without_the_reference_gains_it_when_compare_runs(matrix_run, tiny_model_dir):
+    """As on an Ascend host: the variants first, the reference later from another host, then compare."""
+    outcome, _ = matrix_run
+    run = outcome.path.parent.parent
+    copy = run.parent / "later-reference"
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "reference")
+    request = pipeline.Request(profile="tiny-llama", run=copy.name, results_root=run.parent, model=str(tiny_model_dir),
+                               cache_dir=Path(".cache"))
+    alone = pipeline.matrix(request, lang="en", names=[], variants=VARIANTS, with_reference=False)
+    assert alone.compared is None and not (copy / "reference").exists()
+    assert [(e["status"], e["vs_reference"]) for e in alone.matrix["variants"]] == \
+        [(e["status"], None) for e in outcome.matrix["variants"]]
+    shutil.copytree(run / "reference", copy / "reference")
+    pipeline.compare(RunDir(copy), load_profile("tiny-llama"), lang="en")
+    assert read_json(copy / "report" / "matrix.json", "matrix") == outcome.matrix
+    assert audit_run(copy).ok

@@ -120,13 +120,19 @@ def compare(*, lang: str = "zh", profile_override: bool = False, **options) -> i
                                                              profile_override=profile_override)))
 
 
+def _against(label: str, comparison: dict) -> str:
+    if comparison["reason"]:
+        return f"{label} {comparison['verdict']}: {comparison['reason']}"
+    records = {None: "", True: ", records identical", False: ", records differ"}[comparison["records_identical"]]
+    return f"{label} {comparison['verdict']} ({comparison['identical']}/{comparison['prompts']} identical{records})"
+
+
 def matrix_lines(doc: dict) -> list[str]:
     """One line per variant: what became of it, against the reference and the base, what differs from base."""
     lines = []
     for entry in doc["variants"]:
-        against = [f"{label} {c['verdict']} ({c['identical']}/{c['prompts']} identical"
-                   f"{'' if c['records_identical'] is None else ', records identical' if c['records_identical'] else ', records differ'})"
-                   for label, c in (("vs reference", entry["vs_reference"]), ("vs base", entry["vs_base"])) if c]
+        against = [_against(label, entry[key]) for label, key in (("vs reference", "vs_reference"), ("vs base", "vs_base"))
+                   if entry[key]]
         what = [entry["verdict"].upper()] + against if entry["status"] == "ran" else [f"{entry['status']}: {entry['reason']}"]
         differs = f" - differs from base: {'; '.join(entry['differs_from_base'])}" if entry["differs_from_base"] else ""
         lines.append(f"matrix: {entry['name']:<20} {', '.join(what)}{differs}")

@@ -446,9 +446,9 @@ def matrix(request: Request, *, lang: str, names: list[str] | None = None,
     then each variant named (all when None) on a server of its own; then report/matrix.json from every
     variant's files (those not run now keep what became of them before) and, with a reference side,
     compare and the report. `variants` defaults to the profile's."""
+    defined = variants or matrix_mod.variants_of(load_profile(request.profile))
+    chosen = matrix_mod.select(defined, names)  # an unknown name is refused before anything is created
     workspace = open_workspace(request)
-    defined = variants or matrix_mod.variants_of(workspace.profile)
-    chosen = matrix_mod.select(defined, names)
     profiles = {v.name: matrix_mod.variant_profile(workspace.profile, v) for v in chosen}  # refused before any start
     run = workspace.run
     if with_reference and not run.provenance("reference").is_file():

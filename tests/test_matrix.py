@@ -3,8 +3,12 @@ settings differ from base, and which image a variant needs."""
 import json
 
 import pytest
+from test_compare import EOS, PASSAGE, STRICT, SUITE_SHA, generations, record, scores
 
-from llm_parity.matrix import BASE, DEFAULT_VARIANTS, Variant, defined_differences, differences, select, serve_flags, variant_profile, variants_of, why_not_here
+from llm_parity import cli
+from llm_parity.matrix import (BASE, DEFAULT_VARIANTS, Variant, comparison, defined_differences, differences, select,
+                               serve_flags, variant_profile, variants_of, why_not_here)
+from llm_parity.records import decoding_of
 from llm_parity.profiles import load_profile
 from llm_parity.results import ResultFileError, RunDir
 from llm_parity.serve import spec_from_profile, vllm_command
@@ -106,3 +110,39 @@ def test_variants_live_under_variants_and_base_is_the_target(tmp_path):
     assert eager.provenance("target") == tmp_path / "variants" / "eager" / "provenance.json"
     assert eager.server_log == tmp_path / "variants" / "eager" / "server.log"
     assert eager.suite == run.suite and eager.generations("reference") == run.generations("reference")
+
+
+def side_of(records, dtype="float32") -> dict:
+    suite = {"sha256": SUITE_SHA}
+    return {"generations": generations("target", suite, records, decoding_of({"top_logprobs": 2}, dtype)),
+            "perplexity": scores("target", suite, [PASSAGE])}
+
+
+SUITE = {"sha256": SUITE_SHA, "stop_ids": [EOS], "prompts": [{"id": "p1", "prompt_ids": [1, 2, 3]}]}
+
+
+def test_two_sides_compare_with_compares_checks_and_their_records_byte_for_byte():
+    same = comparison(side_of([record([5, EOS])]), side_of([record([5, EOS])]), suite=SUITE, thresholds=STRICT,
+                      profile="test", records=True)
+    assert (same["verdict"], same["records_identical"], same["identical"], same["first_split"]) == ("pass", True, 1, None)
+    nudged = comparison(side_of([record([5, EOS], logprobs=[-0.1, -0.10000001])]), side_of([record([5, EOS])]),
+                        suite=SUITE, thresholds=STRICT, profile="test", records=True)
+    assert (nudged["verdict"], nudged["records_identical"]) == ("pass", False)
+    split = comparison(side_of([record([5, EOS])]), side_of([record([6, EOS])]), suite=SUITE, thresholds=STRICT,
+                       profile="test", records=False)
+    assert split["verdict"] == "fail" and split["first_split"] == "p1 at token 0: 5 vs 6"
+    assert split["records_identical"] is None and split["failing"][0].startswith("token_ids")
+
+
+def test_sides_decoded_differently_are_not_comparable_and_say_why():
+    other = comparison(side_of([record([5, EOS])], "bfloat16"), side_of([record([5, EOS])]), suite=SUITE,
+                       thresholds=STRICT, profile="test", records=True)
+    assert other["verdict"] == "not_comparable" and "differ in decoding" in other["reason"]
+    assert other["records_identical"] is False and other["identical"] is None
+
+
+def test_an_unknown_variant_is_refused_before_anything_is_created(tmp_path):
+    with pytest.raises(cli.StageFailed) as failed:
+        cli.matrix(profile="tiny-llama", run="m", results=str(tmp_path), variants="eager,nope")
+    assert failed.value.code == cli.EXIT_UNUSABLE and "error: unknown variant nope" in str(failed.value)
+    assert not (tmp_path / "m").exists()

@@ -3,6 +3,7 @@ settings differ from base, and which image a variant needs."""
 import json
 
 import pytest
+from test_ascend_path import make_dry_run
 from test_compare import EOS, PASSAGE, STRICT, SUITE_SHA, generations, record, scores
 
 from llm_parity import cli
@@ -146,3 +147,15 @@ def test_an_unknown_variant_is_refused_before_anything_is_created(tmp_path):
         cli.matrix(profile="tiny-llama", run="m", results=str(tmp_path), variants="eager,nope")
     assert failed.value.code == cli.EXIT_UNUSABLE and "error: unknown variant nope" in str(failed.value)
     assert not (tmp_path / "m").exists()
+
+
+def test_make_matrix_runs_inside_the_image_on_an_ascend_host_and_in_the_local_setup_elsewhere():
+    knobs = ("PROFILE=tiny-llama", "VARIANTS=base,tp2", "NPUS=0,1")
+    ascend = make_dry_run("matrix", "ON_ASCEND=/dev/davinci_manager", *knobs)
+    assert ascend.returncode == 0, ascend.stderr
+    line = next(line for line in ascend.stdout.replace("\\\n", " ").splitlines() if line.startswith("docker run"))
+    assert "--device /dev/davinci0 --device /dev/davinci1" in line
+    assert line.endswith("matrix --profile tiny-llama --run tiny-llama --lang zh --variants base,tp2 --no-reference")
+    here = make_dry_run("matrix", "ON_ASCEND=", *knobs)
+    assert here.returncode == 0 and "docker" not in here.stdout
+    assert here.stdout.splitlines()[-1].endswith("inv matrix --profile tiny-llama --run tiny-llama --lang zh --variants base,tp2")

@@ -243,35 +243,38 @@ def _verdict(entry: dict) -> str:
     return PASS
 
 
+def _entry(variant_run: VariantRun, side: dict | None, *, base: dict | None, reference: dict | None,
+           suite: dict, thresholds_by_dtype: dict, profile: str) -> dict:
+    """One variant's row: how it ran, what differs from base, and its comparisons (none if it did not run)."""
+    variant = variant_run.variant
+    entry = {"name": variant.name, "definition": variant.definition, "folder": variant.folder,
+             "status": variant_run.status, "reason": variant_run.reason, "settings": None,
+             "differs_from_base": [] if side else defined_differences(variant.definition),
+             "must_equal_base": False, "vs_reference": None, "vs_base": None}
+    if side:
+        entry["settings"] = settings(side)
+        compare = dict(suite=suite, thresholds=thresholds_by_dtype[entry["settings"]["dtype"]], profile=profile)
+        if reference:
+            entry["vs_reference"] = comparison(side, reference, records=False, **compare)
+        if base and variant.name != BASE:
+            entry["differs_from_base"] = differences(entry["settings"], settings(base))
+            entry["must_equal_base"] = not entry["differs_from_base"]
+            entry["vs_base"] = comparison(side, base, records=True, **compare)
+    return {**entry, "verdict": _verdict(entry)}
+
+
 def matrix_document(run: RunDir, runs: list[VariantRun], *, profile: str, thresholds_by_dtype: dict) -> dict:
     """report/matrix.json (schemas/matrix.schema.json) from the files of `run` and what became of each variant."""
     suite, manifest = read_json(run.suite, "suite"), read_json(run.manifest, "manifest")
     sides = {r.variant.name: _side(r.variant.results(run), "target") for r in runs if r.status == RAN}
     reference = _side(run, "reference") if run.provenance("reference").is_file() else None
-    base = sides.get(BASE)
     used = {}
-    entries = []
-    for variant_run in runs:
-        variant, side = variant_run.variant, sides.get(variant_run.variant.name)
-        entry = {"name": variant.name, "definition": variant.definition, "folder": variant.folder,
-                 "status": variant_run.status, "reason": variant_run.reason, "settings": None, "differs_from_base": [],
-                 "must_equal_base": False, "vs_reference": None, "vs_base": None}
-        if side:
-            entry["settings"] = settings(side)
-            dtype = entry["settings"]["dtype"]
-            if dtype not in thresholds_by_dtype:
-                raise ResultFileError(f"{run.matrix}: field thresholds.{dtype}: no thresholds for dtype {dtype!r}")
-            used[dtype] = thresholds_by_dtype[dtype]
-            compare = dict(suite=suite, thresholds=used[dtype], profile=profile)
-            if reference:
-                entry["vs_reference"] = comparison(side, reference, records=False, **compare)
-            if base and variant.name != BASE:
-                entry["differs_from_base"] = differences(entry["settings"], settings(base))
-                entry["must_equal_base"] = not entry["differs_from_base"]
-                entry["vs_base"] = comparison(side, base, records=True, **compare)
-        else:
-            entry["differs_from_base"] = defined_differences(variant.definition)
-        entries.append({**entry, "verdict": _verdict(entry)})
+    for dtype in sorted({side["generations"]["decoding"]["dtype"] for side in sides.values()}):
+        if dtype not in thresholds_by_dtype:
+            raise ResultFileError(f"{run.matrix}: field thresholds.{dtype}: no thresholds for dtype {dtype!r}")
+        used[dtype] = thresholds_by_dtype[dtype]
+    entries = [_entry(r, sides.get(r.variant.name), base=sides.get(BASE), reference=reference, suite=suite,
+                      thresholds_by_dtype=used, profile=profile) for r in runs]
     failed = any(entry["verdict"] == FAIL for entry in entries)
     return {"schema": schema_tag("matrix"), "verdict": FAIL if failed else PASS, "profile": profile, "base": BASE,
             "suite_sha256": suite["sha256"], "model_manifest_sha256": manifest["sha256"], "thresholds": used,

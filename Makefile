@@ -25,6 +25,8 @@ PORT ?=
 TP ?=
 EAGER ?=
 NPUS ?= 0
+# make matrix: the variants to run now (comma-separated; default all of the profile's)
+VARIANTS ?=
 DEVICE ?= cpu
 SCORER ?= reference
 # The tiny model's profile for make demo; tiny-llama-split is trained less, so bf16 answers split.
@@ -111,12 +113,12 @@ REQUIRE_PYTHON = @$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))
 	echo "error: llm-parity needs Python 3.10 or newer, and $(PYTHON) is older or missing: install one and run make PYTHON=python3.10 (or newer)" >&2; exit 2; }
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test clean verify reference cross compare audit replay serve image-ascend image-reference pin \
+.PHONY: help setup demo test clean verify reference cross compare audit replay serve matrix image-ascend image-reference pin \
 	accuracy accuracy-target accuracy-reference
 
 help: ## list the targets and knobs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
-	@echo "  knobs: PROFILE RUN SUITE LIMIT DTYPE MAX_MODEL_LEN MAX_NUM_SEQS PORT TP EAGER NPUS DEVICE SCORER REPORT_LANG RESULTS MODELS TASKS FEWSHOT"
+	@echo "  knobs: PROFILE RUN SUITE LIMIT DTYPE MAX_MODEL_LEN MAX_NUM_SEQS PORT TP EAGER NPUS DEVICE SCORER REPORT_LANG RESULTS MODELS TASKS FEWSHOT VARIANTS"
 	@echo "         ASCEND_TAG ASCEND_VARIANT IMAGE_MIRROR ALLOW_UNPINNED (empty serve knobs: the profile's values)"
 	@echo "         SIDE MODEL IN_IMAGE (make replay)"
 
@@ -196,6 +198,20 @@ ifeq ($(SCORER),target)
 else
 	docker run --rm $(GPU_FLAGS) --user $$(id -u):$$(id -g) $(VOLUMES) -e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_REFERENCE)) \
 		$(IMAGE_REFERENCE) cross-score --scorer reference $(strip $(SIDE_FLAGS) --device $(DEVICE))
+endif
+
+# An Ascend host (its driver's device node exists) runs the matrix inside the image, without the
+# reference (it comes from a CPU/GPU host: make reference, then make compare adds the matrix to the report).
+ON_ASCEND := $(wildcard /dev/davinci_manager)
+MATRIX_FLAGS = $(strip $(SIDE_FLAGS) --lang $(REPORT_LANG) $(if $(VARIANTS),--variants $(VARIANTS)))
+ifneq ($(ON_ASCEND),)
+matrix: image-ascend ## serve once per variant (graph/eager, TP, concurrency, caching, repeat), compare each (VARIANTS=...)
+	mkdir -p $(RESULTS) $(MODELS)
+	docker run --rm $(NPU_FLAGS) $(OWNER_FLAGS) $(VOLUMES) -e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_ASCEND)) \
+		$(IMAGE_ASCEND) matrix $(MATRIX_FLAGS) --no-reference
+else
+matrix: $(STAMP)
+	$(INV) matrix $(MATRIX_FLAGS)
 endif
 
 serve: $(STAMP) ## serve the profile's model here with the profile's flags until Ctrl-C (for lm-eval, curl, ...)

@@ -164,6 +164,20 @@ def bench(c, side, server_url=None, concurrencies="1,2,4,8,16", output_len=64, i
                               requests_per_level=int(requests_per_level) if requests_per_level else None))
 
 
+@side_task(help={"lang": "report language: zh (default) or en",
+                 "variants": "comma-separated variant names to run now (default: all of the profile's); the others keep "
+                             "what they had", "device": "torch device for the reference: cpu (default) or cuda",
+                 "no_reference": "do not run the reference side when the run has none (an Ascend host: the reference "
+                                 "comes from a CPU/GPU host, then make compare)"})
+def matrix(c, side, lang="zh", variants=None, device="cpu", no_reference=False):
+    """Configuration matrix: serve the model once per variant (base, eager, tp2, concurrency-1, no-prefix-cache, no-chunked-prefill, repeat, or the profile's `variants`), compare each with the reference and with base.
+
+    The reference runs once (kept when the run has one); base is target/, the others variants/<name>/, each with its
+    provenance. Writes report/matrix.json and adds the matrix to report.md and report.html. A variant whose server does
+    not start is recorded as such and the matrix goes on. Exit 0 when every variant that ran passes, 1 otherwise."""
+    _finish(lambda: cli.matrix(**side, lang=lang, variants=variants, device=device, with_reference=not no_reference))
+
+
 @side_task(help={"device": "torch device for transformers: cpu (default) or cuda"})
 def reference(c, side, device="cpu"):
     """Reference side: the same suite ids through transformers, write results/<run>/reference/.

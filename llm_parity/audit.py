@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llm_parity.accuracy import read_side as read_accuracy
+from llm_parity import matrix
 from llm_parity.compare import PASS, IncompatibleRuns, Registry, compare_runs, failing_checks, unchecked_checks
 from llm_parity.records import SIDES
 from llm_parity.results import (ResultFileError, RunDir, canonical_json, ensure_writable, listed_files, read_json, schema_tag,
@@ -295,6 +296,30 @@ def replays_stated(files: RunFiles, found: CheckResult) -> None:
         if (doc := files.docs.get(path)) and replayed[name] != doc["sha256"]:
             found.problem(files.run.replay, name, expected=f"{doc['sha256']} (this run's)", found=replayed[name])
     found.facts += [f"replay: {entry['statement']}" for entry in replayed["sides"].values()]
+
+
+@audit_check("matrix")
+def matrix_json_recomputes_from_variant_files(files: RunFiles, found: CheckResult) -> None:
+    """Every variant's files valid and made from this run's suite and model, and report/matrix.json
+    equal to the matrix recomputed from them (what became of a variant that did not run is as stored)."""
+    path = files.run.matrix
+    if not path.is_file():
+        return
+    try:
+        stored = read_json(path, "matrix")
+        recomputed = matrix.recompute(files.run, stored)
+    except ResultFileError as err:
+        found.problem(path, WHOLE_FILE, expected="a matrix whose variants' files are readable and valid", found=str(err))
+        return
+    for index, (entry, again) in enumerate(zip(stored["variants"], recomputed["variants"])):
+        for key in sorted(set(entry) | set(again)):
+            if entry.get(key) != again.get(key):
+                found.problem(path, f"variants[{index}].{key}", expected=_brief(again.get(key)), found=_brief(entry.get(key)),
+                              why=f"variant {entry['name']}: report/matrix.json differs from the matrix recomputed from its files")
+    if stored["verdict"] != recomputed["verdict"]:
+        found.problem(path, "verdict", expected=recomputed["verdict"], found=stored["verdict"])
+    ran = [entry["name"] for entry in recomputed["variants"] if entry["status"] == matrix.RAN]
+    found.facts.append(f"matrix recomputed from the files of {len(ran)} variants ({', '.join(ran)}): {recomputed['verdict']}")
 
 
 def audit_run(run: RunDir | Path | str) -> AuditResult:

@@ -128,6 +128,38 @@ def compare(*, lang: str = "zh", profile_override: bool = False, **options) -> i
                                                              profile_override=profile_override)))
 
 
+def _against(label: str, comparison: dict) -> str:
+    if comparison["reason"]:
+        return f"{label} {comparison['verdict']}: {comparison['reason']}"
+    records = {None: "", True: ", records identical", False: ", records differ"}[comparison["records_identical"]]
+    return f"{label} {comparison['verdict']} ({comparison['identical']}/{comparison['prompts']} identical{records})"
+
+
+def matrix_lines(doc: dict) -> list[str]:
+    """One line per variant: what became of it, against the reference and the base, what differs from base."""
+    lines = []
+    for entry in doc["variants"]:
+        against = [_against(label, entry[key]) for label, key in (("vs reference", "vs_reference"), ("vs base", "vs_base"))
+                   if entry[key]]
+        what = [entry["verdict"].upper()] + against if entry["status"] == "ran" else [f"{entry['status']}: {entry['reason']}"]
+        differs = f" - differs from base: {'; '.join(entry['differs_from_base'])}" if entry["differs_from_base"] else ""
+        lines.append(f"matrix: {entry['name']:<20} {', '.join(what)}{differs}")
+    return lines + [f"matrix: verdict {doc['verdict'].upper()}"]
+
+
+def matrix(*, lang: str = "zh", variants: str | None = None, with_reference: bool = True, **options) -> int:
+    """The configuration matrix: each variant on a server of its own against the reference and the base variant."""
+    def action():
+        names = [name.strip() for name in variants.split(",") if name.strip()] if variants else None
+        outcome = pipeline.matrix(request(**options), lang=lang, names=names, with_reference=with_reference)
+        print("\n".join(matrix_lines(outcome.matrix)))
+        print(f"matrix: wrote {outcome.path}")
+        if outcome.compared:
+            print(f"report: {outcome.compared.report}")
+        return EXIT_PASS if outcome.matrix["verdict"] == "pass" else EXIT_FAIL
+    return guarded(action)
+
+
 def demo(*, lang: str = "zh", run: str = "demo", profile: str = DEMO_PROFILE, **options) -> int:
     """The whole path on the embedded tiny model: prepare, reference, target, teacher forcing, compare, report."""
     return guarded(lambda: verdict_exit(pipeline.demo(request(profile=profile, run=run, **options), lang=lang)))

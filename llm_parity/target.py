@@ -21,6 +21,8 @@ from llm_parity.records import ForcedScore, Generation, PassageScore, Record, so
 from llm_parity.serve import ServerSpec, VllmServer, is_vllm_cpu, serving
 
 TOKEN_ID_PREFIX = "token_id:"
+# The serve flags under which prompt logprobs are the whole vocabulary's raw logits.
+LOGITS_SERVE_ARGS = ("--logprobs-mode", "raw_logits", "--max-logprobs", "-1")
 
 
 class VllmHttpClient:
@@ -128,6 +130,17 @@ class VllmHttpClient:
         })
         entries = body["choices"][0].get("prompt_logprobs") or body.get("prompt_logprobs")
         return [{int(token): float(value["logprob"]) for token, value in entry.items()} for entry in entries[1:]]
+
+    def prompt_logits(self, ids: list[int], vocab_size: int) -> list[list[float]]:
+        """The full-vocabulary logits before each token of `ids` after the first, one row of
+        `vocab_size` per position, in one request. Needs a server started with `--logprobs-mode
+        raw_logits --max-logprobs -1` (LOGITS_SERVE_ARGS): its prompt logprobs are then raw logits."""
+        rows = []
+        for entry in self.prompt_logprobs(ids, -1):
+            if len(entry) != vocab_size:
+                raise ValueError(f"the server gave {len(entry)} logits at a position, not the vocabulary's {vocab_size}")
+            rows.append([entry[token] for token in range(vocab_size)])
+        return rows
 
     def perplexity(self, passage: dict) -> PassageScore:
         """Prompt logprobs of a passage in one request."""

@@ -1,0 +1,46 @@
+"""Full-vocabulary logits from a real vLLM server (started for this module alone with
+`--logprobs-mode raw_logits --max-logprobs -1`: the mode is server-wide, a request cannot ask for
+it) against transformers' logits for the same ids, in float32."""
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from llm_parity.divergence import logit_measures, logits_summary
+from llm_parity.reference import TransformersRunner
+from llm_parity.serve import VllmServer, spec_from_profile
+from llm_parity.suite import load_suite_source, render_suite
+from llm_parity.target import LOGITS_SERVE_ARGS, VllmHttpClient
+
+POSITIONS = 4
+VOCAB_SIZE = 128256  # the tiny model's (Llama-3's tokenizer)
+
+
+@pytest.fixture(scope="module")
+def logits_server(tiny_model_dir, demo_profile, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("logits-server")
+    spec = spec_from_profile(demo_profile, tiny_model_dir, extra_args=LOGITS_SERVE_ARGS)
+    with VllmServer(spec, log_path=logs / "server.log", cache_dir=Path(".cache"), health_timeout_s=900) as server:
+        yield server
+
+
+def test_server_logits_match_transformers_in_float32(logits_server, tiny_model_dir, demo_profile):
+    suite = render_suite(load_suite_source(), tiny_model_dir, default_max_tokens=8)
+    ids = suite["passages"][0]["ids"][:POSITIONS + 1]
+    started = time.monotonic()
+    with VllmHttpClient(logits_server.url, logits_server.spec.served_name) as client:
+        served = client.prompt_logits(ids, VOCAB_SIZE)
+    fetched = time.monotonic() - started
+    with TransformersRunner(tiny_model_dir, dtype="float32", stop_ids=suite["stop_ids"]) as runner:
+        computed = runner.prompt_logits(ids)
+
+    assert len(served) == len(computed) == POSITIONS
+    assert all(len(row) == VOCAB_SIZE for row in served + computed)
+    # Raw logits, not log-probabilities: a log-softmax row would sum to one in probability.
+    assert abs(sum(math.exp(x) for x in served[0]) - 1) > 0.1
+    summary = logits_summary([logit_measures(r, t) for r, t in zip(computed, served)])
+    print(f"\nfloat32 logits, {POSITIONS} positions: {summary}; fetch {fetched:.1f} s")
+    assert summary["max_abs_logit_diff"] < 1e-3
+    assert summary["min_cosine"] > 1 - 1e-9
+    assert abs(summary["max_kld"]) < 1e-8

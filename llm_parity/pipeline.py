@@ -26,6 +26,7 @@ from pathlib import Path
 from llm_parity import accuracy as accuracy_mod
 from llm_parity import ascend
 from llm_parity import compare as compare_mod
+from llm_parity import logits as logits_mod
 from llm_parity import replay as replay_mod
 from llm_parity.audit import AuditResult, CheckResult, RunFiles, audit_run, sums_cover_every_file_unchanged
 from llm_parity.backend import DEFAULT_BACKEND, SideSetup, backend_class
@@ -483,6 +484,7 @@ def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override
     ensure_writable(run.compare.parent)
     forced = {side: read_json(run.teacher_forced(side), "teacher-forced") if run.teacher_forced(side).is_file() else None
               for side in SIDES}
+    logits, logits_missing = logits_mod.measure_sides(logits_mod.read_sides(run))
     result = compare_mod.compare_runs(
         suite=read_json(run.suite, "suite"), target=target,
         reference=read_json(run.generations("reference"), "generations"),
@@ -491,6 +493,7 @@ def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override
         thresholds=profile.thresholds(dtype), profile=profile.name,
         accuracy={side: accuracy_mod.read_side(run, side) for side in SIDES},
         target_forced=forced["target"], reference_forced=forced["reference"],
+        logits=logits, logits_missing=logits_missing,
     )
     if differences:
         result["profile_override"] = "; ".join(differences)

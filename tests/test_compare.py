@@ -195,7 +195,7 @@ def test_chat_template_is_not_checked_when_the_server_rendered_no_ids():
         assert result["prompts"][0]["chat_template_ids_equal"] is None
         assert (template["status"], template["passed"], template["measured"]) == ("not_checked", None, None)
         assert result["verdict"] == "pass"
-        assert unchecked_checks(result) == ["chat_template"] and failing_checks(result) == []
+        assert unchecked_checks(result) == ["chat_template", "logits_max_abs_diff"] and failing_checks(result) == []
 
 
 def test_chat_template_names_the_prompts_it_could_not_check():
@@ -230,7 +230,7 @@ def test_checks_keep_their_names_and_order():
     assert [c["name"] for c in result["checks"]] == [
         "all_prompts_answered", "prompt_ids_from_suite", "chat_template", "token_ids", "text",
         "max_abs_logprob_diff", "perplexity_rel_diff", "token_accounting", "teacher_forced_scored", "kld_mean",
-        "kld_p99", "same_top1", "rms_delta_p"]
+        "kld_p99", "same_top1", "rms_delta_p", "logits_max_abs_diff"]
 
 
 def test_failing_checks_name_the_measured_value_and_threshold():
@@ -238,8 +238,8 @@ def test_failing_checks_name_the_measured_value_and_threshold():
     result = compare_many([target], [record([5, 6], logprobs=[-0.1, -0.21])], passages=())
     assert failing_checks(result) == ["chat_template: 1 (threshold 0)", "max_abs_logprob_diff: 0.01 (threshold 0.0001)"]
     assert verdict_reasons(result) == ("failing: chat_template: 1 (threshold 0); max_abs_logprob_diff: 0.01 "
-                                       "(threshold 0.0001) | not checked: perplexity_rel_diff")
-    assert verdict_reasons(compare_one(with_chat_ids(record([5]), [1, 2, 3]), record([5]))) == ""
+                                       "(threshold 0.0001) | not checked: perplexity_rel_diff, logits_max_abs_diff")
+    assert verdict_reasons(compare_one(with_chat_ids(record([5]), [1, 2, 3]), record([5]))) == "not checked: logits_max_abs_diff"
 
 
 def test_compare_schema_holds_status_and_passed_to_agree():

@@ -9,6 +9,7 @@ server started with LOGITS_SERVE_ARGS, the reference from transformers; compare 
 them back here, so a logits file that does not hash to what its document says is refused."""
 from __future__ import annotations
 
+import json
 import sys
 from array import array
 from hashlib import sha256
@@ -21,6 +22,12 @@ from llm_parity.results import ResultFileError, RunDir, read_json, schema_tag, w
 
 DATA_FILE = "logits.f32"
 FLOAT32_BYTES = 4
+
+
+def model_vocab_size(model_dir: Path) -> int:
+    """The vocabulary size in the model folder's config.json (its text model's, where it nests one)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    return config.get("text_config", config)["vocab_size"]
 
 
 def logit_inputs(passages: list[dict], positions: int) -> list[dict]:

@@ -5,6 +5,7 @@ payloads and parses responses into the records the reference side produces too
 (llm_parity.records). Batching happens on the server, concurrency up to max-num-seqs here."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import ExitStack
@@ -140,6 +141,9 @@ class VllmHttpClient:
             if len(entry) != vocab_size:
                 raise ValueError(f"the server gave {len(entry)} logits at a position, not the vocabulary's {vocab_size}")
             rows.append([entry[token] for token in range(vocab_size)])
+        if rows and _normalized(rows[0]):
+            raise ValueError("the server returned log-probabilities, not raw logits: start it with "
+                             + " ".join(LOGITS_SERVE_ARGS))
         return rows
 
     def perplexity(self, passage: dict) -> PassageScore:
@@ -155,6 +159,12 @@ class VllmHttpClient:
         return ForcedScore(id=answer["id"], answer_ids=list(answer["answer_ids"]),
                            logprobs=[entry[token] for token, entry in zip(answer["answer_ids"], along)],
                            top_logprobs=[sort_top_k(entry.items(), top_logprobs) for entry in along])
+
+
+def _normalized(row: list[float]) -> bool:
+    """Whether a row is log-probabilities (its probabilities sum to one), not raw logits."""
+    top = max(row)
+    return abs(top + math.log(sum(math.exp(x - top) for x in row))) < 1e-3
 
 
 def _token_id(token: str) -> int:

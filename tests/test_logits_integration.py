@@ -2,13 +2,20 @@
 `--logprobs-mode raw_logits --max-logprobs -1`: the mode is server-wide, a request cannot ask for
 it) against transformers' logits for the same ids, in float32."""
 import math
+import shutil
+import struct
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from llm_parity import pipeline
+from llm_parity.audit import audit_run
+from llm_parity.backend import SideSetup
 from llm_parity.divergence import logit_measures, logits_summary
 from llm_parity.reference import TransformersRunner
+from llm_parity.results import RunDir, read_json, write_sums
 from llm_parity.serve import VllmServer, spec_from_profile
 from llm_parity.suite import load_suite_source, render_suite
 from llm_parity.target import LOGITS_SERVE_ARGS, VllmHttpClient
@@ -44,3 +51,41 @@ def test_server_logits_match_transformers_in_float32(logits_server, tiny_model_d
     assert summary["max_abs_logit_diff"] < 1e-3
     assert summary["min_cosine"] > 1 - 1e-9
     assert abs(summary["max_kld"]) < 1e-8
+
+
+def test_logits_mode_fills_the_seed_row_and_the_audit_refuses_a_tampered_file(
+        logits_server, demo_run, tiny_model_dir, demo_profile, tmp_path):
+    run = RunDir(tmp_path / "demo")
+    shutil.copytree(demo_run.root, run.root)
+    suite, manifest = read_json(run.suite, "suite"), read_json(run.manifest, "manifest")
+    setup = SideSetup(profile=demo_profile, model_dir=tiny_model_dir, suite=suite, run=run)
+    pipeline.logits_side("reference", setup, manifest)
+    half = check_named(pipeline.compare(run, demo_profile).result, "logits_max_abs_diff")
+    assert half["status"] == "not_checked" and "no full-vocabulary logits from the target" in half["detail"]
+
+    started = time.monotonic()
+    pipeline.logits_side("target", replace(setup, running=logits_server), manifest)
+    print(f"\ntarget logits of {len(suite['passages'])} passages: {time.monotonic() - started:.1f} s")
+    result = pipeline.compare(run, demo_profile).result
+    row = check_named(result, "logits_max_abs_diff")
+    summary = result["summary"]["logits"]
+    print(f"logits row: {row}")
+    assert row["status"] == "pass" and 0 <= row["measured"] < 1e-4 and row["threshold"] == 1e-4
+    assert summary["positions"] == sum(min(len(p["ids"]) - 1, 4) for p in suite["passages"])
+    assert summary["min_cosine"] > 1 - 1e-9 and abs(summary["max_kld"]) < 1e-8
+    assert "Logits 差异" in run.report_md.read_text(encoding="utf-8")
+    assert audit_run(run).ok
+
+    data = run.side("target") / "logits.f32"
+    raw = bytearray(data.read_bytes())
+    raw[:4] = struct.pack("<f", struct.unpack("<f", raw[:4])[0] + 0.5)  # one logit moved by 0.5
+    data.write_bytes(bytes(raw))
+    problems = audit_run(run).problems
+    assert any("target/logits.f32" in p for p in problems), problems
+    write_sums(run)  # fresh sums do not hide it: logits.json records the file's hash
+    problems = audit_run(run).problems
+    assert any("logits.f32: sha256" in p for p in problems), problems
+
+
+def check_named(result: dict, name: str) -> dict:
+    return next(c for c in result["checks"] if c["name"] == name)

@@ -500,7 +500,7 @@ def logits_close(evidence: Evidence) -> Outcome:
         return Outcome(NOT_CHECKED, None, None, evidence.logits_missing or LOGITS_OFF)
     detail = (f"full-vocabulary logits, {summary['positions']} positions: mean |Δ logit| "
               f"{_shown(summary['mean_abs_logit_diff'])}, 1 - min cosine {_shown(1 - summary['min_cosine'])}, "
-              f"exact KL mean {_shown(summary['mean_kld'])}, max {_shown(summary['max_kld'])}")
+              f"exact KL: mean {_shown(summary['mean_kld'])}, max {_shown(summary['max_kld'])}")
     limits = evidence.thresholds.get("logits")
     if limits is None:
         return Outcome(NOT_CHECKED, summary["max_abs_logit_diff"], None, f"{detail}; the profile sets no logits threshold")

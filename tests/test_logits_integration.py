@@ -1,6 +1,7 @@
 """Full-vocabulary logits from a real vLLM server (started for this module alone with
 `--logprobs-mode raw_logits --max-logprobs -1`: the mode is server-wide, a request cannot ask for
-it) against transformers' logits for the same ids, in float32."""
+it) against transformers' logits for the same ids, in float32; then the whole logits mode on the
+demo run: both sides stored, the seed's logits row filled, a tampered logits file refused by the audit."""
 import math
 import shutil
 import struct

@@ -207,6 +207,19 @@ def accuracy(c, tasks=",".join(project_tasks()), side="both", limit=None, num_fe
                                  run=run, dtype=dtype, model=model, results=results, server_url=server_url, device=device))
 
 
+@side_task(serve=True, help={
+    "side": "target (a vLLM server in raw_logits mode: started now, or --server-url of one) or reference",
+    "server_url": SERVER_URL_HELP + "; it must run with --logprobs-mode raw_logits --max-logprobs -1",
+    "device": "torch device for the reference: cpu (default) or cuda"})
+def logits(c, options, side="reference", server_url=None, device="cpu"):
+    """Opt-in logits mode: a side's full-vocabulary logits at the first profile logits.positions positions of each passage.
+
+    Writes results/<run>/<side>/logits.f32 (float32 rows) and logits.json (which names and hashes it). The target
+    starts its own server with --logprobs-mode raw_logits --max-logprobs -1 (the mode is server-wide, so not the
+    run's server). With both sides stored, compare fills the report's logits row (max |Δ logit|, cosine, exact KL)."""
+    _finish(lambda: cli.logits(**options, side=side, server_url=server_url, device=device))
+
+
 @side_task(serve=True, name="cross-score", help={
     "scorer": "the side that scores the other side's answers: reference (default) or target",
     "server_url": SERVER_URL_HELP, "device": "torch device for the reference: cpu (default) or cuda"})

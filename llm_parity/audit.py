@@ -17,6 +17,7 @@ from typing import Any, Callable
 from llm_parity.accuracy import read_side as read_accuracy
 from llm_parity import matrix
 from llm_parity.compare import PASS, IncompatibleRuns, Registry, compare_runs, failing_checks, unchecked_checks
+from llm_parity.logits import measure_sides, read_side_logits
 from llm_parity.records import SIDES
 from llm_parity.results import (ResultFileError, RunDir, canonical_json, ensure_writable, listed_files, read_json, schema_tag,
                                 sha256_file, sha256_of, write_json)
@@ -103,6 +104,7 @@ class RunFiles:
     docs: dict[Path, dict] = field(default_factory=dict)
     errors: dict[Path, tuple[str, ResultFileError]] = field(default_factory=dict)  # path: (schema, error)
     accuracy: dict[str, dict | None] = field(default_factory=dict)  # side: accuracy.read_side, None if not run
+    logits: dict[str, tuple[dict, list]] = field(default_factory=dict)  # side: logits.read_side_logits, where stored
 
     @classmethod
     def read(cls, run: RunDir) -> "RunFiles":
@@ -122,6 +124,12 @@ class RunFiles:
                 files.accuracy[side] = read_accuracy(run, side)
             except ResultFileError as err:
                 files.errors[run.accuracy(side)] = ("accuracy", err)
+        for side in SIDES:  # opt-in: only runs in logits mode have them
+            if run.logits(side).is_file():
+                try:
+                    files.logits[side] = read_side_logits(run, side)
+                except ResultFileError as err:
+                    files.errors[run.logits(side)] = ("logits", err)
         return files
 
     def side(self, side: str, kind: str) -> tuple[Path, dict | None]:
@@ -136,14 +144,16 @@ class RunFiles:
         raw = {(side, kind): self.side(side, kind)[1] for side in SIDES for kind in ("generations", "perplexity")}
         if not suite or not compare or not all(raw.values()):
             return None
-        if any(self.run.accuracy(side) in self.errors for side in SIDES):
+        if any(path in self.errors for side in SIDES for path in (self.run.accuracy(side), self.run.logits(side))):
             return None
         forced = {side: self.side(side, "teacher-forced")[1] for side in SIDES}
+        logits, logits_missing = measure_sides(self.logits)
         try:
             recomputed = compare_runs(suite=suite, target=raw["target", "generations"], reference=raw["reference", "generations"],
                                       target_ppl=raw["target", "perplexity"], reference_ppl=raw["reference", "perplexity"],
                                       thresholds=compare["thresholds"], profile=compare["profile"], accuracy=self.accuracy,
-                                      target_forced=forced["target"], reference_forced=forced["reference"])
+                                      target_forced=forced["target"], reference_forced=forced["reference"],
+                                      logits=logits, logits_missing=logits_missing)
         except IncompatibleRuns as err:
             return err
         # Not a measurement: what compare was told, kept so the rest can be compared as a whole.

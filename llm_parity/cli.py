@@ -93,6 +93,14 @@ def reference(**options) -> int:
     return guarded(lambda: side_exit(pipeline.reference(request(**options))))
 
 
+def logits(*, side: str, **options) -> int:
+    """`side`'s full-vocabulary logits on the passages (the opt-in logits mode); writes <side>/logits.json and logits.f32."""
+    def store() -> int:
+        note(f"logits: wrote {pipeline.logits(request(**options), side)}")
+        return 0
+    return guarded(store)
+
+
 def cross_score(*, scorer: str, **options) -> int:
     """`scorer` (a side) scores the other side's answers by teacher forcing; writes <scorer>/teacher-forced.json."""
     return guarded(lambda: side_exit(pipeline.cross_score(request(**options), scorer)))

@@ -245,6 +245,8 @@ class Evidence:
     accuracy: dict  # compare.json's "accuracy": per-task results, or why there are none
     teacher_forced: dict | None = None  # teacher_forced_run_summary; None when unavailable
     teacher_forced_missing: str | None = None  # why the run has no teacher-forced measures
+    logits: dict | None = None  # logits.measure_run: full-vocabulary logits, both sides
+    logits_missing: str | None = None  # why the run has no logits measures
 
     @property
     def answered(self) -> list[dict]:
@@ -487,6 +489,25 @@ for _name, _field, _at_least, _what in TEACHER_FORCED_LIMITS:
     check(_name)(_teacher_forced_limit(_field, at_least=_at_least, what=_what))
 
 
+LOGITS_OFF = "no full-vocabulary logits were measured (opt-in: inv logits --side SIDE)"
+
+
+@check("logits_max_abs_diff")
+def logits_close(evidence: Evidence) -> Outcome:
+    """The seed's "Logits 差异": max |Δ logit| over every stored position and token (opt-in mode)."""
+    summary = evidence.logits
+    if summary is None:
+        return Outcome(NOT_CHECKED, None, None, evidence.logits_missing or LOGITS_OFF)
+    detail = (f"full-vocabulary logits, {summary['positions']} positions: mean |Δ logit| "
+              f"{_shown(summary['mean_abs_logit_diff'])}, 1 - min cosine {_shown(1 - summary['min_cosine'])}, "
+              f"exact KL: mean {_shown(summary['mean_kld'])}, max {_shown(summary['max_kld'])}")
+    limits = evidence.thresholds.get("logits")
+    if limits is None:
+        return Outcome(NOT_CHECKED, summary["max_abs_logit_diff"], None, f"{detail}; the profile sets no logits threshold")
+    threshold = limits["max_abs_logit_diff"]
+    return Outcome(_held(summary["max_abs_logit_diff"] <= threshold), summary["max_abs_logit_diff"], threshold, detail)
+
+
 def _check_record(name: str, outcome: Outcome) -> dict:
     return {"name": name, "status": outcome.status, "passed": PASSED_FIELD[outcome.status],
             "measured": outcome.measured, "threshold": outcome.threshold, "detail": outcome.detail}
@@ -530,7 +551,8 @@ def verdict_reasons(result: dict) -> str:
 
 def gather_evidence(*, suite: dict, target: dict, reference: dict, target_ppl: dict, reference_ppl: dict,
                     thresholds: dict, accuracy: dict[str, dict | None] | None = None,
-                    target_forced: dict | None = None, reference_forced: dict | None = None) -> Evidence:
+                    target_forced: dict | None = None, reference_forced: dict | None = None,
+                    logits: dict | None = None, logits_missing: str | None = None) -> Evidence:
     """The measurements of two sets of records, in the target's order: per prompt, per passage,
     teacher-forced where each side scored the other's answers (`target_forced`, `reference_forced`),
     and `accuracy`, which maps each side to its lm-eval results (accuracy.read_side), None where it has none."""
@@ -554,14 +576,16 @@ def gather_evidence(*, suite: dict, target: dict, reference: dict, target_ppl: d
                     target_by_id[prompt["id"]], reference_by_id[prompt["id"]], forced_by["target"].get(prompt["id"]),
                     forced_by["reference"].get(prompt["id"]))
     forced_summary = None if missing else teacher_forced_run_summary(prompts)
-    return Evidence(suite, prompts, passages, thresholds, accuracy_section(accuracy), forced_summary, missing)
+    return Evidence(suite, prompts, passages, thresholds, accuracy_section(accuracy), forced_summary, missing,
+                    logits, logits_missing)
 
 
 def compare_runs(*, suite: dict, target: dict, reference: dict, target_ppl: dict, reference_ppl: dict,
                  thresholds: dict, profile: str, accuracy: dict[str, dict | None] | None = None,
-                 target_forced: dict | None = None, reference_forced: dict | None = None) -> dict:
+                 target_forced: dict | None = None, reference_forced: dict | None = None,
+                 logits: dict | None = None, logits_missing: str | None = None) -> dict:
     """The compare document (schemas/compare.schema.json) for one run; the optional documents as in
-    gather_evidence."""
+    gather_evidence, and the full-vocabulary logits measures (logits.measure_run) or why there are none."""
     check_same_inputs(suite=suite, target=target, reference=reference)
     check_same_inputs(suite=suite, target=target_ppl, reference=reference_ppl)
     for forced in (target_forced, reference_forced):
@@ -569,7 +593,8 @@ def compare_runs(*, suite: dict, target: dict, reference: dict, target_ppl: dict
             check_same_inputs(suite=suite, target=target_ppl, reference=forced)
     evidence = gather_evidence(suite=suite, target=target, reference=reference, target_ppl=target_ppl,
                                reference_ppl=reference_ppl, thresholds=thresholds, accuracy=accuracy,
-                               target_forced=target_forced, reference_forced=reference_forced)
+                               target_forced=target_forced, reference_forced=reference_forced,
+                               logits=logits, logits_missing=logits_missing)
     prompts, passages = evidence.prompts, evidence.passages
     checks = run_checks(evidence)
     ok = evidence.answered
@@ -602,5 +627,7 @@ def compare_runs(*, suite: dict, target: dict, reference: dict, target_ppl: dict
             "max_perplexity_rel_diff": max((p["rel_diff"] for p in passages if not p.get("error")), default=None),
             "teacher_forced": evidence.teacher_forced,
             "teacher_forced_missing": evidence.teacher_forced_missing,
+            "logits": evidence.logits,
+            "logits_missing": evidence.logits_missing,
         },
     }

@@ -77,3 +77,38 @@ def kld_summary(positions: list[dict], reference_logprobs: list[float], target_l
         "max_abs_logprob_diff": max(p["abs_logprob_diff"] for p in positions),
         "perplexity_ratio": math.exp((sum(reference_logprobs) - sum(target_logprobs)) / n),
     }
+
+
+def log_softmax(logits: list[float]) -> list[float]:
+    """Log-probabilities of a full-vocabulary logit vector (log-sum-exp from its maximum)."""
+    top = max(logits)
+    log_total = top + math.log(sum(math.exp(x - top) for x in logits))
+    return [x - log_total for x in logits]
+
+
+def logit_measures(reference: list[float], target: list[float]) -> dict:
+    """Both sides' full-vocabulary logits at one position: max and mean |Δ logit|, cosine
+    similarity of the two vectors (msprobe's measure), and the exact KL(reference || target) of
+    their softmaxes, no tail bucket."""
+    if len(reference) != len(target):
+        raise ValueError(f"logit vectors of different lengths: {len(reference)} and {len(target)}")
+    diffs = [abs(t - r) for r, t in zip(reference, target)]
+    norms = math.sqrt(sum(r * r for r in reference)) * math.sqrt(sum(t * t for t in target))
+    p, q = log_softmax(reference), log_softmax(target)
+    return {"max_abs_logit_diff": max(diffs),
+            "mean_abs_logit_diff": sum(diffs) / len(diffs),
+            "cosine": sum(r * t for r, t in zip(reference, target)) / norms if norms else 1.0,
+            "kld": sum(math.exp(lp) * (lp - lq) for lp, lq in zip(p, q))}
+
+
+def logits_summary(positions: list[dict]) -> dict | None:
+    """The run's worst and mean over `positions` (logit_measures of each); None without any."""
+    if not positions:
+        return None
+    n = len(positions)
+    return {"positions": n,
+            "max_abs_logit_diff": max(p["max_abs_logit_diff"] for p in positions),
+            "mean_abs_logit_diff": sum(p["mean_abs_logit_diff"] for p in positions) / n,
+            "min_cosine": min(p["cosine"] for p in positions),
+            "mean_kld": sum(p["kld"] for p in positions) / n,
+            "max_kld": max(p["kld"] for p in positions)}

@@ -18,10 +18,11 @@ cheap order is reference, target, then cross_score("reference"); the demo runs i
 """
 from __future__ import annotations
 
-import json
+import functools
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,23 +30,28 @@ from llm_parity import accuracy as accuracy_mod
 from llm_parity import ascend
 from llm_parity import compare as compare_mod
 from llm_parity import matrix as matrix_mod
+from llm_parity import logits as logits_mod
 from llm_parity import replay as replay_mod
 from llm_parity.audit import AuditResult, CheckResult, RunFiles, audit_run, sums_cover_every_file_unchanged
 from llm_parity.backend import DEFAULT_BACKEND, SideSetup, backend_class
 from llm_parity.download import (DownloadError, ModelOrigin, build_manifest, check_model_folder, recorded_model,
                                   resolve_model, verify_folder)
+from llm_parity.logits import model_vocab_size
 from llm_parity.profiles import Profile, load_profile
 from llm_parity.progress import note
 from llm_parity.provenance import collect
 from llm_parity.records import (SIDES, ForcedScore, Generation, PassageScore, answers_of, decoding_of, generations_doc,
                                 other_side, perplexity_doc, teacher_forced_doc, unrunnable_prompt)
+from llm_parity.reference import TransformersRunner
 from llm_parity.report import build_report
 from llm_parity.report.html import render_html
 from llm_parity.report.markdown import render_markdown
 from llm_parity.results import (ResultFileError, RunDir, ensure_writable, read_json, sha256_of, write_json, write_sums,
                                 write_text_atomic)
 from llm_parity.serve import ServerError
+from llm_parity.serve import serving
 from llm_parity.suite import DEFAULT_SUITE, load_suite_source, render_suite
+from llm_parity.target import LOGITS_SERVE_ARGS, VllmHttpClient
 
 NOT_RUN = "not run: the run stopped before this item finished"
 
@@ -288,6 +294,46 @@ def cross_score_side(side: str, setup: SideSetup, manifest: dict, *, backend: st
     return SideOutcome(side, run.side(side), run.teacher_forced(side), errors)
 
 
+def _logits_fetcher(side: str, setup: SideSetup, stack: ExitStack) -> Callable[[list[int]], list[list[float]]]:
+    """How `side` computes full-vocabulary logits: transformers, or a vLLM server in raw_logits mode
+    (`setup.running` or `setup.server_url` started so, else one started now with the profile's flags
+    and LOGITS_SERVE_ARGS, torn down when `stack` closes)."""
+    profile = setup.profile
+    if side == "reference":
+        runner = stack.enter_context(TransformersRunner(
+            setup.model_dir, dtype=profile.dtype, stop_ids=setup.suite["stop_ids"], device=setup.device,
+            trust_remote_code=profile.model.get("trust_remote_code", False)))
+        return runner.prompt_logits
+    logits_profile = profile.with_serve(extra_args=[*profile.serve.get("extra_args", ()), *LOGITS_SERVE_ARGS])
+    url, _, spec = stack.enter_context(serving(
+        logits_profile, setup.model_dir, log_path=setup.cache_dir / "logits-server.log", cache_dir=setup.cache_dir,
+        server_url=setup.server_url, running=setup.running, api_key=setup.api_key, log=setup.log))
+    client = stack.enter_context(VllmHttpClient(url, spec.served_name, api_key=setup.api_key,
+                                                timeout_s=profile.decoding.get("request_timeout_s", 120)))
+    return functools.partial(client.prompt_logits, vocab_size=model_vocab_size(setup.model_dir))
+
+
+def logits_side(side: str, setup: SideSetup, manifest: dict) -> Path:
+    """`side`'s full-vocabulary logits at the first profile.logits.positions positions of every
+    passage (the opt-in logits mode): <side>/logits.f32 and logits.json."""
+    if side not in SIDES:
+        raise ValueError(f"side {side!r}: choose one of {', '.join(SIDES)}")
+    positions = setup.profile.document.get("logits", {}).get("positions")
+    if positions is None:
+        raise ResultFileError(f"{setup.profile.path}: field logits.positions: the profile does not set how many "
+                              "positions of each passage the logits mode stores")
+    ensure_writable(setup.run.side(side))
+    with ExitStack() as stack:
+        fetch = _logits_fetcher(side, setup, stack)
+        return logits_mod.write_side_logits(setup.run, side, setup.suite, manifest["sha256"], positions,
+                                            model_vocab_size(setup.model_dir), fetch)
+
+
+def logits(request: Request, side: str) -> Path:
+    workspace = open_workspace(request)
+    return logits_side(side, _setup(workspace, request), workspace.manifest)
+
+
 def _setup(workspace: Workspace, request: Request, **extra) -> SideSetup:
     return SideSetup(profile=workspace.profile, model_dir=workspace.model_dir, suite=workspace.suite, run=workspace.run,
                      cache_dir=request.cache_dir, device=request.device, server_url=request.server_url,
@@ -421,8 +467,7 @@ def bench(request: Request, *, concurrencies: tuple[int, ...], output_len: int, 
     with serving(profile, model_dir, log_path=run.server_log, server_url=request.server_url, cache_dir=request.cache_dir,
                  api_key=api_key, log=log) as (url, _, spec):
         count = total_requests(concurrencies, requests_per_level)
-        vocab_size = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))["vocab_size"]
-        prompts = synthetic_prompts(count, input_len, vocab_size=vocab_size) if input_len else suite_prompts(suite)
+        prompts = synthetic_prompts(count, input_len, vocab_size=model_vocab_size(model_dir)) if input_len else suite_prompts(suite)
         doc = run_bench(url, spec.served_name, prompts=prompts, output_len=output_len, concurrencies=concurrencies,
                         requests_per_level=requests_per_level, api_key=api_key or spec.api_key, log=log)
     write_json(run.bench, doc, "bench")
@@ -501,6 +546,7 @@ def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override
     ensure_writable(run.compare.parent)
     forced = {side: read_json(run.teacher_forced(side), "teacher-forced") if run.teacher_forced(side).is_file() else None
               for side in SIDES}
+    logits, logits_missing = logits_mod.measure_sides(logits_mod.read_sides(run))
     result = compare_mod.compare_runs(
         suite=read_json(run.suite, "suite"), target=target,
         reference=read_json(run.generations("reference"), "generations"),
@@ -509,6 +555,7 @@ def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override
         thresholds=profile.thresholds(dtype), profile=profile.name,
         accuracy={side: accuracy_mod.read_side(run, side) for side in SIDES},
         target_forced=forced["target"], reference_forced=forced["reference"],
+        logits=logits, logits_missing=logits_missing,
     )
     if differences:
         result["profile_override"] = "; ".join(differences)

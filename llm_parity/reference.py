@@ -273,6 +273,14 @@ class TransformersRunner:
         return [ForcedScore(id=answer["id"], answer_ids=list(answer["answer_ids"]), logprobs=chosen, top_logprobs=top)
                 for answer, (chosen, top) in zip(answers, scored)]
 
+    def prompt_logits(self, ids: list[int]) -> list[list[float]]:
+        """The full-vocabulary logits before each token of `ids` after the first, as float32 rows:
+        what the target's server gives with LOGITS_SERVE_ARGS."""
+        self._check_ids([ids])
+        with self.torch.inference_mode():
+            logits = self.model(input_ids=self.torch.tensor([ids], device=self.device), use_cache=False).logits
+        return logits[0, :len(ids) - 1].float().tolist()
+
     def perplexity(self, passage: dict) -> PassageScore:
         """One passage: a batch of one."""
         return self.perplexity_batch([passage])[0]

@@ -94,11 +94,16 @@ def canonical_json(doc: Any) -> str:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write via a temporary file in the same folder and rename, so a reader never sees half a file."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """write_text_atomic for bytes (the logits files)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
@@ -198,6 +203,10 @@ class RunDir:
     def teacher_forced(self, side: str) -> Path:
         """`side`'s scores of the other side's answers."""
         return self.root / side / "teacher-forced.json"
+
+    def logits(self, side: str) -> Path:
+        """`side`'s full-vocabulary logits on the passages: the document naming the binary file beside it."""
+        return self.root / side / "logits.json"
 
     def provenance(self, side: str) -> Path:
         return self.side(side) / "provenance.json"

@@ -5,6 +5,7 @@ payloads and parses responses into the records the reference side produces too
 (llm_parity.records). Batching happens on the server, concurrency up to max-num-seqs here."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import ExitStack
@@ -21,6 +22,8 @@ from llm_parity.records import ForcedScore, Generation, PassageScore, Record, so
 from llm_parity.serve import ServerSpec, VllmServer, is_vllm_cpu, serving
 
 TOKEN_ID_PREFIX = "token_id:"
+# The serve flags under which prompt logprobs are the whole vocabulary's raw logits.
+LOGITS_SERVE_ARGS = ("--logprobs-mode", "raw_logits", "--max-logprobs", "-1")
 
 
 class VllmHttpClient:
@@ -129,6 +132,20 @@ class VllmHttpClient:
         entries = body["choices"][0].get("prompt_logprobs") or body.get("prompt_logprobs")
         return [{int(token): float(value["logprob"]) for token, value in entry.items()} for entry in entries[1:]]
 
+    def prompt_logits(self, ids: list[int], vocab_size: int) -> list[list[float]]:
+        """The full-vocabulary logits before each token of `ids` after the first, one row of
+        `vocab_size` per position, in one request. Needs a server started with `--logprobs-mode
+        raw_logits --max-logprobs -1` (LOGITS_SERVE_ARGS): its prompt logprobs are then raw logits."""
+        rows = []
+        for entry in self.prompt_logprobs(ids, -1):
+            if len(entry) != vocab_size:
+                raise ValueError(f"the server gave {len(entry)} logits at a position, not the vocabulary's {vocab_size}")
+            rows.append([entry[token] for token in range(vocab_size)])
+        if rows and _normalized(rows[0]):
+            raise ValueError("the server returned log-probabilities, not raw logits: start it with "
+                             + " ".join(LOGITS_SERVE_ARGS))
+        return rows
+
     def perplexity(self, passage: dict) -> PassageScore:
         """Prompt logprobs of a passage in one request."""
         entries = self.prompt_logprobs(passage["ids"], 1)
@@ -142,6 +159,12 @@ class VllmHttpClient:
         return ForcedScore(id=answer["id"], answer_ids=list(answer["answer_ids"]),
                            logprobs=[entry[token] for token, entry in zip(answer["answer_ids"], along)],
                            top_logprobs=[sort_top_k(entry.items(), top_logprobs) for entry in along])
+
+
+def _normalized(row: list[float]) -> bool:
+    """Whether a row is log-probabilities (its probabilities sum to one), not raw logits."""
+    top = max(row)
+    return abs(top + math.log(sum(math.exp(x - top) for x in row))) < 1e-3
 
 
 def _token_id(token: str) -> int:

@@ -5,6 +5,7 @@ import pytest
 
 from llm_parity.compare import (IncompatibleRuns, compare_runs, failing_checks, token_accounting, unchecked_checks,
                                  verdict_reasons)
+from llm_parity.divergence import logit_measures, logits_summary
 from llm_parity.records import (ForcedScore, Generation, PassageScore, decoding_of, generations_doc, perplexity_doc,
                                 teacher_forced_doc)
 from llm_parity.results import ResultFileError, validate
@@ -50,7 +51,7 @@ def mirrored(scorer, suite, answers):
     return teacher_forced_doc(scorer, suite, MODEL_SHA, answers, 2, records)
 
 
-def compare_many(targets, references, thresholds=STRICT, passages=(PASSAGE,), forced=mirrored):
+def compare_many(targets, references, thresholds=STRICT, passages=(PASSAGE,), forced=mirrored, **logits):
     """compare_runs on a suite made of the targets' prompts, both sides scoring the same `passages`
     and each other's answers with `forced(scorer, suite, answers)` (None: no teacher forcing)."""
     suite = {"sha256": SUITE_SHA, "stop_ids": [EOS],
@@ -65,6 +66,7 @@ def compare_many(targets, references, thresholds=STRICT, passages=(PASSAGE,), fo
         thresholds=thresholds, profile="test",
         target_forced=forced and forced("target", suite, reference),
         reference_forced=forced and forced("reference", suite, target),
+        **logits,
     )
 
 
@@ -195,7 +197,7 @@ def test_chat_template_is_not_checked_when_the_server_rendered_no_ids():
         assert result["prompts"][0]["chat_template_ids_equal"] is None
         assert (template["status"], template["passed"], template["measured"]) == ("not_checked", None, None)
         assert result["verdict"] == "pass"
-        assert unchecked_checks(result) == ["chat_template"] and failing_checks(result) == []
+        assert unchecked_checks(result) == ["chat_template", "logits_max_abs_diff"] and failing_checks(result) == []
 
 
 def test_chat_template_names_the_prompts_it_could_not_check():
@@ -230,7 +232,7 @@ def test_checks_keep_their_names_and_order():
     assert [c["name"] for c in result["checks"]] == [
         "all_prompts_answered", "prompt_ids_from_suite", "chat_template", "token_ids", "text",
         "max_abs_logprob_diff", "perplexity_rel_diff", "token_accounting", "teacher_forced_scored", "kld_mean",
-        "kld_p99", "same_top1", "rms_delta_p"]
+        "kld_p99", "same_top1", "rms_delta_p", "logits_max_abs_diff"]
 
 
 def test_failing_checks_name_the_measured_value_and_threshold():
@@ -238,8 +240,8 @@ def test_failing_checks_name_the_measured_value_and_threshold():
     result = compare_many([target], [record([5, 6], logprobs=[-0.1, -0.21])], passages=())
     assert failing_checks(result) == ["chat_template: 1 (threshold 0)", "max_abs_logprob_diff: 0.01 (threshold 0.0001)"]
     assert verdict_reasons(result) == ("failing: chat_template: 1 (threshold 0); max_abs_logprob_diff: 0.01 "
-                                       "(threshold 0.0001) | not checked: perplexity_rel_diff")
-    assert verdict_reasons(compare_one(with_chat_ids(record([5]), [1, 2, 3]), record([5]))) == ""
+                                       "(threshold 0.0001) | not checked: perplexity_rel_diff, logits_max_abs_diff")
+    assert verdict_reasons(compare_one(with_chat_ids(record([5]), [1, 2, 3]), record([5]))) == "not checked: logits_max_abs_diff"
 
 
 def test_compare_schema_holds_status_and_passed_to_agree():
@@ -357,3 +359,21 @@ def test_without_profile_limits_the_measures_are_reported_but_not_judged():
     kld = check(result, "kld_mean")
     assert kld["status"] == "not_checked" and kld["measured"] == pytest.approx(0.0, abs=1e-12)
     assert "no teacher-forced thresholds" in kld["detail"]
+
+
+def test_the_logits_row_holds_max_abs_logit_diff_to_the_profile():
+    # One position: logits (0, 0, ln 2) against (ln 2, 0, ln 2): max |Δ logit| ln 2 = 0.693147
+    measured = logits_summary([logit_measures([0.0, 0.0, math.log(2)], [math.log(2), 0.0, math.log(2)])])
+    for limit, status in ((1.0, "pass"), (0.5, "fail")):
+        thresholds = {**STRICT, "logits": {"max_abs_logit_diff": limit, "why": "test"}}
+        row = check(compare_one_logits(measured, thresholds), "logits_max_abs_diff")
+        assert (row["status"], row["measured"], row["threshold"]) == (status, pytest.approx(0.693147, abs=1e-6), limit)
+        assert "1 positions" in row["detail"] and "1 - min cosine 0.293" in row["detail"]
+    row = check(compare_one_logits(measured, STRICT), "logits_max_abs_diff")
+    assert row["status"] == "not_checked" and "the profile sets no logits threshold" in row["detail"]
+    row = check(compare_one_logits(None, STRICT, missing="no full-vocabulary logits from the target"), "logits_max_abs_diff")
+    assert (row["status"], row["measured"], row["detail"]) == ("not_checked", None, "no full-vocabulary logits from the target")
+
+
+def compare_one_logits(measured, thresholds, missing=None):
+    return compare_many([record([5])], [record([5])], thresholds, logits=measured, logits_missing=missing)

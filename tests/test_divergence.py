@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from llm_parity.divergence import kl_with_tail, kld_summary, position_measures
+from llm_parity.divergence import kl_with_tail, kld_summary, logit_measures, logits_summary, position_measures
 
 
 def top(*pairs):
@@ -71,3 +71,39 @@ def test_run_summary_like_llama_cpp():
     # perplexities exp(1.1) (target) over exp(1.0) (reference)
     assert summary["perplexity_ratio"] == pytest.approx(math.exp(0.1))
     assert kld_summary([], [], []) is None
+
+
+def test_logit_measures_of_one_raised_logit():
+    # Reference logits (0, 0, ln 2): P = (1/4, 1/4, 1/2); target (ln 2, 0, ln 2): Q = (2/5, 1/5, 2/5).
+    # |Δ| = (ln 2, 0, 0): max 0.693147, mean 0.231049. Cosine: (ln 2)^2 / (ln 2 · √2 ln 2) = 1/√2.
+    # KL = 1/4 ln(5/8) + 1/4 ln(5/4) + 1/2 ln(5/4) = -0.117501 + 0.055786 + 0.111572 = 0.049857
+    measures = logit_measures([0.0, 0.0, math.log(2)], [math.log(2), 0.0, math.log(2)])
+    assert measures == {"max_abs_logit_diff": pytest.approx(0.693147, abs=1e-6),
+                        "mean_abs_logit_diff": pytest.approx(0.231049, abs=1e-6),
+                        "cosine": pytest.approx(1 / math.sqrt(2)),
+                        "kld": pytest.approx(0.049857, abs=1e-6)}
+
+
+def test_a_shift_of_every_logit_moves_no_probability():
+    # (1, 2, 3) against (2, 3, 4): the same softmax, so KL 0; |Δ| is 1 everywhere;
+    # cosine = (2 + 6 + 12) / (√14 · √29) = 20 / √406 = 0.992583
+    measures = logit_measures([1.0, 2.0, 3.0], [2.0, 3.0, 4.0])
+    assert measures["kld"] == pytest.approx(0.0, abs=1e-15)
+    assert measures["max_abs_logit_diff"] == measures["mean_abs_logit_diff"] == pytest.approx(1.0)
+    assert measures["cosine"] == pytest.approx(0.992583, abs=1e-6)
+
+
+def test_identical_logits_and_vectors_of_different_lengths():
+    assert logit_measures([3.0, -1.0], [3.0, -1.0]) == {"max_abs_logit_diff": 0.0, "mean_abs_logit_diff": 0.0,
+                                                        "cosine": pytest.approx(1.0), "kld": pytest.approx(0.0, abs=1e-15)}
+    with pytest.raises(ValueError, match="different lengths"):
+        logit_measures([1.0, 2.0], [1.0])
+
+
+def test_logits_summary_takes_the_worst_and_the_means():
+    first = {"max_abs_logit_diff": 0.5, "mean_abs_logit_diff": 0.1, "cosine": 0.99, "kld": 0.02}
+    second = {"max_abs_logit_diff": 0.2, "mean_abs_logit_diff": 0.3, "cosine": 0.98, "kld": 0.04}
+    assert logits_summary([first, second]) == {
+        "positions": 2, "max_abs_logit_diff": 0.5, "mean_abs_logit_diff": pytest.approx(0.2),
+        "min_cosine": 0.98, "mean_kld": pytest.approx(0.03), "max_kld": 0.04}
+    assert logits_summary([]) is None

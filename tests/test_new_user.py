@@ -142,7 +142,7 @@ def test_the_zh_report_says_every_check_detail_in_chinese(demo_run):
     report = build_report(compare, provenance, lang="zh")
     details = [row[2] for row in report.sections[1].rows] + [cell for row in report.sections[2].rows for cell in row[1:3]]
     ids = {prompt["id"] for prompt in read_json(demo_run.suite, "suite")["prompts"]}
-    technical = {"top", "logprob", "usage", "token"}
+    technical = {"top", "logprob", "usage", "token", "logit", "logits"}
     english = [word for text in details for word in re.findall(r"[A-Za-z]{3,}", str(text))
                if word not in technical and not any(word in prompt_id for prompt_id in ids)]
     assert english == [], details

@@ -57,7 +57,7 @@ def test_a_check_that_could_not_run_is_shown_as_not_checked_in_both_languages():
     zh = render_markdown(build_report(compare, PROVENANCE, manifest=MANIFEST))
     row = next(line for line in en.splitlines() if line.startswith("| server chat template renders the same ids"))
     assert "⚪ not checked" in row and "✅" not in row and "❌" not in row
-    assert "Not checked (server chat template renders the same ids)" in en
+    assert "Not checked (server chat template renders the same ids, logits difference (max" in en
     row = next(line for line in zh.splitlines() if line.startswith("| 服务端对话模板一致"))
     assert "⚪ 未检查" in row and "✅" not in row and "❌" not in row
 

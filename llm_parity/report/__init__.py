@@ -9,7 +9,7 @@ from llm_parity.compare import FAIL, PASS, unchecked_checks
 from llm_parity.report.strings import CHECK_NAMES, STRINGS, detail_text
 
 PRECISION_CHECKS = ("token_ids", "text", "max_abs_logprob_diff", "perplexity_rel_diff", "kld_mean", "kld_p99", "same_top1",
-                    "rms_delta_p")
+                    "rms_delta_p", "logits_max_abs_diff")
 
 
 @dataclass

@@ -118,6 +118,7 @@ CHECK_NAMES = {
     "kld_p99": {"zh": "KL 散度 99% 分位", "en": "99th percentile of the KL divergence"},
     "same_top1": {"zh": "top-1 一致率", "en": "same top-1 share"},
     "rms_delta_p": {"zh": "Δp 均方根", "en": "RMS Δp"},
+    "logits_max_abs_diff": {"zh": "Logits 差异(最大 |Δ logit|)", "en": "logits difference (max |Δ logit|)"},
 }
 
 # compare.json keeps its detail strings in English (one language for machines and logs); the zh
@@ -169,6 +170,18 @@ DETAIL_PHRASES_ZH = sorted({
     "share of positions whose top-1 tokens agree": "top-1 token 一致的位置比例",
     "RMS of Δp, the taken token's probability target minus reference": "Δp(所取 token 的概率,目标减参考)的均方根",
     "positions scored": "个位置",
+    "no full-vocabulary logits were measured (opt-in: inv logits --side SIDE)": "未测量全词表 logits(可选模式)",
+    "no full-vocabulary logits from the": "缺少全词表 logits:",
+    "opt-in: inv logits --side SIDE": "可选:inv logits --side SIDE",
+    "the two sides computed logits for different passages or ids": "两侧计算 logits 所用的段落或 token 不同",
+    "the suite has no passage of two tokens or more": "测试集中没有两个 token 以上的段落",
+    "the profile sets no logits threshold": "配置中没有 logits 阈值",
+    "full-vocabulary logits": "全词表 logits",
+    "mean |Δ logit|": "平均 |Δ logit|",
+    "min cosine": "最小余弦相似度",
+    "exact KL: mean": "精确 KL:平均",
+    ", max": ",最大",
+    "positions": "个位置",
     "errors": "错误",
     "missing": "缺失",
     "none": "无",

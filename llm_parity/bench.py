@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import random
 import statistics
 import time
@@ -30,6 +29,7 @@ import aiohttp
 
 from llm_parity.progress import note
 from llm_parity.results import schema_tag
+from llm_parity.stats import percentile
 
 ENDPOINT = "/v1/completions"
 DEFAULT_CONCURRENCIES = (1, 2, 4, 8, 16)
@@ -73,15 +73,6 @@ def synthetic_prompts(count: int, input_len: int, *, vocab_size: int, seed: int 
     """`count` prompts of `input_len` token ids drawn uniformly from [0, vocab_size), seeded."""
     rng = random.Random(seed)
     return [[rng.randrange(vocab_size) for _ in range(input_len)] for _ in range(count)]
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile with linear interpolation between closest ranks (numpy's default)."""
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def _stats_ms(values_s: list[float]) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from llm_parity.bench import percentile
+from llm_parity.stats import percentile
 
 # A tail bucket below this is rounding (top-k masses that sum to 1 within float error).
 TAIL_FLOOR = 1e-12

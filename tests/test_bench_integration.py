@@ -2,9 +2,10 @@
 hand-made request records (no server) with known answers."""
 import pytest
 
-from llm_parity.bench import (RequestRecord, percentile, render_bench, run_bench, suite_prompts, summarize,
+from llm_parity.bench import (RequestRecord, render_bench, run_bench, suite_prompts, summarize,
                               synthetic_prompts, total_requests)
 from llm_parity.results import validate
+from llm_parity.stats import percentile
 from llm_parity.serve import free_port
 from llm_parity.suite import load_suite_source, render_suite
 

@@ -178,13 +178,15 @@ def matrix(c, side, lang="zh", variants=None, device="cpu", no_reference=False):
     _finish(lambda: cli.matrix(**side, lang=lang, variants=variants, device=device, with_reference=not no_reference))
 
 
-@side_task(help={"device": "torch device for transformers: cpu (default) or cuda"})
-def reference(c, side, device="cpu"):
+@side_task(help={"device": "torch device for transformers: cpu (default) or cuda",
+                 "resume": "keep the prompts and passages that finished in an earlier run of this side and run only the rest"})
+def reference(c, side, device="cpu", resume=False):
     """Reference side: the same suite ids through transformers, write results/<run>/reference/.
 
-    When the target side has run already, the reference also scores the target's answers (teacher forcing):
-    reference/teacher-forced.json."""
-    _finish(lambda: cli.reference(**side, device=device))
+    Each record is appended to reference/generations.jsonl and perplexity.jsonl as it finishes, so a run that is
+    stopped or killed keeps what finished and --resume runs only the rest. When the target side has run already, the
+    reference also scores the target's answers (teacher forcing): reference/teacher-forced.jsonl."""
+    _finish(lambda: cli.reference(**side, device=device, resume=resume))
 
 
 @task(help={"tasks": f"comma-separated lm-eval task names: the project's own ({','.join(project_tasks())}, the default) "
@@ -227,7 +229,7 @@ def cross_score(c, side, scorer="reference", server_url=None, device="cpu"):
     """Teacher forcing for the side that ran first: it scores the answers of the side that ran after it.
 
     The side that runs second scores the first one's answers by itself; this completes the pair, writing
-    results/<run>/<side>/teacher-forced.json (each answer token's logprob and the top-k at its position, from one
+    results/<run>/<side>/teacher-forced.jsonl (each answer token's logprob and the top-k at its position, from one
     pass over prompt + answer). Cheapest order: reference, target, then cross-score --scorer reference."""
     _finish(lambda: cli.cross_score(**side, scorer=scorer, server_url=server_url, device=device))
 

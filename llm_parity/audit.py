@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -18,6 +19,7 @@ from llm_parity.accuracy import read_side as read_accuracy
 from llm_parity import matrix
 from llm_parity.compare import PASS, IncompatibleRuns, Registry, compare_runs, failing_checks, unchecked_checks
 from llm_parity.logits import measure_sides, read_side_logits
+from llm_parity.record_files import read_document, record_file_exists
 from llm_parity.records import SIDES
 from llm_parity.results import (ResultFileError, RunDir, canonical_json, ensure_writable, listed_files, read_json, schema_tag,
                                 sha256_file, sha256_of, write_json)
@@ -111,12 +113,12 @@ class RunFiles:
         files = cls(run)
         side_documents = [(_side_path(run, side, kind), kind) for side in SIDES for kind in SIDE_DOCUMENTS]
         optional = [(path, kind) for side in SIDES for kind in OPTIONAL_SIDE_DOCUMENTS
-                    if (path := _side_path(run, side, kind)).is_file()]
+                    if record_file_exists(path := _side_path(run, side, kind))]
         replayed = [(run.replay, "replay")] if run.replay.exists() else []  # only once a side was replayed
         for path, schema in [(run.suite, "suite"), (run.manifest, "manifest"), *side_documents, *optional,
                              (run.compare, "compare"), *replayed]:
             try:
-                files.docs[path] = read_json(path, schema)
+                files.docs[path] = read_document(path, schema)
             except ResultFileError as err:
                 files.errors[path] = (schema, err)
         for side in SIDES:  # optional: only runs that ran lm-eval have them
@@ -192,9 +194,13 @@ def sums_cover_every_file_unchanged(files: RunFiles, found: CheckResult) -> None
 
 
 def _unreadable_problem(found: CheckResult, path: Path, schema: str, err: ResultFileError) -> None:
-    # ResultFileError says "<path>: field <field>: <what>" or "<path>: <what>" (results.py).
+    # ResultFileError says "<path>: field <field>: <what>", "<path>: line <n>: field <field>: <what>"
+    # (a record file's line) or "<path>: <what>" (results.py, record_files.py).
     detail = str(err).removeprefix(f"{path}: ")
+    line, detail = (f"{detail.split(': ', 1)[0]}: ", detail.split(": ", 1)[1]) if re.match(r"line \d+: ", detail) else ("", detail)
     field_name, what = detail.removeprefix("field ").split(": ", 1) if detail.startswith("field ") else (WHOLE_FILE, detail)
+    field_name = line + field_name if field_name != WHOLE_FILE else field_name
+    what = what if field_name != WHOLE_FILE or not line else line + what
     found.problem(path, field_name, expected=f"a JSON document valid against schemas/{schema}.schema.json", found=what)
 
 

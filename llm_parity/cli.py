@@ -56,7 +56,7 @@ def guarded(action):
     except pipeline.DummyFailed as err:
         raise StageFailed(str(err), EXIT_FAIL) from None
     except KeyboardInterrupt:
-        raise StageFailed("interrupted: the server was stopped; what finished was written (rerun with --resume)",
+        raise StageFailed("interrupted: stopped; every record that finished was written (rerun the side with --resume)",
                           EXIT_INTERRUPTED) from None
 
 
@@ -71,9 +71,8 @@ def request(*, profile: str, run: str, results: str | None = None, serve: dict |
 def side_exit(outcome: pipeline.SideOutcome) -> int:
     print(f"{outcome.side}: wrote {outcome.folder}")
     if outcome.errors:
-        again = "rerun with --resume" if outcome.side == "target" else "rerun"
         raise StageFailed(f"{outcome.side}: {outcome.errors} prompts or passages failed (see the error fields in "
-                          f"{outcome.generations}); fix the cause and {again}", EXIT_FAIL)
+                          f"{outcome.generations}); fix the cause and rerun with --resume", EXIT_FAIL)
     return EXIT_PASS
 
 
@@ -102,7 +101,7 @@ def logits(*, side: str, **options) -> int:
 
 
 def cross_score(*, scorer: str, **options) -> int:
-    """`scorer` (a side) scores the other side's answers by teacher forcing; writes <scorer>/teacher-forced.json."""
+    """`scorer` (a side) scores the other side's answers by teacher forcing; writes <scorer>/teacher-forced.jsonl."""
     return guarded(lambda: side_exit(pipeline.cross_score(request(**options), scorer)))
 
 

@@ -213,7 +213,7 @@ def teacher_forced_unavailable(target: dict, reference: dict, target_forced: dic
         if forced is None:
             return f"the {scorer} has not scored the {answers['side']}'s answers: run cross-score --scorer {scorer}"
         if forced["answers_sha256"] != answers_hash(answers):
-            return (f"the {scorer} scored other answers than the {answers['side']}'s generations.json holds now: "
+            return (f"the {scorer} scored other answers than the {answers['side']}'s generations.jsonl holds now: "
                     f"run cross-score --scorer {scorer} again")
     return None
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from llm_parity.compare import FAIL, PASS, IncompatibleRuns, compare_runs, failing_checks, unchecked_checks
 from llm_parity.profiles import Profile
+from llm_parity.record_files import read_document
 from llm_parity.results import ResultFileError, RunDir, canonical_json, read_json, schema_tag
 
 BASE = "base"
@@ -140,7 +141,7 @@ def previous_runs(run: RunDir, variants: list[Variant]) -> dict[str, VariantRun]
 
 
 def _side(run: RunDir, side: str) -> dict:
-    return {kind: read_json(getattr(run, kind)(side), kind) for kind in ("generations", "perplexity", "provenance")}
+    return {kind: read_document(getattr(run, kind)(side), kind) for kind in ("generations", "perplexity", "provenance")}
 
 
 def settings(side: dict) -> dict:

@@ -5,7 +5,7 @@ run on a different machine and be copied in. cli.py only turns the outcomes into
 
     suite source -> suite.json (rendered once) + model/manifest.json
       -> target/ and reference/ (one backend each, llm_parity.backend, the same records)
-      -> teacher forcing: each side scores the other side's answers (<side>/teacher-forced.json)
+      -> teacher forcing: each side scores the other side's answers (<side>/teacher-forced.jsonl)
       -> report/compare.json, report.md, report.html, SHA256SUMS -> audit
       -> replay: a side run again from the folder's own records into replay/<side>/ -> report/replay.json
     matrix: the reference once, then each serving variant a target side of its own (target/,
@@ -40,8 +40,9 @@ from llm_parity.logits import model_vocab_size
 from llm_parity.profiles import Profile, load_profile
 from llm_parity.progress import note
 from llm_parity.provenance import collect
-from llm_parity.records import (SIDES, ForcedScore, Generation, PassageScore, answers_of, decoding_of, generations_doc,
-                                other_side, perplexity_doc, teacher_forced_doc, unrunnable_prompt)
+from llm_parity.record_files import RecordJournal, read_records, record_file_exists
+from llm_parity.records import (SIDES, ForcedScore, Generation, PassageScore, Record, answers_of, decoding_of,
+                                generations_doc, other_side, perplexity_doc, teacher_forced_doc, unrunnable_prompt)
 from llm_parity.reference import TransformersRunner
 from llm_parity.report import build_report
 from llm_parity.report.html import render_html
@@ -161,83 +162,86 @@ def open_workspace(request: Request, *, log=note) -> Workspace:
     return Workspace(profile, run, model_dir, suite, manifest)
 
 
-def _write_side(run: RunDir, side: str, suite: dict, manifest: dict, decoding: dict,
-                generations: dict[str, Generation], perplexity: dict[str, PassageScore]) -> int:
-    """Write a side's generations and perplexity in suite order, recording every prompt or
-    passage that did not finish as an error; return how many items carry an error."""
-    gen = [generations.get(p["id"]) or Generation.failed(p, NOT_RUN) for p in suite["prompts"]]
-    ppl = [perplexity.get(p["id"]) or PassageScore.failed(p, NOT_RUN) for p in suite["passages"]]
-    write_json(run.generations(side), generations_doc(side, suite, manifest["sha256"], decoding, gen), "generations")
-    write_json(run.perplexity(side), perplexity_doc(side, suite, manifest["sha256"], ppl), "perplexity")
-    return sum(1 for record in gen + ppl if record.error)
-
-
 def _finished_before(run: RunDir, side: str, suite: dict, manifest: dict) -> tuple[dict, dict]:
-    """For --resume: the records of an earlier run of this side that finished without error."""
-    if not run.generations(side).is_file():
+    """For --resume: the records of an earlier run of this side that finished without error, from
+    files in either form, a journal cut off mid-line included."""
+    if not record_file_exists(run.generations(side)):
         return {}, {}
     kept = []
-    for path, name, record_type in ((run.generations(side), "generations", Generation),
-                                    (run.perplexity(side), "perplexity", PassageScore)):
-        doc = read_json(path, name)
+    for path, kind in ((run.generations(side), "generations"), (run.perplexity(side), "perplexity")):
+        if not record_file_exists(path):  # stopped before its first passage
+            kept.append({})
+            continue
+        doc = read_records(path, kind, keep_cut_off=True)
         if (doc["suite_sha256"], doc["model_manifest_sha256"]) != (suite["sha256"], manifest["sha256"]):
             raise compare_mod.IncompatibleRuns(f"{path}: made from another suite or model; cannot resume it")
-        kept.append({record["id"]: record_type.from_json(record) for record in doc["records"] if not record["error"]})
+        kept.append({record["id"]: record for record in doc["records"] if not record["error"]})
     return kept[0], kept[1]
 
 
 def _runnable(suite: dict, max_model_len: int, done_gen: dict, done_ppl: dict) -> tuple[list, list]:
-    """Items still to run; those that cannot run are recorded as errors in done_* right away."""
-    prompts, passages = [], []
+    """Items still to run, and the records of those that cannot run, each an error."""
+    prompts, passages, failed = [], [], []
     for prompt in suite["prompts"]:
         if prompt["id"] in done_gen:
             continue
         problem = unrunnable_prompt(prompt, max_model_len)
         if problem:
-            done_gen[prompt["id"]] = Generation.failed(prompt, problem)
+            failed.append(Generation.failed(prompt, problem))
         else:
             prompts.append(prompt)
     for passage in suite["passages"]:
         if passage["id"] in done_ppl:
             continue
         if len(passage["ids"]) > max_model_len:
-            done_ppl[passage["id"]] = PassageScore.failed(passage, f"{len(passage['ids'])} tokens exceed max-model-len {max_model_len}")
+            failed.append(PassageScore.failed(passage, f"{len(passage['ids'])} tokens exceed max-model-len {max_model_len}"))
         else:
             passages.append(passage)
-    return prompts, passages
+    return prompts, passages, failed
 
 
 def _other_answers(run: RunDir, side: str, suite: dict, manifest: dict) -> dict | None:
     """The other side's generations document, to score its answers; None when it has not run."""
     path = run.generations(other_side(side))
-    if not path.is_file():
+    if not record_file_exists(path):
         return None
-    doc = read_json(path, "generations")
+    doc = read_records(path, "generations")
     if (doc["suite_sha256"], doc["model_manifest_sha256"]) != (suite["sha256"], manifest["sha256"]):
         raise compare_mod.IncompatibleRuns(f"{path}: made from another suite or model than this run's; "
                                            "cannot score its answers")
     return doc
 
 
+def _not_run(items: list[dict], failed: Callable[[dict, str], Record]) -> Callable[[str], dict]:
+    """The record of an item (by id) that never finished."""
+    by_id = {item["id"]: item for item in items}
+    return lambda item_id: failed(by_id[item_id], NOT_RUN).to_json()
+
+
 def _teacher_force(runner, run: RunDir, side: str, suite: dict, manifest: dict, other: dict, top_logprobs: int) -> int:
-    """`runner` scores every answer of `other`; whatever finished is written to
-    <side>/teacher-forced.json, the rest as errors. Returns how many answers carry an error."""
-    answers, done = answers_of(other), {}
-    try:
-        runner.score_answers(answers, top_logprobs=top_logprobs, on_record=lambda record: done.__setitem__(record.id, record))
-    finally:
-        records = [done.get(answer["id"]) or ForcedScore.failed(answer, NOT_RUN) for answer in answers]
-        write_json(run.teacher_forced(side), teacher_forced_doc(side, suite, manifest["sha256"], other, top_logprobs,
-                                                                records), "teacher-forced")
-    return sum(1 for record in records if record.error)
+    """`runner` scores every answer of `other`, each written to <side>/teacher-forced.jsonl as it
+    finishes, the rest as errors. Returns how many answers carry an error."""
+    answers = answers_of(other)
+    header = teacher_forced_doc(side, suite, manifest["sha256"], other, top_logprobs, [])
+    with RecordJournal(run.teacher_forced(side), header, "teacher-forced") as journal:
+        try:
+            runner.score_answers(answers, top_logprobs=top_logprobs, on_record=lambda record: journal.add(record.to_json()))
+        finally:
+            errors = journal.finish([answer["id"] for answer in answers], _not_run(answers, ForcedScore.failed))
+    return errors
 
 
-def _template_warnings(side: str, records, log) -> list[str]:
+def _renders_other_ids(record: dict) -> bool:
+    """The server's own chat template rendered other prompt ids than the suite for this record."""
+    return record.get("chat_prompt_ids") is not None and record["chat_prompt_ids"] != record["prompt_ids"]
+
+
+def _template_warnings(side: str, differing: list[str], log) -> list[str]:
     """Said at once, not only when compare runs: the server's own chat template rendered other
-    prompt ids than the suite for some prompts."""
-    differing = sorted(r.id for r in records if r.chat_prompt_ids is not None and r.chat_prompt_ids != r.prompt_ids)
+    prompt ids than the suite for some prompts (`differing`)."""
     if not differing:
         return []
+    differing = sorted(differing)
     warning = (f"warning: {side}: the server's chat template renders other prompt ids than the suite for "
                f"{len(differing)} prompts ({', '.join(differing[:5])}{', ...' if len(differing) > 5 else ''}); "
                "the sides still decode the suite's ids, and compare's chat_template check will fail")
@@ -247,9 +251,11 @@ def _template_warnings(side: str, records, log) -> list[str]:
 
 def run_side(side: str, setup: SideSetup, manifest: dict, *, backend: str | None = None,
              resume: bool = False) -> SideOutcome:
-    """One side of a run through any backend (the side's default unless named): with `resume`, the
-    records that finished before are kept and only the rest run; items that cannot run are
-    recorded as errors; whatever happens, every record that finished is written, then provenance."""
+    """One side of a run through any backend (the side's default unless named): every record is
+    appended to the side's record files as it finishes (llm_parity.record_files); with `resume`,
+    the records that finished before are kept and only the rest run; items that cannot run are
+    recorded as errors; whatever happens, the files end in suite order with every item that did
+    not finish recorded as one, then provenance is written."""
     run, suite, profile = setup.run, setup.suite, setup.profile
     started = time.monotonic()
     ensure_writable(run.side(side))
@@ -259,19 +265,34 @@ def run_side(side: str, setup: SideSetup, manifest: dict, *, backend: str | None
     decoding = decoding_of(profile.decoding, profile.dtype)
     backend_type = backend_class(backend or DEFAULT_BACKEND[side])
     other = _other_answers(run, side, suite, manifest)
+    differing = [record["id"] for record in done_gen.values() if _renders_other_ids(record)]
     forced_errors = 0
-    try:
-        with backend_type.open(setup) as runner:
-            prompts, passages = _runnable(suite, runner.max_model_len, done_gen, done_ppl)
-            runner.generate(prompts, top_logprobs=profile.decoding["top_logprobs"],
-                            on_record=lambda record: done_gen.__setitem__(record.id, record))
-            runner.score(passages, on_record=lambda record: done_ppl.__setitem__(record.id, record))
-            if other is not None:
-                forced_errors = _teacher_force(runner, run, side, suite, manifest, other, profile.decoding["top_logprobs"])
-            where = runner.describe()
-    finally:
-        errors = _write_side(run, side, suite, manifest, decoding, done_gen, done_ppl)
-    notes = where.get("notes", []) + _template_warnings(side, done_gen.values(), setup.log)
+    with ExitStack() as journals:
+        generations = journals.enter_context(RecordJournal(
+            run.generations(side), generations_doc(side, suite, manifest["sha256"], decoding, []), "generations",
+            done_gen.values()))
+        scores = journals.enter_context(RecordJournal(
+            run.perplexity(side), perplexity_doc(side, suite, manifest["sha256"], []), "perplexity", done_ppl.values()))
+
+        def keep_generation(record: Generation) -> None:
+            line = record.to_json()
+            generations.add(line)
+            if _renders_other_ids(line):
+                differing.append(record.id)
+        try:
+            with backend_type.open(setup) as runner:
+                prompts, passages, failed = _runnable(suite, runner.max_model_len, done_gen, done_ppl)
+                for record in failed:
+                    (generations if isinstance(record, Generation) else scores).add(record.to_json())
+                runner.generate(prompts, top_logprobs=profile.decoding["top_logprobs"], on_record=keep_generation)
+                runner.score(passages, on_record=lambda record: scores.add(record.to_json()))
+                if other is not None:
+                    forced_errors = _teacher_force(runner, run, side, suite, manifest, other, profile.decoding["top_logprobs"])
+                where = runner.describe()
+        finally:
+            errors = generations.finish([p["id"] for p in suite["prompts"]], _not_run(suite["prompts"], Generation.failed))
+            errors += scores.finish([p["id"] for p in suite["passages"]], _not_run(suite["passages"], PassageScore.failed))
+    notes = where.get("notes", []) + _template_warnings(side, differing, setup.log)
     write_json(run.provenance(side), collect(
         side=side, backend=backend_type.name, backend_label=backend_type.label,
         profile={"name": profile.name, "sha256": profile.sha256, "document": profile.document}, model_path=str(setup.model_dir),
@@ -282,7 +303,7 @@ def run_side(side: str, setup: SideSetup, manifest: dict, *, backend: str | None
 
 def cross_score_side(side: str, setup: SideSetup, manifest: dict, *, backend: str | None = None) -> SideOutcome:
     """The side that ran first scores the answers of the side that ran after it (teacher forcing),
-    writing <side>/teacher-forced.json; its own records are left as they are."""
+    writing <side>/teacher-forced.jsonl; its own records are left as they are."""
     run = setup.run
     other = _other_answers(run, side, setup.suite, manifest)
     if other is None:
@@ -364,7 +385,7 @@ def target(request: Request) -> SideOutcome:
 
 def reference(request: Request) -> SideOutcome:
     workspace = open_workspace(request)
-    return run_side("reference", _setup(workspace, request), workspace.manifest)
+    return run_side("reference", _setup(workspace, request), workspace.manifest, resume=request.resume)
 
 
 def cross_score(request: Request, side: str) -> SideOutcome:
@@ -495,7 +516,7 @@ def accuracy(request: Request, *, tasks: tuple[str, ...], sides: tuple[str, ...]
             accuracy_mod.write_side(run, side, asked, results, fed, backend="hf", model_args=args,
                                     manifest_sha256=workspace.manifest["sha256"], dtype=profile.dtype)
         log(f"accuracy: wrote {run.accuracy(side)}")
-    ready = all(path.is_file() for side in SIDES for path in (run.generations(side), run.accuracy(side)))
+    ready = all(record_file_exists(run.generations(side)) and run.accuracy(side).is_file() for side in SIDES)
     return compare(run, profile, lang=lang) if ready else None
 
 
@@ -541,17 +562,17 @@ def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override
         raise compare_mod.IncompatibleRuns(f"{run.provenance('target').parent.parent}: {'; '.join(differences)}; "
                                            "compare with the profile they ran, or pass --profile-override to judge "
                                            "them by this one (the report says so)")
-    target = read_json(run.generations("target"), "generations")
+    target = read_records(run.generations("target"), "generations")
     dtype = target["decoding"]["dtype"]
     ensure_writable(run.compare.parent)
-    forced = {side: read_json(run.teacher_forced(side), "teacher-forced") if run.teacher_forced(side).is_file() else None
-              for side in SIDES}
+    forced = {side: read_records(run.teacher_forced(side), "teacher-forced")
+              if record_file_exists(run.teacher_forced(side)) else None for side in SIDES}
     logits, logits_missing = logits_mod.measure_sides(logits_mod.read_sides(run))
     result = compare_mod.compare_runs(
         suite=read_json(run.suite, "suite"), target=target,
-        reference=read_json(run.generations("reference"), "generations"),
-        target_ppl=read_json(run.perplexity("target"), "perplexity"),
-        reference_ppl=read_json(run.perplexity("reference"), "perplexity"),
+        reference=read_records(run.generations("reference"), "generations"),
+        target_ppl=read_records(run.perplexity("target"), "perplexity"),
+        reference_ppl=read_records(run.perplexity("reference"), "perplexity"),
         thresholds=profile.thresholds(dtype), profile=profile.name,
         accuracy={side: accuracy_mod.read_side(run, side) for side in SIDES},
         target_forced=forced["target"], reference_forced=forced["reference"],

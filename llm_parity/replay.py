@@ -7,7 +7,7 @@ ran (its whole document, checked against the recorded sha256), its dtype, the ta
 and the environment (packages, image, hardware) that it lists beside the outcome. No absolute path
 of the original machine is used. The outcome is one of
 
-- byte_identical: the replayed generations.json and perplexity.json have the stored bytes;
+- byte_identical: the replayed generations.jsonl and perplexity.jsonl have the stored bytes;
 - within_thresholds: they differ, but every check of the comparison holds at the profile's
   thresholds for the recorded dtype (other hardware, bf16);
 - not_reproducible: some check fails; the first differing prompt (or passage) and token is named.
@@ -22,6 +22,7 @@ from typing import Any
 from llm_parity.compare import FAIL, PASS, gather_evidence, run_checks, verdict_of
 from llm_parity.profiles import Profile, load_profile
 from llm_parity.records import SIDES
+from llm_parity.record_files import read_document, read_records, record_file_exists, stored_path
 from llm_parity.results import ResultFileError, RunDir, read_json, schema_tag, sha256_file
 from llm_parity.serve import serve_settings
 
@@ -60,10 +61,10 @@ class Recorded:
                   "generations": (run.generations(side), "the records the replay is compared with"),
                   "perplexity": (run.perplexity(side), "the records the replay is compared with")}
         for path, why in needed.values():
-            if not path.is_file():
+            if not record_file_exists(path):
                 raise ResultFileError(f"{path}: file not found: a replay of the {side} side needs it ({why}); "
                                       f"is {run.root} a complete results folder?")
-        return cls(run, side, **{name: read_json(path, name) for name, (path, _) in needed.items()})
+        return cls(run, side, **{name: read_document(path, name) for name, (path, _) in needed.items()})
 
     @property
     def dtype(self) -> str:
@@ -215,11 +216,12 @@ def judge(recorded: Recorded, replayed: RunDir, *, thresholds: dict, overrides: 
     """One side's entry of report/replay.json: the replayed records against the stored ones, held to
     `thresholds` (the profile's, for the recorded dtype), with every environment difference."""
     side, run = recorded.side, recorded.run
-    generations, perplexity = read_json(replayed.generations(side), "generations"), read_json(replayed.perplexity(side), "perplexity")
+    generations = read_records(replayed.generations(side), "generations")
+    perplexity = read_records(replayed.perplexity(side), "perplexity")
     files = [{"stored": stored.relative_to(run.root).as_posix(), "replayed": again.relative_to(run.root).as_posix(),
               "stored_sha256": sha256_file(stored), "replayed_sha256": sha256_file(again)}
-             for stored, again in ((run.generations(side), replayed.generations(side)),
-                                   (run.perplexity(side), replayed.perplexity(side)))]
+             for stored, again in ((stored_path(run.generations(side)), replayed.generations(side)),
+                                   (stored_path(run.perplexity(side)), replayed.perplexity(side)))]
     evidence = gather_evidence(suite=recorded.suite, target=generations, reference=recorded.generations,
                                target_ppl=perplexity, reference_ppl=recorded.perplexity, thresholds=thresholds)
     checks = run_checks(evidence)

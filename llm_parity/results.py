@@ -7,11 +7,14 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from referencing import Registry, Resource
@@ -19,6 +22,9 @@ from referencing import Registry, Resource
 from llm_parity import PROJECT_ROOT
 
 SCHEMA_DIR = PROJECT_ROOT / "schemas"
+# The base the schema files' relative $refs ("common.schema.json#/...") resolve against in
+# jsonschema-rs, which needs an absolute one; nothing is fetched from it.
+SCHEMA_BASE_URI = "llm-parity:/schemas/"
 
 
 class ResultFileError(Exception):
@@ -51,6 +57,24 @@ def _validator(name: str) -> Draft202012Validator:
     return Draft202012Validator(schema, registry=_registry())
 
 
+@lru_cache(maxsize=None)
+def _fast_registry() -> jsonschema_rs.Registry:
+    resources = []
+    for path in sorted(SCHEMA_DIR.glob("*.schema.json")):
+        schema = {**json.loads(path.read_text(encoding="utf-8")), "$id": SCHEMA_BASE_URI + path.name}
+        resources.append((SCHEMA_BASE_URI + path.name, schema))
+    return jsonschema_rs.Registry(resources)
+
+
+@lru_cache(maxsize=None)
+def _fast_check(ref: str):
+    """A jsonschema-rs validator for `ref` ("name.schema.json" or "name.schema.json#/pointer"): it
+    accepts a valid document hundreds of times faster than jsonschema (53 ms against 0.1 ms for
+    one record of 256 tokens with top-5), which a run of thousands of records needs. jsonschema
+    stays the authority: only what this one rejects is validated again there, for the message."""
+    return jsonschema_rs.validator_for({"$ref": SCHEMA_BASE_URI + ref}, registry=_fast_registry())
+
+
 def _field_path(error) -> str:
     parts = []
     for part in error.absolute_path:
@@ -72,13 +96,16 @@ def _raise_first(validator: Draft202012Validator, doc: Any, where: Path | str) -
 
 def validate(doc: Any, name: str, path: Path | str) -> None:
     """Raise ResultFileError naming `path` and the offending field if `doc` breaks schema `name`."""
-    _raise_first(_validator(name), doc, path)
+    validator = _validator(name)  # a name with no schema is a bug, said as such
+    if not _fast_check(f"{name}.schema.json").is_valid(doc):
+        _raise_first(validator, doc, path)
 
 
 def validate_part(doc: Any, ref: str, where: Path | str) -> None:
     """The same for one part of a schema, e.g. "suite-source.schema.json#/$defs/prompt" (a JSONL
     line is one prompt); `where` names the file and line."""
-    _raise_first(_part_validator(ref), doc, where)
+    if not _fast_check(ref).is_valid(doc):
+        _raise_first(_part_validator(ref), doc, where)
 
 
 def canonical_json(doc: Any) -> str:
@@ -99,11 +126,20 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """write_text_atomic for bytes (the logits files)."""
+    with atomic_file(path) as handle:
+        handle.write(data)
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary handle on a temporary file in `path`'s folder, renamed to `path` when the block
+    ends without an error and removed when it raises: for files written in pieces."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
@@ -195,14 +231,14 @@ class RunDir:
         return self.root / (self.target_folder if side == "target" else side)
 
     def generations(self, side: str) -> Path:
-        return self.side(side) / "generations.json"
+        return self.side(side) / "generations.jsonl"
 
     def perplexity(self, side: str) -> Path:
-        return self.side(side) / "perplexity.json"
+        return self.side(side) / "perplexity.jsonl"
 
     def teacher_forced(self, side: str) -> Path:
         """`side`'s scores of the other side's answers."""
-        return self.root / side / "teacher-forced.json"
+        return self.root / side / "teacher-forced.jsonl"
 
     def logits(self, side: str) -> Path:
         """`side`'s full-vocabulary logits on the passages: the document naming the binary file beside it."""

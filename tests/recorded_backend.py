@@ -8,7 +8,8 @@ from pathlib import Path
 
 from llm_parity.backend import Backend, SideSetup
 from llm_parity.records import ForcedScore, Generation, PassageScore
-from llm_parity.results import RunDir, read_json
+from llm_parity.results import RunDir
+from llm_parity.record_files import read_records, record_file_exists
 
 
 class RecordedBackend(Backend):
@@ -24,10 +25,10 @@ class RecordedBackend(Backend):
     def open(cls, setup: SideSetup) -> "RecordedBackend":
         recorded = RunDir(Path(setup.options["records_from"]))
         side = setup.options.get("side", "reference")
-        generations = read_json(recorded.generations(side), "generations")["records"]
-        scores = read_json(recorded.perplexity(side), "perplexity")["records"]
+        generations = read_records(recorded.generations(side), "generations")["records"]
+        scores = read_records(recorded.perplexity(side), "perplexity")["records"]
         path = recorded.teacher_forced(side)
-        forced = read_json(path, "teacher-forced")["records"] if path.is_file() else []
+        forced = read_records(path, "teacher-forced")["records"] if record_file_exists(path) else []
         return cls({r["id"]: r for r in generations}, {r["id"]: r for r in scores}, {r["id"]: r for r in forced},
                    recorded.root)
 

@@ -1,5 +1,4 @@
 """make audit on a real demo results folder, and what it must catch; report.html is inert."""
-import json
 import shutil
 from pathlib import Path
 
@@ -7,14 +6,16 @@ import pytest
 
 from llm_parity import pipeline
 from llm_parity.audit import audit_run, write_audit
+from llm_parity.profiles import load_profile
 from llm_parity.report import build_report
 from llm_parity.report.html import render_html
 from llm_parity.results import RunDir, read_json, write_json, write_sums
 from llm_parity.suite import load_suite_source, render_suite
+from llm_parity.record_files import read_records, write_records
 
 pytestmark = pytest.mark.integration
-FILES = ["suite.json", "model/manifest.json", "target/generations.json", "target/perplexity.json",
-         "target/provenance.json", "target/server.log", "reference/generations.json", "reference/perplexity.json",
+FILES = ["suite.json", "model/manifest.json", "target/generations.jsonl", "target/perplexity.jsonl",
+         "target/provenance.json", "target/server.log", "reference/generations.jsonl", "reference/perplexity.jsonl",
          "reference/provenance.json", "report/compare.json", "report/report.md", "report/report.html"]
 
 
@@ -47,9 +48,9 @@ def test_a_flipped_byte_in_any_file_is_caught(run_copy, name):
 
 
 def test_a_deleted_file_is_caught(run_copy):
-    (run_copy.root / "reference" / "perplexity.json").unlink()
+    (run_copy.root / "reference" / "perplexity.jsonl").unlink()
     report = problems(run_copy)
-    assert "reference/perplexity.json: expected present (listed in SHA256SUMS), found missing" in report
+    assert "reference/perplexity.jsonl: expected present (listed in SHA256SUMS), found missing" in report
 
 
 def test_the_other_sides_suite_swapped_in_is_caught_even_with_fresh_sums(run_copy, tiny_model_dir):
@@ -70,9 +71,9 @@ def test_an_edited_verdict_is_caught_even_with_fresh_sums(run_copy):
 
 def test_edited_raw_numbers_are_caught_even_with_fresh_sums(run_copy):
     path = run_copy.generations("target")
-    doc = json.loads(path.read_text())
+    doc = read_records(path, "generations")
     doc["records"][0]["logprobs"][0] -= 0.01
-    path.write_text(json.dumps(doc))
+    write_records(path, doc, "generations")
     write_sums(run_copy)
     report = problems(run_copy)
     assert "differs from the comparison recomputed" in report
@@ -114,3 +115,21 @@ def test_same_inputs_give_identical_canonical_payloads(demo_run, vllm_server, ti
     for side in ("target", "reference"):
         assert again.generations(side).read_bytes() == demo_run.generations(side).read_bytes()
         assert again.perplexity(side).read_bytes() == demo_run.perplexity(side).read_bytes()
+
+
+def test_a_folder_in_the_one_document_form_written_before_record_files_compares_and_audits(run_copy):
+    """Folders written before record files (<side>/<kind>.json, schema .../v1) still read: compare
+    gives the same result from them and the audit passes."""
+    before = read_json(run_copy.compare, "compare")
+    for side in ("target", "reference"):
+        for kind, path in (("generations", run_copy.generations(side)), ("perplexity", run_copy.perplexity(side)),
+                           ("teacher-forced", run_copy.teacher_forced(side))):
+            if path.is_file():
+                doc = read_records(path, kind)
+                write_json(path.with_suffix(".json"), {**doc, "schema": f"llm-parity/{kind}/v1"}, kind)
+                path.unlink()
+    outcome = pipeline.compare(run_copy, load_profile("tiny-llama"), lang="en")
+    assert outcome.result == before
+    assert not list(run_copy.root.rglob("*.jsonl"))
+    result = audit_run(run_copy)
+    assert result.ok, result.problems

@@ -11,6 +11,7 @@ from llm_parity.records import Generation
 from llm_parity.reference import TransformersRunner
 from llm_parity.results import RunDir, read_json
 from llm_parity.target import VllmHttpClient
+from llm_parity.record_files import read_records
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +24,7 @@ def suite(demo_run):
 def early_stop(demo_run, suite) -> tuple[dict, int, list[int]]:
     """A prompt, a token its greedy answer takes at position 3, and the model's own stop ids: a
     suite whose stop ids are that token alone differs from the model's generation config."""
-    records = read_json(demo_run.generations("reference"), "generations")["records"]
+    records = read_records(demo_run.generations("reference"), "generations")["records"]
     record = next(r for r in records if len(r["output_ids"]) > 6 and r["output_ids"][3] not in r["output_ids"][:3])
     prompt = next(p for p in suite["prompts"] if p["id"] == record["id"])
     return prompt, record["output_ids"][3], record["output_ids"]
@@ -60,5 +61,5 @@ def test_a_backend_that_answers_from_recorded_records_runs_through_the_same_seam
     assert run.teacher_forced("reference").read_bytes() == demo_run.teacher_forced("reference").read_bytes()
     provenance = read_json(run.provenance("reference"), "provenance")
     assert (provenance["backend"], provenance["device"]) == ("recorded", "recorded")
-    assert [Generation.from_json(r).to_json() for r in read_json(run.generations("reference"), "generations")["records"]] \
-        == read_json(demo_run.generations("reference"), "generations")["records"]
+    assert [Generation.from_json(r).to_json() for r in read_records(run.generations("reference"), "generations")["records"]] \
+        == read_records(demo_run.generations("reference"), "generations")["records"]

@@ -12,6 +12,7 @@ from llm_parity.provenance import collect
 from llm_parity.records import SIDES, Generation, PassageScore, decoding_of, generations_doc, perplexity_doc
 from llm_parity.results import ResultFileError, RunDir, read_json, schema_tag, sha256_of, validate, write_json
 from llm_parity.suite import suite_hash
+from llm_parity.record_files import read_records, record_line, write_records
 
 PROMPT_IDS = [1, 2, 3]
 DECODING = decoding_of({"top_logprobs": 2}, "float32")
@@ -41,8 +42,8 @@ def write_run(run: RunDir, *, target_ids=(5, 6, EOS), reference_ids=(5, 6, EOS))
     chat_ids = {"target": {"chat_prompt_ids": PROMPT_IDS}, "reference": {}}
     for side, ids in (("target", target_ids), ("reference", reference_ids)):
         generation = Generation.from_json({**record(list(ids), prompt=PROMPT_IDS), **chat_ids[side]})
-        write_json(run.generations(side), generations_doc(side, suite, manifest["sha256"], DECODING, [generation]), "generations")
-        write_json(run.perplexity(side), perplexity_doc(side, suite, manifest["sha256"], [PassageScore.from_json(PASSAGE)]),
+        write_records(run.generations(side), generations_doc(side, suite, manifest["sha256"], DECODING, [generation]), "generations")
+        write_records(run.perplexity(side), perplexity_doc(side, suite, manifest["sha256"], [PassageScore.from_json(PASSAGE)]),
                    "perplexity")
         write_json(run.provenance(side), collect(
             side=side, backend="vllm-http" if side == "target" else "transformers", backend_label=side,
@@ -54,7 +55,7 @@ def write_run(run: RunDir, *, target_ids=(5, 6, EOS), reference_ids=(5, 6, EOS))
 
 def recompare(run: RunDir) -> None:
     """compare.json and SHA256SUMS written afresh from the raw files, as `inv compare` does."""
-    docs = {(side, kind): read_json(getattr(run, kind)(side), kind) for side in SIDES for kind in ("generations", "perplexity")}
+    docs = {(side, kind): read_records(getattr(run, kind)(side), kind) for side in SIDES for kind in ("generations", "perplexity")}
     result = compare_runs(suite=read_json(run.suite, "suite"), target=docs["target", "generations"],
                           reference=docs["reference", "generations"], target_ppl=docs["target", "perplexity"],
                           reference_ppl=docs["reference", "perplexity"], thresholds=STRICT, profile="test")
@@ -98,9 +99,9 @@ def test_a_consistent_folder_with_a_failing_verdict_is_a_problem_not_an_ok_fact(
 
 def test_edited_raw_numbers_with_fresh_sums_put_the_recomputed_fail_verdict_in_problems(run):
     path = run.generations("target")
-    doc = json.loads(path.read_text())
+    doc = read_records(path, "generations")
     doc["records"][0]["logprobs"][0] -= 0.01
-    path.write_text(json.dumps(doc))
+    write_records(path, doc, "generations")
     write_sums(run)
     result = audit_run(run)
     differing = {p.field: p for p in result.structured_problems if p.check == "recomputed_comparison"}
@@ -120,15 +121,15 @@ def test_a_changed_file_names_both_digests(run):
 
 
 def test_unreadable_files_name_the_field_or_the_file(run):
-    doc = read_json(run.generations("target"), "generations")
-    run.generations("target").write_text(json.dumps({**doc, "side": "elsewhere"}))
-    run.perplexity("reference").write_text("{")
+    header, *records = run.generations("target").read_text().splitlines(keepends=True)
+    run.generations("target").write_text(record_line({**json.loads(header), "side": "elsewhere"}) + "".join(records))
+    run.perplexity("reference").write_text("{\n")
     result = audit_run(run)
     unreadable = {p.file: p for p in result.structured_problems if p.check == "readable"}
     assert result.unreadable
-    assert unreadable[str(run.generations("target"))].field == "side"
+    assert unreadable[str(run.generations("target"))].field == "line 1: side"
     assert unreadable[str(run.perplexity("reference"))].field == "(file)"
-    assert unreadable[str(run.perplexity("reference"))].found.startswith("not valid JSON")
+    assert unreadable[str(run.perplexity("reference"))].found.startswith("line 1: not valid JSON")
 
 
 def test_audit_json_validates_and_lists_file_field_expected_found(run):
@@ -160,8 +161,8 @@ def test_a_side_made_from_another_model_names_the_field_in_each_kind_of_file(run
     provenance = read_json(run.provenance("target"), "provenance")
     write_json(run.provenance("target"), {**provenance, "model": {**provenance["model"], "manifest_sha256": "f" * 64}},
                "provenance")
-    perplexity = read_json(run.perplexity("reference"), "perplexity")
-    write_json(run.perplexity("reference"), {**perplexity, "model_manifest_sha256": "f" * 64}, "perplexity")
+    perplexity = read_records(run.perplexity("reference"), "perplexity")
+    write_records(run.perplexity("reference"), {**perplexity, "model_manifest_sha256": "f" * 64}, "perplexity")
     write_sums(run)
     found = {(p.file, p.field): p for p in problems_of(run, "same_inputs")}
     assert set(found) == {(str(run.provenance("target")), "model.manifest_sha256"),

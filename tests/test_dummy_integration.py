@@ -12,6 +12,7 @@ from llm_parity import PROJECT_ROOT, cli
 from llm_parity.dummy import config_only_copy, run_dummy
 from llm_parity.results import RunDir, read_json
 from llm_parity.serve import free_port
+from llm_parity.record_files import read_records
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +69,7 @@ def test_verify_serves_the_real_model_on_the_port_the_dummy_check_just_used(tmp_
     assert "hashing" not in out.stderr  # the model's files are hashed once, for the manifest, not again for the target
     run = RunDir(tmp_path / "fixed")
     assert read_json(run.dummy, "dummy")["passed"]
-    assert not any(record["error"] for record in read_json(run.generations("target"), "generations")["records"])
+    assert not any(record["error"] for record in read_records(run.generations("target"), "generations")["records"])
     provenance = read_json(run.provenance("target"), "provenance")
     assert provenance["server"]["argv"][provenance["server"]["argv"].index("--port") + 1] == str(port)
     assert provenance["device"] == "cpu"

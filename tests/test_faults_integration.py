@@ -23,6 +23,7 @@ from llm_parity.results import RunDir, read_json
 from llm_parity.serve import ServerError, VllmServer, free_port, spec_from_profile
 from llm_parity.suite import load_suite_source, render_suite
 from llm_parity.target import VllmHttpClient, query_generations
+from llm_parity.record_files import read_records
 
 pytestmark = pytest.mark.integration
 API_KEY = "llm-parity-test-key-0f1e2d3c"
@@ -122,7 +123,7 @@ def test_sigint_during_query_keeps_what_finished_and_resume_completes_the_rest(t
     assert "interrupted" in output
     assert wait_gone(f"--port {port}") == []
     run = RunDir(tmp_path / "int")
-    first = read_json(run.generations("target"), "generations")["records"]
+    first = read_records(run.generations("target"), "generations")["records"]
     finished = [r for r in first if not r["error"]]
     assert 2 <= len(finished) < len(first)
     assert all(r["error"].startswith("not run") for r in first if r["error"])
@@ -132,9 +133,30 @@ def test_sigint_during_query_keeps_what_finished_and_resume_completes_the_rest(t
     log = capsys.readouterr().err
     assert f"resume: keeping {len(finished)} prompts" in log
     assert f"query: {len(first) - len(finished)}/{len(first) - len(finished)}" in log
-    second = read_json(run.generations("target"), "generations")["records"]
+    second = read_records(run.generations("target"), "generations")["records"]
     assert [r["id"] for r in second] == [r["id"] for r in first] and not any(r["error"] for r in second)
     assert [r for r in second if r["id"] in {f["id"] for f in finished}] == finished
+
+
+def test_sigkill_mid_query_loses_no_finished_prompt_and_resume_completes_the_rest(tmp_path, vllm_server):
+    """Killed outright (no handler runs): every record that finished is already in the file."""
+    task = start_task(["target", "--profile", "tiny-llama", "--run", "kill", "--server-url", vllm_server.url,
+                       "--max-num-seqs", "1"], tmp_path)
+    journal = RunDir(tmp_path / "kill").generations("target")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and (not journal.is_file() or journal.read_text().count("\n") < 4):
+        time.sleep(0.05)
+    os.kill(task.pid, signal.SIGKILL)
+    task.wait(timeout=30)
+    finished = read_records(journal, "generations", keep_cut_off=True)["records"]
+    suite_ids = [p["id"] for p in read_json(RunDir(tmp_path / "kill").suite, "suite")["prompts"]]
+    assert 3 <= len(finished) < len(suite_ids) and not any(r["error"] for r in finished)
+
+    assert cli.target(profile="tiny-llama", run="kill", results=str(tmp_path), resume=True,
+                      server_url=vllm_server.url) == 0
+    completed = read_records(journal, "generations")["records"]
+    assert [r["id"] for r in completed] == suite_ids and not any(r["error"] for r in completed)
+    assert [r for r in completed if r["id"] in {f["id"] for f in finished}] == finished
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +204,7 @@ def test_server_killed_mid_suite_keeps_finished_prompts_and_records_the_rest(key
     errors = pipeline.target_side(run, profile, tiny_model_dir, suite, manifest, running=keyed_server,
                                   cache_dir=Path(".cache"), log=log)
     assert time.monotonic() - started < 120
-    records = read_json(run.generations("target"), "generations")["records"]
+    records = read_records(run.generations("target"), "generations")["records"]
     finished = sum(1 for r in records if not r["error"])
     assert 2 <= finished <= 3  # the request already in flight at the kill may still have been answered
     assert errors == len(records) - finished + len(suite["passages"])
@@ -295,7 +317,7 @@ def test_prompts_that_cannot_run_are_recorded_and_the_run_goes_on(vllm_server, t
                                 cache_dir=Path(".cache")) == 2
     assert pipeline.reference_side(run, demo_profile, tiny_model_dir, suite, manifest) == 2
     for side in ("target", "reference"):
-        records = {r["id"]: r for r in read_json(run.generations(side), "generations")["records"]}
+        records = {r["id"]: r for r in read_records(run.generations(side), "generations")["records"]}
         assert records["fine"]["error"] is None and records["empty"]["error"] is None
         assert "exceeds max-model-len 1024" in records["too-long"]["error"]
         assert "could not render" in records["bad-unicode"]["error"]

@@ -10,7 +10,8 @@ from llm_parity import pipeline
 from llm_parity.audit import audit_run
 from llm_parity.matrix import Variant
 from llm_parity.profiles import load_profile
-from llm_parity.results import RunDir, read_json, write_json
+from llm_parity.results import RunDir, read_json
+from llm_parity.record_files import read_records, write_records
 
 pytestmark = pytest.mark.integration
 
@@ -79,15 +80,15 @@ def test_each_variant_records_how_it_ran_and_the_audit_covers_its_files(matrix_r
     audit = audit_run(run)
     assert audit.ok, audit.problems
     assert any(fact.startswith("matrix recomputed from the files of 3 variants") for fact in audit.facts)
-    assert "variants/repeat/generations.json" in (run / "SHA256SUMS").read_text()
+    assert "variants/repeat/generations.jsonl" in (run / "SHA256SUMS").read_text()
 
     copy = run.parent / "tampered"
     shutil.copytree(run, copy)
-    generations = read_json(copy / "variants" / "repeat" / "generations.json", "generations")
+    generations = read_records(copy / "variants" / "repeat" / "generations.jsonl", "generations")
     generations["records"][0]["logprobs"][0] += 0.5
-    write_json(copy / "variants" / "repeat" / "generations.json", generations, "generations")
+    write_records(copy / "variants" / "repeat" / "generations.jsonl", generations, "generations")
     problems = audit_run(copy).problems
-    assert any("variants/repeat/generations.json: field sha256" in p for p in problems)
+    assert any("variants/repeat/generations.jsonl: field sha256" in p for p in problems)
     assert any("report/matrix.json: field variants[2].vs_base" in p for p in problems), problems
 
 

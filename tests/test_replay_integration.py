@@ -11,7 +11,8 @@ from llm_parity.audit import audit_run
 from llm_parity.compare import IncompatibleRuns
 from llm_parity.download import DownloadError, model_files
 from llm_parity.replay import BYTE_IDENTICAL, NOT_REPRODUCIBLE, WITHIN_THRESHOLDS
-from llm_parity.results import ResultFileError, RunDir, read_json, write_json, write_sums
+from llm_parity.results import ResultFileError, RunDir, read_json, write_sums
+from llm_parity.record_files import read_document, read_records, write_document
 
 pytestmark = pytest.mark.integration
 ELSEWHERE = "/original-machine/llm-parity"
@@ -25,9 +26,9 @@ def run_copy(demo_run, tmp_path) -> RunDir:
 
 def rewrite(run: RunDir, path: Path, schema: str, change) -> None:
     """Change a stored document and write SHA256SUMS again: a folder consistent in itself."""
-    doc = read_json(path, schema)
+    doc = read_document(path, schema)
     change(doc)
-    write_json(path, doc, schema)
+    write_document(path, doc, schema)
     write_sums(run)
 
 
@@ -48,7 +49,7 @@ def test_a_moved_folder_replays_the_reference_byte_identically_and_stays_auditab
     assert (entry["overrides"], entry["first_difference"]) == ([], None)
     assert ELSEWHERE not in read_json(run_copy.replayed.provenance("reference"), "provenance")["model"]["path"]
     listed = {line.split("  ", 1)[1] for line in run_copy.sums.read_text().splitlines()}
-    assert {"report/replay.json", "replay/reference/generations.json"} <= listed
+    assert {"report/replay.json", "replay/reference/generations.jsonl"} <= listed
     audited = audit_run(run_copy)
     assert audited.ok and f"replay: {entry['statement']}" in audited.facts, audited.problems
     assert "## 重放" in run_copy.report_md.read_text(encoding="utf-8")
@@ -81,8 +82,8 @@ def test_a_dtype_override_is_reported_and_not_reproducible_naming_the_first_diff
     assert f"first difference: prompt {first['id']}, token {first['position']}" in printed
     # The named token is the first one, in suite order, whose id or logprob is off by more than the threshold.
     noise = entry["thresholds"]["max_abs_logprob_diff"]
-    stored = read_json(run_copy.generations("reference"), "generations")["records"]
-    replayed = {r["id"]: r for r in read_json(run_copy.replayed.generations("reference"), "generations")["records"]}
+    stored = read_records(run_copy.generations("reference"), "generations")["records"]
+    replayed = {r["id"]: r for r in read_records(run_copy.replayed.generations("reference"), "generations")["records"]}
     def off(record: dict, position: int) -> bool:
         again = replayed[record["id"]]
         return (position >= min(len(record["output_ids"]), len(again["output_ids"]))
@@ -99,7 +100,7 @@ def tamper_token(doc: dict) -> None:
 
 
 def test_a_stored_token_that_the_model_does_not_give_is_not_reproducible_and_named(run_copy):
-    stored = read_json(run_copy.generations("reference"), "generations")["records"][2]
+    stored = read_records(run_copy.generations("reference"), "generations")["records"][2]
     rewrite(run_copy, run_copy.generations("reference"), "generations", tamper_token)
     entry = pipeline.replay(run_copy.root, "reference").entry
     assert entry["outcome"] == NOT_REPRODUCIBLE
@@ -116,7 +117,7 @@ def test_records_off_by_less_than_the_thresholds_are_within_thresholds(run_copy)
     entry = pipeline.replay(run_copy.root, "reference").entry
     assert (entry["outcome"], entry["first_difference"]) == (WITHIN_THRESHOLDS, None)
     files = {f["stored"]: f["stored_sha256"] == f["replayed_sha256"] for f in entry["files"]}
-    assert files == {"reference/generations.json": False, "reference/perplexity.json": True}
+    assert files == {"reference/generations.jsonl": False, "reference/perplexity.jsonl": True}
 
 
 def test_a_model_folder_that_fails_the_manifest_is_refused_before_anything_runs(run_copy, tiny_model_dir, tmp_path):

@@ -5,6 +5,7 @@ import pytest
 
 from llm_parity.compare import PASS
 from llm_parity.records import answers_hash
+from llm_parity.record_files import read_records
 from llm_parity.results import read_json
 
 pytestmark = pytest.mark.integration
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def docs(demo_run):
-    read = {side: {kind: read_json(getattr(demo_run, kind)(side), name)
+    read = {side: {kind: read_records(getattr(demo_run, kind)(side), name)
                    for kind, name in (("generations", "generations"), ("teacher_forced", "teacher-forced"))}
             for side in ("target", "reference")}
     return read
@@ -29,7 +30,7 @@ def test_each_side_scored_every_answer_of_the_other(docs, demo_run, scorer, answ
         assert record["error"] is None and record["answer_ids"] == by_id[record["id"]]["output_ids"]
         assert len(record["logprobs"]) == len(record["top_logprobs"]) == len(record["answer_ids"])
     listed = {line.split("  ", 1)[1] for line in demo_run.sums.read_text().splitlines()}
-    assert f"{scorer}/teacher-forced.json" in listed
+    assert f"{scorer}/teacher-forced.jsonl" in listed
 
 
 @pytest.mark.parametrize("scorer", ["reference", "target"])

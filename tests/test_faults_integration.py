@@ -107,7 +107,7 @@ def test_sigterm_during_serve_ends_the_whole_process_group(tmp_path):
     task.send_signal(signal.SIGTERM)
     assert task.wait(timeout=60) == 130
     assert wait_gone(f"--port {port}") == []
-    generations = read_json(RunDir(tmp_path / "term").generations("target"), "generations")
+    generations = read_records(RunDir(tmp_path / "term").generations("target"), "generations")
     assert all(record["error"].startswith("not run") for record in generations["records"])
 
 

@@ -17,6 +17,7 @@ from llm_parity.compare import compare_runs
 from llm_parity.download import DownloadError, ModelOrigin
 from llm_parity.profiles import load_profile
 from llm_parity.report import build_report
+from llm_parity.record_files import read_document
 from llm_parity.results import RunDir, read_json
 from llm_parity.serve import free_port
 from llm_parity.suite import render_suite
@@ -25,7 +26,7 @@ SUITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def sides(run: RunDir) -> dict:
-    return {name: read_json(path, name.split("_")[0]) for name, path in (
+    return {name: read_document(path, name.split("_")[0]) for name, path in (
         ("suite", run.suite), ("generations_target", run.generations("target")),
         ("generations_reference", run.generations("reference")), ("perplexity_target", run.perplexity("target")),
         ("perplexity_reference", run.perplexity("reference")))}

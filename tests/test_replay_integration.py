@@ -146,7 +146,7 @@ def test_a_folder_missing_its_suite_is_a_clear_error(run_copy):
 
 def test_a_folder_changed_after_its_sums_is_refused(run_copy):
     path = run_copy.generations("reference")
-    path.write_text(path.read_text(encoding="utf-8").replace('"error": null', '"error":  null', 1), encoding="utf-8")
+    path.write_text(path.read_text(encoding="utf-8").replace('"error":null', '"error": null', 1), encoding="utf-8")
     with pytest.raises(ResultFileError, match=f"{path}: field sha256: expected .* a replay rewrites SHA256SUMS"):
         pipeline.replay(run_copy.root, "reference")
     assert not run_copy.replayed.root.exists()

@@ -8,9 +8,9 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
-from llm_parity.progress import note
+from llm_parity.progress import note, progress
 from llm_parity.provenance import without_credentials
 from llm_parity.results import schema_tag, sha256_file, sha256_of
 
@@ -21,6 +21,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 SKIPPED_PARTS = (".git", ".cache")
 PICKLE_PATTERNS = [f"*{suffix}" for suffix in PICKLE_SUFFIXES]
 COMMIT_ID = re.compile(r"[0-9a-f]{40}")
+HASH_PROGRESS_FROM_BYTES = 1 << 30  # smaller models hash in seconds
 
 
 class DownloadError(RuntimeError):
@@ -43,11 +44,21 @@ def check_model_folder(folder: Path, *, allow_pickle: bool) -> None:
                             "convert them to safetensors, or allow them explicitly (allow_pickle)")
 
 
+def _sha256_files(paths: list[Path], log: Callable[[str], None] | None = note) -> list[str]:
+    """The sha256 of each file, with progress in bytes to `log` where they add up to a large model."""
+    total = sum(p.stat().st_size for p in paths)
+    if log is None or total < HASH_PROGRESS_FROM_BYTES:
+        return [sha256_file(p) for p in paths]
+    with progress(total, "model: sha256", unit="B", log=log) as bar:
+        return [sha256_file(p, on_read=bar.advance) for p in paths]
+
+
 def build_manifest(folder: Path, *, source: str, repo_id: str, revision: str | None,
                    resolved_revision: str | None) -> dict:
     """The manifest document (schemas/manifest.schema.json) of `folder` as it is now."""
-    files = [{"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
-             for p in model_files(folder)]
+    paths = model_files(folder)
+    files = [{"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": digest}
+             for p, digest in zip(paths, _sha256_files(paths))]
     return {
         "schema": schema_tag("manifest"), "source": source, "repo_id": repo_id, "revision": revision,
         "resolved_revision": resolved_revision,
@@ -139,19 +150,19 @@ def fetch_modelscope(repo_id: str, *, revision: str | None = None, local_dir: Pa
 FETCHERS = {"hf": fetch_hf, "modelscope": fetch_modelscope}
 
 
-def verify_folder(folder: Path, manifest: dict, *, log=None) -> list[str]:
-    """Re-hash `folder` against `manifest`: every changed, missing or extra file, named."""
+def verify_folder(folder: Path, manifest: dict, *, log: Callable[[str], None] | None = None) -> list[str]:
+    """Re-hash `folder` against `manifest`: every changed, missing or extra file, named; `log` gets
+    the hashing's progress (_sha256_files)."""
     folder = Path(folder)
     expected = {entry["path"]: entry for entry in manifest["files"]}
     present = {p.relative_to(folder).as_posix(): p for p in model_files(folder)}
     problems = [f"{folder / name}: missing (listed in the manifest)" for name in sorted(set(expected) - set(present))]
     problems += [f"{folder / name}: extra file, not in the manifest" for name in sorted(set(present) - set(expected))]
     shared = sorted(set(expected) & set(present))
-    for index, name in enumerate(shared, start=1):
-        if log and present[name].stat().st_size > 10 * 2**20:
-            log(f"hashing {index}/{len(shared)} {name} ({present[name].stat().st_size / 2**20:.0f} MiB)")
-        if present[name].stat().st_size != expected[name]["size"] or sha256_file(present[name]) != expected[name]["sha256"]:
-            problems.append(f"{folder / name}: content differs from the manifest (sha256)")
+    same_size = [name for name in shared if present[name].stat().st_size == expected[name]["size"]]
+    digests = dict(zip(same_size, _sha256_files([present[name] for name in same_size], log)))
+    problems += [f"{folder / name}: content differs from the manifest (sha256)" for name in shared
+                 if digests.get(name) != expected[name]["sha256"]]
     return problems
 
 

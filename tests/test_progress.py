@@ -1,4 +1,5 @@
-"""Progress on stderr: a tqdm bar in a terminal, bounded plain lines anywhere else (CI logs, pipes)."""
+"""Progress on stderr: a tqdm bar in a terminal, bounded plain lines anywhere else (CI logs, pipes),
+and the stages that report it."""
 import fcntl
 import os
 import pty
@@ -9,7 +10,7 @@ import sys
 import termios
 import tty
 
-from llm_parity import PROJECT_ROOT, progress
+from llm_parity import PROJECT_ROOT, download, progress
 
 PLAIN_LINE = re.compile(r"reference: generate (\d+)/2000 prompts \(\d+\.\d%\)(, [\d.]+ prompts/s, (ETA|in) \w+)?")
 
@@ -115,3 +116,37 @@ def test_bytes_are_scaled():
     assert progress.byte_size(512) == "512 B"
     assert progress.byte_size(3 * 2**30 + 2**29) == "3.5 GiB"
 
+
+def model_folder(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(bytes(3 * 2**20))
+    return folder
+
+
+def test_hashing_a_large_model_reports_bytes_and_a_small_one_does_not(tmp_path, monkeypatch, capsys):
+    folder = model_folder(tmp_path)
+    monkeypatch.setenv(progress.MODE_VARIABLE, "lines")
+    manifest = download.build_manifest(folder, source="local", repo_id="m", revision=None, resolved_revision=None)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(download, "HASH_PROGRESS_FROM_BYTES", 2**20)
+    lines = []
+    assert download.verify_folder(folder, manifest, log=lines.append) == []
+    assert lines[0] == "model: sha256 0 B/3.0 MiB (0.0%)"
+    assert re.fullmatch(r"model: sha256 3\.0 MiB/3\.0 MiB \(100\.0%\), [\d.]+ [KMGT]?i?B/s, in \d+s", lines[-1])
+    assert download.build_manifest(folder, source="local", repo_id="m", revision=None,
+                                   resolved_revision=None)["files"] == manifest["files"]
+    assert "model: sha256 3.0 MiB/3.0 MiB (100.0%)" in capsys.readouterr().err
+
+
+
+def test_hashing_through_progress_still_names_each_changed_file(tmp_path, monkeypatch):
+    folder = model_folder(tmp_path)
+    (folder / "tokenizer.json").write_text("{}")
+    manifest = download.build_manifest(folder, source="local", repo_id="m", revision=None, resolved_revision=None)
+    monkeypatch.setattr(download, "HASH_PROGRESS_FROM_BYTES", 0)
+    (folder / "model.safetensors").write_bytes(bytes(3 * 2**20 - 1) + b"x")  # same size
+    (folder / "tokenizer.json").write_text("{ }")  # another size
+    assert download.verify_folder(folder, manifest, log=lambda line: None) == [
+        f"{folder / name}: content differs from the manifest (sha256)" for name in ("model.safetensors", "tokenizer.json")]

@@ -11,6 +11,8 @@ import termios
 import tty
 
 from llm_parity import PROJECT_ROOT, download, progress
+from llm_parity.logits import write_side_logits
+from llm_parity.results import RunDir
 
 PLAIN_LINE = re.compile(r"reference: generate (\d+)/2000 prompts \(\d+\.\d%\)(, [\d.]+ prompts/s, (ETA|in) \w+)?")
 
@@ -150,3 +152,12 @@ def test_hashing_through_progress_still_names_each_changed_file(tmp_path, monkey
     (folder / "tokenizer.json").write_text("{ }")  # another size
     assert download.verify_folder(folder, manifest, log=lambda line: None) == [
         f"{folder / name}: content differs from the manifest (sha256)" for name in ("model.safetensors", "tokenizer.json")]
+
+def test_the_logits_stage_counts_positions(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(progress.MODE_VARIABLE, "lines")
+    suite = {"sha256": "0" * 64, "passages": [{"id": "a", "ids": [1, 2, 3, 4]}, {"id": "b", "ids": [5, 6, 7]}]}
+    write_side_logits(RunDir(tmp_path), "reference", suite, "1" * 64, positions=2, vocab_size=3,
+                      fetch=lambda ids: [[0.0, 1.0, 2.0]] * (len(ids) - 1))
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "reference: logits 0/4 positions (0.0%)"
+    assert err[-1].startswith("reference: logits 4/4 positions (100.0%)")

@@ -6,11 +6,12 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
-from llm_parity.progress import note, progress
+from llm_parity.progress import byte_size, draws_bars, note, progress
 from llm_parity.provenance import without_credentials
 from llm_parity.results import schema_tag, sha256_file, sha256_of
 
@@ -79,6 +80,39 @@ def _require_safetensors(folder: Path, repo_id: str, revision: str, allow_pickle
                             "can run code when loaded: allow them explicitly (allow_pickle) if you trust it")
 
 
+@contextmanager
+def _hub_bars_only_in_a_terminal() -> Iterator[None]:
+    """huggingface_hub's bars off for the block where ours are plain lines: in a log its file
+    counter would write a frame ending in a carriage return at every file."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    switch_off = not draws_bars() and not are_progress_bars_disabled()
+    if switch_off:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if switch_off:
+            enable_progress_bars()
+
+
+def _file_lines() -> type:
+    """A ModelScope progress callback (a class: the client makes one per file) that prints one
+    plain line as each file ends. Its own bars cannot be switched off from here (TQDM_DISABLE=1 can)."""
+    from modelscope.hub.callback import ProgressCallback
+
+    class FileLine(ProgressCallback):
+        received = 0
+
+        def update(self, size: int) -> None:
+            self.received += size
+
+        def end(self) -> None:
+            note(f"download: {self.filename}: {byte_size(self.received)} of {byte_size(self.file_size)}")
+
+    return FileLine
+
+
 def fetch_hf(repo_id: str, *, revision: str | None = None, local_dir: Path, token: str | None = None,
              endpoint: str | None = None, allow_pickle: bool = False, timeout_s: float = 30) -> tuple[Path, str]:
     """Download a Hub snapshot into `local_dir` at the commit `revision` resolves to.
@@ -101,8 +135,9 @@ def fetch_hf(repo_id: str, *, revision: str | None = None, local_dir: Path, toke
     try:
         info = HfApi(endpoint=endpoint, token=token).model_info(repo_id, revision=revision, timeout=timeout_s)
         commit = info.sha
-        path = snapshot_download(repo_id, revision=commit, local_dir=local_dir, token=token, endpoint=endpoint,
-                                 ignore_patterns=None if allow_pickle else PICKLE_PATTERNS)
+        with _hub_bars_only_in_a_terminal():
+            path = snapshot_download(repo_id, revision=commit, local_dir=local_dir, token=token, endpoint=endpoint,
+                                     ignore_patterns=None if allow_pickle else PICKLE_PATTERNS)
     except Exception as err:  # noqa: BLE001 - the Hub client raises its HTTP library's errors (httpx, httpx2, ...) as well as its own
         where = endpoint or "the Hugging Face Hub (set HF_ENDPOINT for a mirror)"
         raise _fetch_error(repo_id, revision or "main", where, err) from None
@@ -139,7 +174,8 @@ def fetch_modelscope(repo_id: str, *, revision: str | None = None, local_dir: Pa
     token = token or os.environ.get("MODELSCOPE_API_TOKEN")
     try:
         path = snapshot_download(repo_id, revision=revision, local_dir=str(local_dir), token=token, endpoint=endpoint,
-                                 ignore_file_pattern=None if allow_pickle else PICKLE_PATTERNS)
+                                 ignore_file_pattern=None if allow_pickle else PICKLE_PATTERNS,
+                                 progress_callbacks=None if draws_bars() else [_file_lines()])
     except Exception as err:  # noqa: BLE001 - the client raises requests', urllib3's and its own errors
         where = endpoint or "ModelScope (set MODELSCOPE_ENDPOINT for a mirror)"
         raise _fetch_error(repo_id, revision, where, err) from None

@@ -138,7 +138,7 @@ $(OLAH_STAMP): requirements/olah.txt
 	$(OLAH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/olah.txt
 	touch $@
 
-$(HOST_STAMP): requirements/base.txt pyproject.toml scripts/install.sh
+$(HOST_STAMP): requirements/host.txt requirements/base.txt pyproject.toml scripts/install.sh
 	$(REQUIRE_PYTHON)
 	$(PYTHON) -m venv $(HOST_VENV)
 	scripts/install.sh host $(HOST_VENV)/bin/python

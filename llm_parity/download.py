@@ -6,11 +6,12 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Iterator
 
-from llm_parity.progress import note
+from llm_parity.progress import byte_size, draws_bars, note, progress
 from llm_parity.provenance import without_credentials
 from llm_parity.results import schema_tag, sha256_file, sha256_of
 
@@ -21,6 +22,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 SKIPPED_PARTS = (".git", ".cache")
 PICKLE_PATTERNS = [f"*{suffix}" for suffix in PICKLE_SUFFIXES]
 COMMIT_ID = re.compile(r"[0-9a-f]{40}")
+HASH_PROGRESS_FROM_BYTES = 1 << 30  # smaller models hash in seconds
 
 
 class DownloadError(RuntimeError):
@@ -43,11 +45,21 @@ def check_model_folder(folder: Path, *, allow_pickle: bool) -> None:
                             "convert them to safetensors, or allow them explicitly (allow_pickle)")
 
 
+def _sha256_files(paths: list[Path], log: Callable[[str], None] | None = note) -> list[str]:
+    """The sha256 of each file, with progress in bytes to `log` where they add up to a large model."""
+    total = sum(p.stat().st_size for p in paths)
+    if log is None or total < HASH_PROGRESS_FROM_BYTES:
+        return [sha256_file(p) for p in paths]
+    with progress(total, "model: sha256", unit="B", log=log) as bar:
+        return [sha256_file(p, on_read=bar.advance) for p in paths]
+
+
 def build_manifest(folder: Path, *, source: str, repo_id: str, revision: str | None,
                    resolved_revision: str | None) -> dict:
     """The manifest document (schemas/manifest.schema.json) of `folder` as it is now."""
-    files = [{"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
-             for p in model_files(folder)]
+    paths = model_files(folder)
+    files = [{"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": digest}
+             for p, digest in zip(paths, _sha256_files(paths))]
     return {
         "schema": schema_tag("manifest"), "source": source, "repo_id": repo_id, "revision": revision,
         "resolved_revision": resolved_revision,
@@ -66,6 +78,39 @@ def _require_safetensors(folder: Path, repo_id: str, revision: str, allow_pickle
     if not allow_pickle and not any(p.suffix == ".safetensors" for p in model_files(folder)):
         raise DownloadError(f"{repo_id}@{revision}: no safetensors weights; the repo has only pickle weights, which "
                             "can run code when loaded: allow them explicitly (allow_pickle) if you trust it")
+
+
+@contextmanager
+def _hub_bars_only_in_a_terminal() -> Iterator[None]:
+    """huggingface_hub's bars off for the block where ours are plain lines: in a log its file
+    counter would write a frame ending in a carriage return at every file."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    switch_off = not draws_bars() and not are_progress_bars_disabled()
+    if switch_off:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if switch_off:
+            enable_progress_bars()
+
+
+def _file_lines() -> type:
+    """A ModelScope progress callback (a class: the client makes one per file) that prints one
+    plain line as each file ends. Its own bars cannot be switched off from here (TQDM_DISABLE=1 can)."""
+    from modelscope.hub.callback import ProgressCallback
+
+    class FileLine(ProgressCallback):
+        received = 0
+
+        def update(self, size: int) -> None:
+            self.received += size
+
+        def end(self) -> None:
+            note(f"download: {self.filename}: {byte_size(self.received)} of {byte_size(self.file_size)}")
+
+    return FileLine
 
 
 def fetch_hf(repo_id: str, *, revision: str | None = None, local_dir: Path, token: str | None = None,
@@ -90,8 +135,9 @@ def fetch_hf(repo_id: str, *, revision: str | None = None, local_dir: Path, toke
     try:
         info = HfApi(endpoint=endpoint, token=token).model_info(repo_id, revision=revision, timeout=timeout_s)
         commit = info.sha
-        path = snapshot_download(repo_id, revision=commit, local_dir=local_dir, token=token, endpoint=endpoint,
-                                 ignore_patterns=None if allow_pickle else PICKLE_PATTERNS)
+        with _hub_bars_only_in_a_terminal():
+            path = snapshot_download(repo_id, revision=commit, local_dir=local_dir, token=token, endpoint=endpoint,
+                                     ignore_patterns=None if allow_pickle else PICKLE_PATTERNS)
     except Exception as err:  # noqa: BLE001 - the Hub client raises its HTTP library's errors (httpx, httpx2, ...) as well as its own
         where = endpoint or "the Hugging Face Hub (set HF_ENDPOINT for a mirror)"
         raise _fetch_error(repo_id, revision or "main", where, err) from None
@@ -128,7 +174,8 @@ def fetch_modelscope(repo_id: str, *, revision: str | None = None, local_dir: Pa
     token = token or os.environ.get("MODELSCOPE_API_TOKEN")
     try:
         path = snapshot_download(repo_id, revision=revision, local_dir=str(local_dir), token=token, endpoint=endpoint,
-                                 ignore_file_pattern=None if allow_pickle else PICKLE_PATTERNS)
+                                 ignore_file_pattern=None if allow_pickle else PICKLE_PATTERNS,
+                                 progress_callbacks=None if draws_bars() else [_file_lines()])
     except Exception as err:  # noqa: BLE001 - the client raises requests', urllib3's and its own errors
         where = endpoint or "ModelScope (set MODELSCOPE_ENDPOINT for a mirror)"
         raise _fetch_error(repo_id, revision, where, err) from None
@@ -139,19 +186,19 @@ def fetch_modelscope(repo_id: str, *, revision: str | None = None, local_dir: Pa
 FETCHERS = {"hf": fetch_hf, "modelscope": fetch_modelscope}
 
 
-def verify_folder(folder: Path, manifest: dict, *, log=None) -> list[str]:
-    """Re-hash `folder` against `manifest`: every changed, missing or extra file, named."""
+def verify_folder(folder: Path, manifest: dict, *, log: Callable[[str], None] | None = None) -> list[str]:
+    """Re-hash `folder` against `manifest`: every changed, missing or extra file, named; `log` gets
+    the hashing's progress (_sha256_files)."""
     folder = Path(folder)
     expected = {entry["path"]: entry for entry in manifest["files"]}
     present = {p.relative_to(folder).as_posix(): p for p in model_files(folder)}
     problems = [f"{folder / name}: missing (listed in the manifest)" for name in sorted(set(expected) - set(present))]
     problems += [f"{folder / name}: extra file, not in the manifest" for name in sorted(set(present) - set(expected))]
     shared = sorted(set(expected) & set(present))
-    for index, name in enumerate(shared, start=1):
-        if log and present[name].stat().st_size > 10 * 2**20:
-            log(f"hashing {index}/{len(shared)} {name} ({present[name].stat().st_size / 2**20:.0f} MiB)")
-        if present[name].stat().st_size != expected[name]["size"] or sha256_file(present[name]) != expected[name]["sha256"]:
-            problems.append(f"{folder / name}: content differs from the manifest (sha256)")
+    same_size = [name for name in shared if present[name].stat().st_size == expected[name]["size"]]
+    digests = dict(zip(same_size, _sha256_files([present[name] for name in same_size], log)))
+    problems += [f"{folder / name}: content differs from the manifest (sha256)" for name in shared
+                 if digests.get(name) != expected[name]["sha256"]]
     return problems
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from llm_parity.divergence import logit_measures, logits_summary
+from llm_parity.progress import progress
 from llm_parity.records import SIDES
 from llm_parity.results import ResultFileError, RunDir, read_json, schema_tag, write_bytes_atomic, write_json
 
@@ -56,8 +57,13 @@ def write_side_logits(run: RunDir, side: str, suite: dict, manifest_sha256: str,
     """`fetch(ids)` (the side's logits before each token of ids after the first) on every passage,
     written as <side>/logits.f32 and its document <side>/logits.json; returns the document's path."""
     inputs = logit_inputs(suite["passages"], positions)
-    rows = [row for item in inputs for row in fetch(item["ids"])]
-    if any(len(row) != vocab_size for row in rows) or len(rows) != sum(len(i["ids"]) - 1 for i in inputs):
+    expected_rows = sum(len(item["ids"]) - 1 for item in inputs)
+    rows = []
+    with progress(expected_rows, f"{side}: logits", unit="positions") as bar:
+        for item in inputs:
+            rows += fetch(item["ids"])
+            bar.advance(len(item["ids"]) - 1)
+    if any(len(row) != vocab_size for row in rows) or len(rows) != expected_rows:
         raise ValueError(f"{side}: logits rows do not match the passages' positions and vocabulary of {vocab_size}")
     data = _to_bytes(rows)
     write_bytes_atomic(run.side(side) / DATA_FILE, data)

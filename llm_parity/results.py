@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 import jsonschema_rs
 from jsonschema import Draft202012Validator
@@ -302,12 +302,15 @@ def sha256_of(doc: Any) -> str:
     return hashlib.sha256(compact.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """The sha256 of a file's bytes, read in chunks (model shards are gigabytes)."""
+def sha256_file(path: Path, chunk: int = 1 << 20, *, on_read: Callable[[int], None] | None = None) -> str:
+    """The sha256 of a file's bytes, read in chunks (model shards are gigabytes); `on_read` gets
+    each chunk's length, for progress."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
+            if on_read:
+                on_read(len(block))
     return digest.hexdigest()
 
 

@@ -13,7 +13,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 pip=("$python" -m pip install --disable-pip-version-check --no-input)
 
 case "$flavour" in
-  host) files=(-r "$root/requirements/base.txt") ;;
+  host) files=(-r "$root/requirements/host.txt") ;;
   ascend|reference|cpu-target) files=(-r "$root/requirements/$flavour.txt") ;;
   dev) files=(-r "$root/requirements/cpu-target.txt" -r "$root/requirements/test.txt") ;;
   *) echo "install.sh: unknown flavour '$flavour' (host, ascend, reference, cpu-target, dev)" >&2; exit 2 ;;

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from llm_parity import PROJECT_ROOT
+from llm_parity import PROJECT_ROOT, progress
 from llm_parity.download import DownloadError, build_manifest, fetch_hf, verify_folder
 from llm_parity.serve import free_port
 
@@ -100,6 +100,17 @@ def test_verify_names_a_flipped_byte_a_missing_shard_and_an_extra_file(downloade
         expected = f"{folder / 'extra.safetensors'}: extra file"
     problems = verify_folder(folder, manifest)
     assert len(problems) == 1 and problems[0].startswith(expected), problems
+
+
+@pytest.mark.parametrize("mode", ["lines", "bar"])
+def test_outside_a_terminal_the_hub_clients_bars_are_off_unless_bars_are_forced(hub, tmp_path, monkeypatch, capsys, mode):
+    monkeypatch.setenv(progress.MODE_VARIABLE, mode)
+    fetch_hf(REPO, revision="main", local_dir=tmp_path / "m", endpoint=hub["url"])
+    err = capsys.readouterr().err
+    if mode == "lines":
+        assert "\r" not in err and "\x1b" not in err
+    else:  # the same download draws huggingface_hub's file counter
+        assert "\r" in err and "Fetching" in err
 
 
 def test_unknown_revision_fails_fast_and_clearly(hub, tmp_path):

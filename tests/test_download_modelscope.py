@@ -1,5 +1,6 @@
 """The download stage's ModelScope source: the real `modelscope` client against a loopback server
 speaking the ModelScope Hub API (tests/modelscope_server.py) over a git repository of the tiny model."""
+import re
 import shutil
 import subprocess
 import time
@@ -7,6 +8,7 @@ import time
 import pytest
 from modelscope_server import ModelScopeHub
 
+from llm_parity import progress
 from llm_parity.download import DownloadError, build_manifest, fetch_modelscope, verify_folder
 from llm_parity.serve import free_port
 
@@ -61,6 +63,16 @@ def test_download_through_a_modelscope_endpoint_is_byte_identical(hub, downloade
     assert verify_folder(folder, manifest) == []
     asked = {(r["path"], r["query"].get("Revision")) for r in hub["server"].requests_seen}
     assert (f"/api/v1/models/{REPO}/repo/files", "master") in asked
+
+
+def test_outside_a_terminal_each_fetched_file_gets_a_plain_line(hub, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(progress.MODE_VARIABLE, "lines")
+    folder, _ = fetch_modelscope(REPO, revision="master", local_dir=tmp_path / "m", endpoint=hub["url"])
+    # The client's own bars still write carriage returns (TQDM_DISABLE=1 silences them); ours are whole lines.
+    lines = [line for line in re.split(r"[\r\n]", capsys.readouterr().err) if line.startswith("download: ")]
+    fetched = [p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts]
+    assert sorted(lines) == sorted(f"download: {p.relative_to(folder).as_posix()}: {progress.byte_size(p.stat().st_size)} "
+                                   f"of {progress.byte_size(p.stat().st_size)}" for p in fetched)
 
 
 def test_a_commit_id_revision_is_recorded_as_resolved(hub, tmp_path):

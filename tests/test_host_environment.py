@@ -1,5 +1,5 @@
 """`make compare` and `make audit` run tasks.py in the host environment, which has only
-requirements/base.txt: the CLI must load and compare/audit must work without the heavy packages."""
+requirements/host.txt (base.txt and tqdm): the CLI must load and compare/audit must work without the heavy packages."""
 import subprocess
 import sys
 

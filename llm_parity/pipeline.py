@@ -38,7 +38,7 @@ from llm_parity.download import (DownloadError, ModelOrigin, build_manifest, che
                                   resolve_model, verify_folder)
 from llm_parity.logits import model_vocab_size
 from llm_parity.profiles import Profile, load_profile
-from llm_parity.progress import note
+from llm_parity.progress import Progress, note, progress
 from llm_parity.provenance import collect
 from llm_parity.record_files import RecordJournal, read_records, record_file_exists
 from llm_parity.records import (SIDES, ForcedScore, Generation, PassageScore, Record, answers_of, decoding_of,
@@ -218,14 +218,23 @@ def _not_run(items: list[dict], failed: Callable[[dict, str], Record]) -> Callab
     return lambda item_id: failed(by_id[item_id], NOT_RUN).to_json()
 
 
-def _teacher_force(runner, run: RunDir, side: str, suite: dict, manifest: dict, other: dict, top_logprobs: int) -> int:
+def _kept(journal: RecordJournal, bar: Progress) -> Callable[[Record], None]:
+    """The on_record of a backend: the record goes to its file at once and counts as progress."""
+    def keep(record: Record) -> None:
+        journal.add(record.to_json())
+        bar.advance()
+    return keep
+
+
+def _teacher_force(runner, setup: SideSetup, side: str, manifest: dict, other: dict, top_logprobs: int) -> int:
     """`runner` scores every answer of `other`, each written to <side>/teacher-forced.jsonl as it
     finishes, the rest as errors. Returns how many answers carry an error."""
     answers = answers_of(other)
-    header = teacher_forced_doc(side, suite, manifest["sha256"], other, top_logprobs, [])
-    with RecordJournal(run.teacher_forced(side), header, "teacher-forced") as journal:
+    header = teacher_forced_doc(side, setup.suite, manifest["sha256"], other, top_logprobs, [])
+    with RecordJournal(setup.run.teacher_forced(side), header, "teacher-forced") as journal:
         try:
-            runner.score_answers(answers, top_logprobs=top_logprobs, on_record=lambda record: journal.add(record.to_json()))
+            with progress(len(answers), f"{side}: teacher forcing", unit="answers", log=setup.log) as bar:
+                runner.score_answers(answers, top_logprobs=top_logprobs, on_record=_kept(journal, bar))
         finally:
             errors = journal.finish([answer["id"] for answer in answers], _not_run(answers, ForcedScore.failed))
     return errors
@@ -274,20 +283,22 @@ def run_side(side: str, setup: SideSetup, manifest: dict, *, backend: str | None
         scores = journals.enter_context(RecordJournal(
             run.perplexity(side), perplexity_doc(side, suite, manifest["sha256"], []), "perplexity", done_ppl.values()))
 
-        def keep_generation(record: Generation) -> None:
-            line = record.to_json()
-            generations.add(line)
-            if _renders_other_ids(line):
+        def note_template(record: Generation) -> None:
+            if _renders_other_ids(record.to_json()):
                 differing.append(record.id)
         try:
             with backend_type.open(setup) as runner:
                 prompts, passages, failed = _runnable(suite, runner.max_model_len, done_gen, done_ppl)
                 for record in failed:
                     (generations if isinstance(record, Generation) else scores).add(record.to_json())
-                runner.generate(prompts, top_logprobs=profile.decoding["top_logprobs"], on_record=keep_generation)
-                runner.score(passages, on_record=lambda record: scores.add(record.to_json()))
+                with progress(len(prompts), f"{side}: generate", unit="prompts", log=setup.log) as bar:
+                    keep = _kept(generations, bar)
+                    runner.generate(prompts, top_logprobs=profile.decoding["top_logprobs"],
+                                    on_record=lambda record: (keep(record), note_template(record)))
+                with progress(len(passages), f"{side}: perplexity", unit="passages", log=setup.log) as bar:
+                    runner.score(passages, on_record=_kept(scores, bar))
                 if other is not None:
-                    forced_errors = _teacher_force(runner, run, side, suite, manifest, other, profile.decoding["top_logprobs"])
+                    forced_errors = _teacher_force(runner, setup, side, manifest, other, profile.decoding["top_logprobs"])
                 where = runner.describe()
         finally:
             errors = generations.finish([p["id"] for p in suite["prompts"]], _not_run(suite["prompts"], Generation.failed))
@@ -311,7 +322,7 @@ def cross_score_side(side: str, setup: SideSetup, manifest: dict, *, backend: st
                               f"before the {side} side scores its answers")
     ensure_writable(run.side(side))
     with backend_class(backend or DEFAULT_BACKEND[side]).open(setup) as runner:
-        errors = _teacher_force(runner, run, side, setup.suite, manifest, other, setup.profile.decoding["top_logprobs"])
+        errors = _teacher_force(runner, setup, side, manifest, other, setup.profile.decoding["top_logprobs"])
     return SideOutcome(side, run.side(side), run.teacher_forced(side), errors)
 
 

@@ -177,7 +177,7 @@ def run_concurrently(items: list[dict], work: Callable[[dict], Record], on_error
                      *, concurrency: int, label: str, on_record: Callable[[Record], None], log=note) -> None:
     """Run `work` on every item with up to `concurrency` in flight; each record goes to
     `on_record` as soon as it finishes, so an interrupted run keeps what finished. A failed
-    request becomes that item's error record."""
+    request becomes that item's error record, and a line; progress is the caller's."""
 
     def guarded(item: dict) -> Record:
         try:
@@ -188,10 +188,11 @@ def run_concurrently(items: list[dict], work: Callable[[dict], Record], on_error
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
     try:
         futures = {pool.submit(guarded, item): item for item in items}
-        for count, future in enumerate(as_completed(futures), start=1):
+        for future in as_completed(futures):
             record = future.result()
             on_record(record)
-            log(f"{label}: {count}/{len(items)} {record.id}{' (error)' if record.error else ''}")
+            if record.error:
+                log(f"{label}: {record.id}: {record.error}")
     finally:
         # On an interrupt, do not wait for requests still in flight.
         pool.shutdown(wait=False, cancel_futures=True)

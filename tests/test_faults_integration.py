@@ -23,7 +23,7 @@ from llm_parity.results import RunDir, read_json
 from llm_parity.serve import ServerError, VllmServer, free_port, spec_from_profile
 from llm_parity.suite import load_suite_source, render_suite
 from llm_parity.target import VllmHttpClient, query_generations
-from llm_parity.record_files import read_records
+from llm_parity.record_files import RecordJournal, read_records
 
 pytestmark = pytest.mark.integration
 API_KEY = "llm-parity-test-key-0f1e2d3c"
@@ -54,6 +54,14 @@ def start_task(args: list[str], results: Path, env: dict | None = None) -> subpr
     return subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "LLM_PARITY_RESULTS": str(results), **(env or {})})
+
+
+def wait_for_records(journal: Path, count: int, timeout_s: float = 600) -> None:
+    """Until a side's record file holds `count` finished records (its header line is the first)."""
+    deadline = time.monotonic() + timeout_s
+    while not journal.is_file() or journal.read_text().count("\n") < count + 1:
+        assert time.monotonic() < deadline, f"{journal}: fewer than {count} records after {timeout_s} s"
+        time.sleep(0.05)
 
 
 def read_until(process: subprocess.Popen, text: str, timeout_s: float = 600) -> list[str]:
@@ -116,7 +124,7 @@ def test_sigint_during_query_keeps_what_finished_and_resume_completes_the_rest(t
     port = free_port("127.0.0.1")
     task = start_task(["target", "--profile", "tiny-llama", "--run", "int", "--port", str(port), "--max-num-seqs", "1"],
                       tmp_path)
-    read_until(task, "query: 2/")
+    wait_for_records(RunDir(tmp_path / "int").generations("target"), 2)
     task.send_signal(signal.SIGINT)
     output = task.communicate(timeout=60)[0]
     assert task.returncode == 130, output
@@ -132,7 +140,8 @@ def test_sigint_during_query_keeps_what_finished_and_resume_completes_the_rest(t
     assert cli.target(profile="tiny-llama", run="int", results=str(tmp_path), resume=True, server_url=vllm_server.url) == 0
     log = capsys.readouterr().err
     assert f"resume: keeping {len(finished)} prompts" in log
-    assert f"query: {len(first) - len(finished)}/{len(first) - len(finished)}" in log
+    rest = len(first) - len(finished)
+    assert f"target: generate {rest}/{rest} prompts (100.0%)" in log
     second = read_records(run.generations("target"), "generations")["records"]
     assert [r["id"] for r in second] == [r["id"] for r in first] and not any(r["error"] for r in second)
     assert [r for r in second if r["id"] in {f["id"] for f in finished}] == finished
@@ -143,9 +152,7 @@ def test_sigkill_mid_query_loses_no_finished_prompt_and_resume_completes_the_res
     task = start_task(["target", "--profile", "tiny-llama", "--run", "kill", "--server-url", vllm_server.url,
                        "--max-num-seqs", "1"], tmp_path)
     journal = RunDir(tmp_path / "kill").generations("target")
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and (not journal.is_file() or journal.read_text().count("\n") < 4):
-        time.sleep(0.05)
+    wait_for_records(journal, 3)
     os.kill(task.pid, signal.SIGKILL)
     task.wait(timeout=30)
     finished = read_records(journal, "generations", keep_cut_off=True)["records"]
@@ -185,24 +192,26 @@ def test_api_key_is_required_and_sent_and_never_written(keyed_server, tiny_model
             assert API_KEY.encode() not in data and b"hf_neverWrittenAnywhere42" not in data, path
 
 
-def test_server_killed_mid_suite_keeps_finished_prompts_and_records_the_rest(keyed_server, tiny_model_dir, demo_profile, tmp_path):
+def test_server_killed_mid_suite_keeps_finished_prompts_and_records_the_rest(keyed_server, tiny_model_dir, demo_profile, tmp_path,
+                                                                           monkeypatch):
     """Row 2 with a real kill: the server's process group dies after the second answer. Runs last in
     this module: it ends the keyed server."""
     run = RunDir(tmp_path / "killed")
     suite, manifest = pipeline.prepare(run, demo_profile, tiny_model_dir, ModelOrigin("local", "tiny"))
     profile = demo_profile.with_serve(max_num_seqs=1)
-    notes = []
+    add = RecordJournal.add
 
-    def log(message):
-        notes.append(message)
-        if message.startswith("query: 2/"):
+    def add_then_kill_after_the_second(journal, record):
+        add(journal, record)
+        if journal.kind == "generations" and journal.path.read_text().count("\n") == 3:
             os.killpg(keyed_server.process.pid, signal.SIGKILL)
 
+    monkeypatch.setattr(RecordJournal, "add", add_then_kill_after_the_second)
     spec = keyed_server.spec
     keyed_server.spec = spec.__class__(**{**spec.__dict__, "max_num_seqs": 1})
     started = time.monotonic()
     errors = pipeline.target_side(run, profile, tiny_model_dir, suite, manifest, running=keyed_server,
-                                  cache_dir=Path(".cache"), log=log)
+                                  cache_dir=Path(".cache"), log=lambda message: None)
     assert time.monotonic() - started < 120
     records = read_records(run.generations("target"), "generations")["records"]
     finished = sum(1 for r in records if not r["error"])

@@ -61,7 +61,7 @@ STRINGS = {
         "chart_dist_delta": "按最大 |Δ logprob| 统计的提示数(按数量级分组)", "chart_dist_margin": "按最小 top-1/top-2 间隔统计的提示数",
         "chart_dist_kld": "各位置 KLD 的分布(按数量级分组)", "chart_dist_ppl": "按 perplexity 相对差异统计的段落数(按数量级分组)",
         "decade": "数量级",
-        "worst": "按{measure}排列的最差提示({order}):{total} 条中的 {n} 条",
+        "worst": "按 {measure} 排列的最差提示({order}):{total} 条中的 {n} 条",
         "worst_passages": "按 perplexity 相对差异排列的最差段落({order}):{total} 个中的 {n} 个",
         "max_delta": "最大 |Δ logprob|", "split_position": "首个分歧位置",
         "largest_first": "从大到小", "smallest_first": "从小到大", "earliest_first": "从早到晚",

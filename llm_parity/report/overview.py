@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -134,13 +135,13 @@ def _decade(value: float) -> int:
 def decade_histogram(groups: list[list[float]]) -> tuple[list[str], list[list[int]]]:
     """Each group's count of values in each decade [1eN, 1eN+1), from the floor decade (which also
     counts everything below it, 0 included) to the largest value's, the same decades for all."""
-    decades = [[_decade(v) for v in values] for values in groups]
-    present = [d for group in decades for d in group]
+    counts = [Counter(_decade(v) for v in values) for values in groups]
+    present = [d for group in counts for d in group]
     if not present:
         return [], [[] for _ in groups]
     span = range(min(present), max(present) + 1)
     labels = [f"≤1e{d}" if d == FLOOR_DECADE else f"1e{d}" for d in span]
-    return labels, [[group.count(d) for d in span] for group in decades]
+    return labels, [[group[d] for d in span] for group in counts]
 
 
 def _distribution_row(s: dict, distribution: Distribution) -> list[str]:

@@ -45,8 +45,8 @@ from llm_parity.records import (SIDES, ForcedScore, Generation, PassageScore, Re
                                 generations_doc, other_side, perplexity_doc, teacher_forced_doc, unrunnable_prompt)
 from llm_parity.reference import TransformersRunner
 from llm_parity.report import build_report
-from llm_parity.report.html import render_html
-from llm_parity.report.markdown import render_markdown
+from llm_parity.report.html import html_pages
+from llm_parity.report.markdown import markdown_pages
 from llm_parity.results import (ResultFileError, RunDir, ensure_writable, read_json, sha256_of, write_json, write_sums,
                                 write_text_atomic)
 from llm_parity.serve import ServerError
@@ -600,14 +600,14 @@ def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override
 
 def write_report(run: RunDir, result: dict, provenance: dict[str, dict], *, lang: str) -> None:
     """report.md and report.html from compare.json, with the benchmark, the configuration matrix and
-    the replays where the folder has them."""
+    the replays where the folder has them; for a large run, prompts.md and prompts.html beside them."""
     bench = read_json(run.bench, "bench") if run.bench.is_file() else None
     matrix = read_json(run.matrix, "matrix") if run.matrix.is_file() else None
     replayed = read_json(run.replay, "replay") if run.replay.is_file() else None
     report = build_report(result, provenance, manifest=read_json(run.manifest, "manifest"), bench=bench,
                           suite=read_json(run.suite, "suite"), replay=replayed, lang=lang, matrix=matrix)
-    write_text_atomic(run.report_md, render_markdown(report))
-    write_text_atomic(run.report_html, render_html(report, result, bench))
+    for name, text in (markdown_pages(report) | html_pages(report, result, bench)).items():
+        write_text_atomic(run.report_md.with_name(name), text)
 
 
 @dataclass(frozen=True)

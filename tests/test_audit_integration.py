@@ -96,7 +96,7 @@ def test_model_output_is_inert_in_report_html(demo_run):
     page = render_html(build_report(compare, provenance, lang="en"), compare)
     assert "<script" not in page and "<img" not in page and "<b>id" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page and "&amp;amp;" in page
-    assert page.count("<svg") == 4  # |Δ logprob|, margins, KLD distribution, perplexity
+    assert page.count("<svg") == 5  # |Δ logprob| per position; |Δ logprob|, margins, KLD and perplexity distributions
 
 
 def test_report_html_is_self_contained_in_both_languages(demo_run):

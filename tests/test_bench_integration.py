@@ -134,4 +134,4 @@ def test_bench_task_writes_bench_json_and_the_report_shows_it(demo_run, vllm_ser
     pipeline.compare(run, load_profile("tiny-llama"), lang="en")
     assert "## Serving performance" in run.report_md.read_text()
     page = run.report_html.read_text()
-    assert "Output throughput per concurrency" in page and page.count("<svg") == 5  # and the KLD distribution
+    assert "Output throughput per concurrency" in page and page.count("<svg") == 6  # and the demo's five

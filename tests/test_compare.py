@@ -92,11 +92,13 @@ def test_logprob_difference_over_threshold_fails():
     assert not check(result, "max_abs_logprob_diff")["passed"]
 
 
-def split_pair(runner_up_in_top_k: bool):
+def split_pair(runner_up_in_top_k: bool, rid: str = "p1"):
     """Target picks 7 at position 1, reference picks 8; each lists the other second or not at all."""
     other = (lambda token: token) if runner_up_in_top_k else (lambda token: 50)
-    target = record([5, 7, EOS], top=[[[5, -0.1], [105, -2.1]], [[7, -0.69], [other(8), -0.70]], [[EOS, -0.1], [3, -3.0]]])
-    reference = record([5, 8, EOS], top=[[[5, -0.1], [105, -2.1]], [[8, -0.69], [other(7), -0.70]], [[EOS, -0.1], [3, -3.0]]])
+    target = record([5, 7, EOS], top=[[[5, -0.1], [105, -2.1]], [[7, -0.69], [other(8), -0.70]], [[EOS, -0.1], [3, -3.0]]],
+                    rid=rid)
+    reference = record([5, 8, EOS], top=[[[5, -0.1], [105, -2.1]], [[8, -0.69], [other(7), -0.70]], [[EOS, -0.1], [3, -3.0]]],
+                       rid=rid)
     return target, reference
 
 

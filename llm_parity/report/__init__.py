@@ -1,8 +1,12 @@
 """The report, laid out like the seed's: environment, validation items with ✅/❌, a precision table
-of expected vs measured with the threshold each number was held to, per-prompt and perplexity
-tables. Built once as plain sections, then rendered to Markdown or to self-contained HTML."""
+of expected vs measured with the threshold each number was held to; then what stays the same size
+however many prompts a run has (llm_parity.report.overview: summary, every failing prompt,
+distributions, the worst prompts by each measure); then the per-prompt and per-passage tables, inline
+for a small run and on a page of their own (report/prompts.md, prompts.html) for a large one. Built
+once as plain sections, then rendered to Markdown or to self-contained HTML."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from llm_parity.compare import FAIL, PASS, unchecked_checks
@@ -18,7 +22,7 @@ class Section:
     headers: list[str] = field(default_factory=list)
     rows: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    chart: str | None = None  # key of a chart drawn under the section (HTML only)
+    charts: tuple[str, ...] = ()  # keys of the charts drawn under the section (HTML only)
 
 
 @dataclass
@@ -29,6 +33,14 @@ class Report:
     sections: list[Section]
     lang: str
     side_titles: dict[str, str] = field(default_factory=dict)  # "target (vLLM (HTTP))", from each side's backend
+    details: list[Section] = field(default_factory=list)  # the tables with a row per prompt or per passage
+    # None: `details` follow the sections; else they are on the DETAILS_PAGE, and this sentence links it ({link}).
+    details_link: str | None = None
+
+
+# At most this many prompts and passages: the per-item tables stay inline; more go to a page of their own.
+INLINE_ITEMS = 50
+DETAILS_PAGE = "prompts"  # report/prompts.md and report/prompts.html
 
 
 def fmt(value) -> str:
@@ -74,7 +86,7 @@ def _precision(s: dict, compare: dict, lang: str) -> Section:
                      [s["topk_delta"], "—", fmt(summary["top_k_max_abs_logprob_diff"]), ""],
                      [s["min_margin"], "—", fmt(summary["min_reference_margin"]), ""]]
     section.notes = [f"{s['why']}: {compare['thresholds']['why']}", s["hidden"]]
-    section.chart = "delta"
+    section.charts = ("delta",)
     return section
 
 
@@ -84,23 +96,12 @@ def _pct(value: float) -> str:
 
 def _teacher_forced(s: dict, compare: dict, titles: dict[str, str]) -> Section:
     """Past the first split: the distance between both sides' distributions at every position of
-    both answers, summed up the way llama.cpp's --kl-divergence run does, then per prompt."""
-    section = Section(s["tf"], [s["prompt"], s["tf_positions"], s["tf_mean_kld"], s["tf_max_kld"], s["same_top1"],
-                                s["rms_delta_p"], s["ppl_ratio"]])
+    both answers, summed up over the run the way llama.cpp's --kl-divergence run does."""
+    section = Section(s["tf"])
     summary = compare["summary"].get("teacher_forced")
     if summary is None:
         section.notes = [s["tf_missing"].format(why=compare["summary"].get("teacher_forced_missing") or "—")]
         return section
-    for prompt in compare["prompts"]:
-        forced = prompt.get("teacher_forced")
-        if not forced:
-            continue
-        if forced["error"]:
-            section.rows.append([prompt["id"], "—", "—", "—", "—", "—", forced["error"]])
-            continue
-        row = forced["summary"]
-        section.rows.append([prompt["id"], str(row["positions"]), fmt(row["mean_kld"]), fmt(row["max_kld"]),
-                             _pct(row["same_top1_rate"]), fmt(row["rms_delta_p"]), f"{row['perplexity_ratio']:.6g}"])
     percentiles = ", ".join(f"{q} %: {fmt(v)}" for q, v in summary["kld_percentiles"].items())
     section.notes = [
         s["tf_run"].format(n=summary["positions"], mean=fmt(summary["mean_kld"]), err=fmt(summary["kld_stderr"]),
@@ -111,33 +112,69 @@ def _teacher_forced(s: dict, compare: dict, titles: dict[str, str]) -> Section:
     ]
     if why := (compare["thresholds"].get("teacher_forced") or {}).get("why"):
         section.notes.append(f"{s['why']}: {why}")
-    section.chart = "kld"
     return section
 
 
-def _divergence_text(s: dict, divergence: dict | None, lang: str) -> str:
+def _teacher_forced_prompts(s: dict, compare: dict) -> list[Section]:
+    """The teacher-forced measures of each prompt; no table when no prompt has any."""
+    section = Section(s["tf_prompts"], [s["prompt"], s["tf_positions"], s["tf_mean_kld"], s["tf_max_kld"],
+                                        s["same_top1"], s["rms_delta_p"], s["ppl_ratio"]])
+    for prompt in compare["prompts"]:
+        forced = prompt.get("teacher_forced")
+        if not forced:
+            continue
+        if forced["error"]:
+            section.rows.append([prompt["id"], "—", "—", "—", "—", "—", forced["error"]])
+            continue
+        row = forced["summary"]
+        section.rows.append([prompt["id"], str(row["positions"]), fmt(row["mean_kld"]), fmt(row["max_kld"]),
+                             _pct(row["same_top1_rate"]), fmt(row["rms_delta_p"]), f"{row['perplexity_ratio']:.6g}"])
+    return [section] if section.rows else []
+
+
+def _divergence_text(s: dict, divergence: dict | None, lang: str, *, why: bool) -> str:
     if divergence is None:
         return "—"
     tie = f" ({s['near_tie']})" if divergence["near_tie"] else ""
-    return (f"{s['at']} {divergence['position']}: {divergence['target_token']} vs {divergence['reference_token']}, "
-            f"{s['margin']} {fmt(divergence['target_margin'])}/{fmt(divergence['reference_margin'])}{tie}; "
-            f"{detail_text(divergence['why'], lang)}")
+    text = (f"{s['at']} {divergence['position']}: {divergence['target_token']} vs {divergence['reference_token']}, "
+            f"{s['margin']} {fmt(divergence['target_margin'])}/{fmt(divergence['reference_margin'])}{tie}")
+    return f"{text}; {detail_text(divergence['why'], lang)}" if why else text
+
+
+def prompt_headers(s: dict) -> list[str]:
+    return [s["prompt"], s["result"], s["tokens"], "max |Δ|", s["divergence"]]
+
+
+def prompt_error(s: dict, prompt: dict) -> str:
+    """What went wrong on each side of a prompt that has no comparison."""
+    return "; ".join(f"{s[side]}: {prompt[f'{side}_error']}" for side in ("target", "reference") if prompt[f"{side}_error"])
+
+
+def _status_text(s: dict, prompt: dict, *, exact: bool) -> str:
+    status = s[prompt["status"]]
+    if prompt["status"] == "split_outside_top_k" or (prompt["status"] == "split_within_top_k" and exact):
+        return f"❌ {status}"
+    if prompt["status"] == "split_within_top_k" and prompt["first_divergence"]["near_tie"]:
+        return f"⚠️ {status}"
+    return status
+
+
+def prompt_row(s: dict, prompt: dict, lang: str, *, exact: bool, why: bool = True) -> list[str]:
+    """One prompt as every per-prompt table shows it (prompt_headers); `exact`: the profile requires
+    identical ids, so a split within top-k fails too; `why`: say why a split is or is not a tie."""
+    if prompt["status"] == "error":
+        return [prompt["id"], f"❌ {s['error']}", "—", "—", prompt_error(s, prompt)]
+    return [prompt["id"], _status_text(s, prompt, exact=exact), f"{prompt['target_tokens']}/{prompt['reference_tokens']}",
+            fmt(prompt["max_abs_logprob_diff"]), _divergence_text(s, prompt["first_divergence"], lang, why=why)]
+
+
+def exact_ids(compare: dict) -> bool:
+    return compare["thresholds"]["token_match"] == "exact"
 
 
 def _prompts(s: dict, compare: dict, lang: str) -> Section:
-    section = Section(s["prompts"], [s["prompt"], s["result"], s["tokens"], "max |Δ|", s["divergence"]], chart="margin")
-    for prompt in compare["prompts"]:
-        if prompt["status"] == "error":
-            section.rows.append([prompt["id"], f"❌ {s['error']}", "—", "—", prompt.get("target_error") or prompt.get("reference_error")])
-            continue
-        status = s[prompt["status"]]
-        if prompt["status"] == "split_within_top_k" and prompt["first_divergence"]["near_tie"]:
-            status = f"⚠️ {status}"
-        elif prompt["status"] == "split_outside_top_k":
-            status = f"❌ {status}"
-        section.rows.append([prompt["id"], status, f"{prompt['target_tokens']}/{prompt['reference_tokens']}",
-                             fmt(prompt["max_abs_logprob_diff"]), _divergence_text(s, prompt["first_divergence"], lang)])
-    return section
+    exact = exact_ids(compare)
+    return Section(s["prompts"], prompt_headers(s), [prompt_row(s, p, lang, exact=exact) for p in compare["prompts"]])
 
 
 def _outputs(s: dict, compare: dict, titles: dict[str, str]) -> Section:
@@ -148,15 +185,19 @@ def _outputs(s: dict, compare: dict, titles: dict[str, str]) -> Section:
     return section
 
 
+def passage_headers(s: dict, titles: dict[str, str]) -> list[str]:
+    return [s["passage"], titles["target"], titles["reference"], s["rel"]]
+
+
+def passage_row(passage: dict) -> list[str]:
+    if passage.get("error"):
+        return [passage["id"], "—", "—", passage["error"]]
+    return [passage["id"], f"{passage['target_perplexity']:.6g}", f"{passage['reference_perplexity']:.6g}",
+            f"{passage['rel_diff']:.3g}"]
+
+
 def _passages(s: dict, compare: dict, titles: dict[str, str]) -> Section:
-    section = Section(s["passages"], [s["passage"], titles["target"], titles["reference"], s["rel"]], chart="perplexity")
-    for passage in compare["passages"]:
-        if passage.get("error"):
-            section.rows.append([passage["id"], "—", "—", passage["error"]])
-        else:
-            section.rows.append([passage["id"], f"{passage['target_perplexity']:.6g}",
-                                 f"{passage['reference_perplexity']:.6g}", f"{passage['rel_diff']:.3g}"])
-    return section
+    return Section(s["passages"], passage_headers(s, titles), [passage_row(p) for p in compare["passages"]])
 
 
 def _accuracy(s: dict, compare: dict, titles: dict[str, str]) -> list[Section]:
@@ -180,7 +221,7 @@ def _accuracy(s: dict, compare: dict, titles: dict[str, str]) -> list[Section]:
     if sections:
         settings = accuracy["settings"]
         sections[-1].notes = [s["accuracy_note"].format(version=accuracy["lm_eval_version"], **settings)]
-        sections[-1].chart = "accuracy"
+        sections[-1].charts = ("accuracy",)
     return sections
 
 
@@ -201,7 +242,7 @@ def _revision_text(s: dict, manifest: dict | None) -> str:
 
 def _bench(s: dict, bench: dict) -> Section:
     section = Section(s["bench"], [s["concurrency"], "req/s", s["out_tps"], "TTFT p50/p99 ms", "TPOT p50/p99 ms",
-                                   "ITL p50/p99 ms", "E2E p50/p99 ms", s["failed"]], chart="bench")
+                                   "ITL p50/p99 ms", "E2E p50/p99 ms", s["failed"]], charts=("bench",))
     for level in bench["levels"]:
         summary = level["summary"]
         pair = lambda name: f"{fmt(summary[name]['median'])} / {fmt(summary[name]['p99'])}"  # noqa: E731
@@ -244,30 +285,67 @@ def _suite_text(s: dict, compare: dict, suite: dict | None) -> str:
     return f"{suite['name']} ({len(suite['prompts'])} prompts{limit}) {compare['suite_sha256']}"
 
 
-def build_report(compare: dict, provenance: dict, *, manifest: dict | None = None, bench: dict | None = None,
-                 suite: dict | None = None, replay: dict | None = None, lang: str = "zh", matrix: dict | None = None) -> Report:
-    """`provenance` maps side name ("target", "reference") to its provenance document; `manifest`
-    (the run's model manifest) adds where the weights came from; `bench` (target/bench.json) adds
-    the serving benchmark; `suite` (the rendered suite) names it; `replay` (report/replay.json)
-    adds the replays of the sides; `matrix` (report/matrix.json) adds the configuration matrix."""
-    from llm_parity.report.matrix import matrix_section  # it builds on this module's Section
+# A list of quoted ids as a check's detail gives it: "split within top-k: ['p1', 'p2']".
+QUOTED_LIST = re.compile(r"\[('[^'\[\]]*'(?:, '[^'\[\]]*')*)\]")
+LISTED_IDS = 10  # a longer list in a check's detail is cut to its first ones (compare.json has them all)
 
-    if lang not in STRINGS:
-        raise ValueError(f"report language {lang!r}: choose one of {sorted(STRINGS)}")
-    s = STRINGS[lang]
+
+def shorten_lists(s: dict, text: str) -> str:
+    """`text` with each quoted list of more than LISTED_IDS items cut to its first ones and a count
+    of the rest, so that a check's detail stays one line however many prompts it names."""
+    def shorten(match: re.Match) -> str:
+        items = re.findall(r"'[^']*'", match.group(0))
+        if len(items) <= LISTED_IDS:
+            return match.group(0)
+        return f"[{', '.join(items[:LISTED_IDS])}, {s['more'].format(n=len(items) - LISTED_IDS)}]"
+    return QUOTED_LIST.sub(shorten, text) if isinstance(text, str) else text
+
+
+def _items(s: dict, compare: dict, lang: str) -> Section:
     items = Section(s["items"], [s["item"], s["status"], s["detail"]],
-                    [[CHECK_NAMES[c["name"]][lang], mark(s, c["status"]), detail_text(c["detail"], lang)]
+                    [[CHECK_NAMES[c["name"]][lang], mark(s, c["status"]), detail_text(shorten_lists(s, c["detail"]), lang)]
                      for c in compare["checks"]])
     if unchecked := unchecked_checks(compare):
         items.notes = [s["unchecked_note"].format(names=", ".join(CHECK_NAMES[name][lang] for name in unchecked))]
     if compare.get("profile_override"):
         items.notes.append(s["profile_override"].format(profile=compare["profile"], differences=compare["profile_override"]))
+    return items
+
+
+def _details(s: dict, compare: dict, lang: str, titles: dict[str, str]) -> tuple[list[Section], str | None]:
+    """The tables with a row per prompt or passage, and None when they stay inline (at most
+    INLINE_ITEMS of each), else the sentence that links the page of their own."""
+    details = [_prompts(s, compare, lang), *_teacher_forced_prompts(s, compare), _passages(s, compare, titles),
+               _outputs(s, compare, titles)]
+    prompts, passages = len(compare["prompts"]), len(compare["passages"])
+    if max(prompts, passages) <= INLINE_ITEMS:
+        return details, None
+    # Each format puts its own link in.
+    return details, s["details_link"].format(prompts=prompts, passages=passages, link="{link}")
+
+
+def build_report(compare: dict, provenance: dict, *, manifest: dict | None = None, bench: dict | None = None,
+                 suite: dict | None = None, replay: dict | None = None, lang: str = "zh", matrix: dict | None = None) -> Report:
+    """`provenance` maps side name ("target", "reference") to its provenance document; `manifest`
+    (the run's model manifest) adds where the weights came from; `bench` (target/bench.json) adds
+    the serving benchmark; `suite` (the rendered suite) names it and finds the prompts no side
+    answered; `replay` (report/replay.json) adds the replays of the sides; `matrix`
+    (report/matrix.json) adds the configuration matrix."""
+    # Both build on this module's Section.
+    from llm_parity.report.matrix import matrix_section
+    from llm_parity.report.overview import overview_sections
+
+    if lang not in STRINGS:
+        raise ValueError(f"report language {lang!r}: choose one of {sorted(STRINGS)}")
+    s = STRINGS[lang]
     facts = [(s["dtype"], compare["dtype"]), (s["revision"], _revision_text(s, manifest)),
              (s["model"], compare["model_manifest_sha256"]), (s["suite"], _suite_text(s, compare, suite))]
     titles = side_titles(s, provenance)
-    sections = [_environment(s, provenance), items, _precision(s, compare, lang), _prompts(s, compare, lang),
-                _teacher_forced(s, compare, titles), _passages(s, compare, titles), *_accuracy(s, compare, titles)] \
+    sections = [_environment(s, provenance), _items(s, compare, lang), _precision(s, compare, lang),
+                _teacher_forced(s, compare, titles), *overview_sections(s, compare, lang, titles, suite),
+                *_accuracy(s, compare, titles)] \
         + ([_bench(s, bench)] if bench else []) + ([matrix_section(s, matrix)] if matrix else []) \
-        + ([_replay(s, replay, lang)] if replay else []) + [_outputs(s, compare, titles)]
+        + ([_replay(s, replay, lang)] if replay else [])
+    details, details_link = _details(s, compare, lang, titles)
     return Report(f"{s['title']}: {compare['profile']}", f"{s['verdict']}: {s[compare['verdict']]}", facts, sections, lang,
-                  titles)
+                  titles, details, details_link)

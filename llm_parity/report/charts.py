@@ -27,8 +27,15 @@ def _y_scale(low: float, high: float):
     return lambda value: HEIGHT - BOTTOM - (value - low) / span * (HEIGHT - BOTTOM - TOP)
 
 
+def _legend(names: list[str]) -> list[str]:
+    """A coloured name per series, top right; none for a single series."""
+    return [f'<text x="{WIDTH - RIGHT - 200}" y="{18 + 12 * i}" font-size="10" fill="{COLOURS[i % len(COLOURS)]}">■ {escape(name)}</text>'
+            for i, name in enumerate(names) if len(names) > 1]
+
+
 def log_lines(series: dict[str, list[float]], *, title: str, x_label: str, floor: float = 1e-9) -> str:
-    """One line per series of non-negative values on a log10 y axis (values below `floor` drawn at it)."""
+    """One line per series of non-negative values on a log10 y axis (values below `floor` drawn at it),
+    with a legend."""
     logs = {name: [math.log10(max(v, floor)) for v in values] for name, values in series.items() if values}
     if not logs:
         return _frame(title, [], [], x_label)
@@ -44,7 +51,7 @@ def log_lines(series: dict[str, list[float]], *, title: str, x_label: str, floor
         colour = COLOURS[index % len(COLOURS)]
         body.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.2" points="{points}"><title>{escape(name)}</title></polyline>')
     ticks = [(y(p), f"1e{p}") for p in range(low, high + 1)]
-    return _frame(title, body, ticks, x_label)
+    return _frame(title, body + _legend(list(logs)), ticks, x_label)
 
 
 def bars(labels: list[str], groups: list[tuple[str, list[float | None]]], *, title: str, x_label: str,
@@ -68,6 +75,4 @@ def bars(labels: list[str], groups: list[tuple[str, list[float | None]]], *, tit
         body.append(f'<text x="{LEFT + (i + 0.5) * slot:.1f}" y="{HEIGHT - BOTTOM + 14}" font-size="9" text-anchor="middle" '
                     f'transform="rotate(20 {LEFT + (i + 0.5) * slot:.1f} {HEIGHT - BOTTOM + 14})">{escape(label[:18])}</text>')
     ticks = [(y(high * k / 4), f"{high * k / 4:.3g}") for k in range(5)]
-    legend = [f'<text x="{WIDTH - RIGHT - 200}" y="{18 + 12 * g}" font-size="10" fill="{COLOURS[g % len(COLOURS)]}">■ {escape(name)}</text>'
-              for g, (name, _) in enumerate(groups) if len(groups) > 1]
-    return _frame(title, body + legend, ticks, x_label)
+    return _frame(title, body + _legend([name for name, _ in groups]), ticks, x_label)

@@ -340,20 +340,63 @@ def length_batches(lengths: list[int], size: int, padding_limit: int | None = No
     return batches
 
 
-def _run_batched(items: list[dict], batches: list[list[int]], run_batch: Callable[[list[dict]], list[Record]],
-                 failed: Callable[[dict, str], Record], log: Callable[[str], None], label: str,
-                 on_record: Callable[[Record], None]) -> list[Record]:
-    """Items in `batches` (lists of indices), each record to `on_record` and a progress line as it
-    comes; the records in the items' order."""
-    records: list[Record | None] = [None] * len(items)
-    count = 0
-    for indices in batches:
-        for index, record in zip(indices, _batch_or_alone([items[i] for i in indices], run_batch, failed)):
-            records[index] = record
-            on_record(record)
-            count += 1
-            log(f"reference: {label}{count}/{len(items)} {record.id}")
-    return records
+@dataclass(frozen=True)
+class Work:
+    """One request's items and how the reference runs them: sorted by `lengths` into batches of
+    up to a batch size (cut where one more item would add over `padding_limit` padded tokens),
+    `run_batch` on each, `failed` for an item that fails alone. `memory_batch_size` is the batch
+    size the free memory allows."""
+
+    noun: str  # what the items are, for the log
+    label: str  # how progress lines name them
+    items: list[dict]
+    lengths: list[int]
+    padding_limit: int | None
+    memory_batch_size: Callable[[], int]
+    run_batch: Callable[[list[dict]], list[Record]]
+    failed: Callable[[dict, str], Record]
+
+    def batches(self, size: int) -> list[list[int]]:
+        """Indices of the items in batches of at most `size`, shortest first."""
+        return length_batches(self.lengths, size, self.padding_limit)
+
+    def run(self, batches: list[list[int]], *, log: Callable[[str], None],
+            on_record: Callable[[Record], None]) -> list[Record | None]:
+        """The items of `batches` (lists of indices), each record to `on_record` and a progress
+        line as it comes; the records in the items' order (None for items in no batch)."""
+        records: list[Record | None] = [None] * len(self.items)
+        total, count = sum(len(batch) for batch in batches), 0
+        for indices in batches:
+            for index, record in zip(indices, _batch_or_alone([self.items[i] for i in indices], self.run_batch,
+                                                              self.failed)):
+                records[index] = record
+                on_record(record)
+                count += 1
+                log(f"reference: {self.label}{count}/{total} {record.id}")
+        return records
+
+
+def generation_work(runner: TransformersRunner, prompts: list[dict], *, top_logprobs: int) -> Work:
+    """Greedy decoding of `prompts`. No padding limit: where prompts are prefilled one by one,
+    padding only widens the masked part of the cache that each decoding step attends over."""
+    return Work("prompts", "", prompts, [len(prompt["prompt_ids"]) for prompt in prompts], None,
+                partial(runner.prompt_batch_size, prompts), partial(runner.generate_batch, top_logprobs=top_logprobs),
+                Generation.failed)
+
+
+def passage_work(runner: TransformersRunner, passages: list[dict]) -> Work:
+    """Prompt logprobs of `passages`."""
+    lengths = [len(passage["ids"]) for passage in passages]
+    return Work("passages", "perplexity ", passages, lengths, PASSAGE_PADDING_LIMIT,
+                partial(runner.forward_batch_size, lengths), runner.perplexity_batch, PassageScore.failed)
+
+
+def answer_work(runner: TransformersRunner, answers: list[dict], *, top_logprobs: int) -> Work:
+    """Teacher-forced scores of the other side's answers."""
+    lengths = [len(answer["prompt_ids"]) + len(answer["answer_ids"]) for answer in answers]
+    return Work("answers", "teacher-forced ", answers, lengths, PASSAGE_PADDING_LIMIT,
+                partial(runner.forward_batch_size, lengths),
+                partial(runner.score_answers_batch, top_logprobs=top_logprobs), ForcedScore.failed)
 
 
 def _check_batch_size(batch_size: int | None) -> None:
@@ -361,43 +404,22 @@ def _check_batch_size(batch_size: int | None) -> None:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
 
 
-def reference_generations(runner: TransformersRunner, prompts: list[dict], *, top_logprobs: int, log=note,
-                          batch_size: int | None = None, on_record=lambda record: None) -> list[Generation]:
-    """Every prompt greedily, in the prompts' order; a failure becomes that prompt's error record.
+def run_work(work: Work, *, batch_size: int | None = None, log=note,
+             on_record: Callable[[Record], None] = lambda record: None) -> list[Record]:
+    """Every item of `work`, in its order; a failure becomes that item's error record.
     `batch_size` forces the batch size (1: one at a time); None sizes batches from the free memory."""
     _check_batch_size(batch_size)
-    size = batch_size or runner.prompt_batch_size(prompts)
-    log(f"reference: {len(prompts)} prompts in batches of up to {size}")
-    # No padding limit for prompts: where they are prefilled one by one, padding only widens the
-    # masked part of the cache that each decoding step attends over.
-    batches = length_batches([len(prompt["prompt_ids"]) for prompt in prompts], size)
-    return _run_batched(prompts, batches, partial(runner.generate_batch, top_logprobs=top_logprobs), Generation.failed,
-                        log, "", on_record)
-
-
-def reference_scores(runner: TransformersRunner, passages: list[dict], *, log=note, batch_size: int | None = None,
-                     on_record=lambda record: None) -> list[PassageScore]:
-    """Prompt logprobs of every passage, in the passages' order."""
-    _check_batch_size(batch_size)
-    lengths = [len(passage["ids"]) for passage in passages]
-    batches = length_batches(lengths, batch_size or runner.forward_batch_size(lengths), PASSAGE_PADDING_LIMIT)
-    return _run_batched(passages, batches, runner.perplexity_batch, PassageScore.failed, log, "perplexity ", on_record)
-
-
-def reference_answer_scores(runner: TransformersRunner, answers: list[dict], *, top_logprobs: int, log=note,
-                            on_record=lambda record: None) -> list[ForcedScore]:
-    """Teacher-forced scores of the other side's answers, in the answers' order."""
-    lengths = [len(answer["prompt_ids"]) + len(answer["answer_ids"]) for answer in answers]
-    batches = length_batches(lengths, runner.forward_batch_size(lengths), PASSAGE_PADDING_LIMIT)
-    return _run_batched(answers, batches, partial(runner.score_answers_batch, top_logprobs=top_logprobs),
-                        ForcedScore.failed, log, "teacher-forced ", on_record)
+    size = batch_size or work.memory_batch_size()
+    log(f"reference: {len(work.items)} {work.noun} in batches of up to {size}")
+    return work.run(work.batches(size), log=log, on_record=on_record)
 
 
 def run_reference(runner: TransformersRunner, suite: dict, *, top_logprobs: int, log=note,
                   batch_size: int | None = None) -> tuple[list[Generation], list[PassageScore]]:
     """Every prompt and passage of the suite, in suite order."""
-    return (reference_generations(runner, suite["prompts"], top_logprobs=top_logprobs, log=log, batch_size=batch_size),
-            reference_scores(runner, suite["passages"], log=log, batch_size=batch_size))
+    return (run_work(generation_work(runner, suite["prompts"], top_logprobs=top_logprobs), log=log,
+                     batch_size=batch_size),
+            run_work(passage_work(runner, suite["passages"]), log=log, batch_size=batch_size))
 
 
 class TransformersBackend(Backend):
@@ -425,14 +447,14 @@ class TransformersBackend(Backend):
         return self._max_model_len
 
     def generate(self, prompts: list[dict], *, top_logprobs: int, on_record: Callable[[Generation], None]) -> None:
-        reference_generations(self.runner, prompts, top_logprobs=top_logprobs, log=self._log, on_record=on_record)
+        run_work(generation_work(self.runner, prompts, top_logprobs=top_logprobs), log=self._log, on_record=on_record)
 
     def score(self, passages: list[dict], *, on_record: Callable[[PassageScore], None]) -> None:
-        reference_scores(self.runner, passages, log=self._log, on_record=on_record)
+        run_work(passage_work(self.runner, passages), log=self._log, on_record=on_record)
 
     def score_answers(self, answers: list[dict], *, top_logprobs: int,
                       on_record: Callable[[ForcedScore], None]) -> None:
-        reference_answer_scores(self.runner, answers, top_logprobs=top_logprobs, log=self._log, on_record=on_record)
+        run_work(answer_work(self.runner, answers, top_logprobs=top_logprobs), log=self._log, on_record=on_record)
 
     def describe(self) -> dict:
         return {"device": self.runner.device, "server": None}

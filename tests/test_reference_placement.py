@@ -1,6 +1,7 @@
 """The reference's placement options without a model: what is refused and how it reads, the
 `accelerate launch` command as accelerate itself parses it, the processes' threads, reading a
-process's lines as they are written, and a process's error as one line."""
+process's lines as they are written, a process's error as one line, and the knobs of
+`make reference`."""
 import json
 import subprocess
 
@@ -14,6 +15,7 @@ from llm_parity.records import Generation
 from llm_parity.reference import Placement, main_device, parse_max_memory
 from llm_parity.results import RunDir
 from llm_parity.serve import stop_group
+from test_ascend_path import make_dry_run
 
 
 @pytest.mark.parametrize(("options", "says"), [
@@ -109,3 +111,20 @@ def test_a_failed_reference_process_exits_3_on_one_line():
         cli.guarded(fail)
     assert (failed.value.code, str(failed.value)) == (cli.EXIT_SERVER, "error: reference process 1: OSError: gone "
                                                                         "while generate (log x)")
+
+
+def reference_command(*knobs: str) -> str:
+    out = make_dry_run("reference", "PROFILE=tiny-llama", *knobs)
+    assert out.returncode == 0, out.stderr
+    return next(line for line in out.stdout.replace("\\\n", " ").splitlines() if line.startswith("docker run"))
+
+
+def test_make_reference_passes_the_placement_knobs_the_user_set():
+    plain = reference_command()
+    assert plain.endswith("reference --profile tiny-llama --run tiny-llama --device cpu")
+    assert "--shm-size" not in plain and "/work/offload" not in plain and "-e OMP_NUM_THREADS" in plain
+    spread = reference_command("PROCESSES=2", "BATCH_SIZE=8")
+    assert spread.endswith("--device cpu --processes 2 --batch-size 8") and "--shm-size=1g" in spread
+    mapped = reference_command("DEVICE_MAP=auto", "MAX_MEMORY=0=70GiB,cpu=200GiB", f"OFFLOAD_FOLDER={PROJECT_ROOT}/off")
+    assert mapped.endswith("--device-map auto --max-memory 0=70GiB,cpu=200GiB --offload-folder /work/offload")
+    assert f"-v {PROJECT_ROOT}/off:/work/offload" in mapped

@@ -29,6 +29,14 @@ NPUS ?= 0
 VARIANTS ?=
 DEVICE ?= cpu
 SCORER ?= reference
+# The reference spread out (make reference, make cross): PROCESSES=N copies of the model, each a share
+# of the batches (one GPU each with DEVICE=cuda), BATCH_SIZE fixed instead of from free memory; or one
+# model over several devices: DEVICE_MAP=auto, MAX_MEMORY=0=70GiB,cpu=200GiB, OFFLOAD_FOLDER=DIR (disk).
+PROCESSES ?=
+BATCH_SIZE ?=
+DEVICE_MAP ?=
+MAX_MEMORY ?=
+OFFLOAD_FOLDER ?=
 # The tiny model's profile for make demo; tiny-llama-split is trained less, so bf16 answers split.
 DEMO_PROFILE ?= tiny-llama
 REPORT_LANG ?= zh
@@ -66,6 +74,14 @@ SERVE_FLAGS = $(strip $(if $(MAX_MODEL_LEN),--max-model-len $(MAX_MODEL_LEN)) $(
 SUITE_FLAGS = $(if $(SUITE),--suite /work/suite/$(notdir $(SUITE))) $(if $(LIMIT),--limit $(LIMIT))
 SUITE_VOLUME = $(if $(SUITE),-v $(abspath $(dir $(SUITE))):/work/suite:ro)
 SIDE_FLAGS = $(strip --profile $(PROFILE) --run $(RUN_NAME) $(if $(DTYPE),--dtype $(DTYPE)) $(SUITE_FLAGS))
+PLACEMENT_FLAGS = $(strip $(if $(PROCESSES),--processes $(PROCESSES)) $(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE)) \
+	$(if $(DEVICE_MAP),--device-map $(DEVICE_MAP)) $(if $(MAX_MEMORY),--max-memory $(MAX_MEMORY)) \
+	$(if $(OFFLOAD_FOLDER),--offload-folder /work/offload))
+# The reference image gets the offload folder, OMP_NUM_THREADS when set here (torch threads per
+# process decide a batched result's last bits), and for several processes more shared memory than
+# Docker's 64 MB, which NCCL's GPU groups need.
+PLACEMENT_RUN_FLAGS = -e OMP_NUM_THREADS $(if $(OFFLOAD_FOLDER),-v $(abspath $(OFFLOAD_FOLDER)):/work/offload) \
+	$(if $(filter-out 1,$(PROCESSES)),--shm-size=1g)
 ACCURACY_FLAGS = $(strip $(if $(TASKS),--tasks $(TASKS)) $(if $(LIMIT),--limit $(LIMIT)) $(if $(FEWSHOT),--num-fewshot $(FEWSHOT)))
 # lm-eval's data sets come through HF_ENDPOINT like the model and are cached beside it.
 DATASETS_CACHE = -e HF_DATASETS_CACHE=/work/models/datasets
@@ -119,6 +135,7 @@ REQUIRE_PYTHON = @$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))
 help: ## list the targets and knobs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 	@echo "  knobs: PROFILE RUN SUITE LIMIT DTYPE MAX_MODEL_LEN MAX_NUM_SEQS PORT TP EAGER NPUS DEVICE SCORER REPORT_LANG RESULTS MODELS TASKS FEWSHOT VARIANTS"
+	@echo "         PROCESSES BATCH_SIZE DEVICE_MAP MAX_MEMORY OFFLOAD_FOLDER (make reference, make cross)"
 	@echo "         ASCEND_TAG ASCEND_VARIANT IMAGE_MIRROR ALLOW_UNPINNED (empty serve knobs: the profile's values)"
 	@echo "         SIDE MODEL IN_IMAGE (make replay)"
 
@@ -168,8 +185,9 @@ verify: image-ascend ## Ascend host: download, dummy check, serve, query -> resu
 
 reference: image-reference ## CPU/GPU host (DEVICE=cuda for GPUs): the reference side -> results/<run>/reference/
 	mkdir -p $(RESULTS) $(MODELS)
-	docker run --rm $(GPU_FLAGS) --user $$(id -u):$$(id -g) $(VOLUMES) -e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_REFERENCE)) \
-		$(IMAGE_REFERENCE) reference $(strip $(SIDE_FLAGS) --device $(DEVICE))
+	docker run --rm $(GPU_FLAGS) --user $$(id -u):$$(id -g) $(VOLUMES) $(PLACEMENT_RUN_FLAGS) \
+		-e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_REFERENCE)) \
+		$(IMAGE_REFERENCE) reference $(strip $(SIDE_FLAGS) --device $(DEVICE) $(PLACEMENT_FLAGS))
 
 accuracy: $(STAMP) ## here: the tiny model's demo, then lm-eval on both sides (TASKS, LIMIT=N docs) into its report
 	$(INV) demo --run $(or $(RUN),accuracy) --lang $(REPORT_LANG) $(if $(DTYPE),--dtype $(DTYPE))
@@ -196,8 +214,9 @@ ifeq ($(SCORER),target)
 	docker run --rm $(NPU_FLAGS) $(OWNER_FLAGS) $(VOLUMES) -e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_ASCEND)) \
 		$(IMAGE_ASCEND) cross-score --scorer target $(strip $(SIDE_FLAGS) $(SERVE_FLAGS))
 else
-	docker run --rm $(GPU_FLAGS) --user $$(id -u):$$(id -g) $(VOLUMES) -e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_REFERENCE)) \
-		$(IMAGE_REFERENCE) cross-score --scorer reference $(strip $(SIDE_FLAGS) --device $(DEVICE))
+	docker run --rm $(GPU_FLAGS) --user $$(id -u):$$(id -g) $(VOLUMES) $(PLACEMENT_RUN_FLAGS) \
+		-e LLM_PARITY_IMAGE_DIGEST=$(call IMAGE_ID,$(IMAGE_REFERENCE)) \
+		$(IMAGE_REFERENCE) cross-score --scorer reference $(strip $(SIDE_FLAGS) --device $(DEVICE) $(PLACEMENT_FLAGS))
 endif
 
 # An Ascend host (its driver's device node exists) runs the matrix inside the image, without the

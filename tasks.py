@@ -33,6 +33,18 @@ SERVE_OPTIONS = {
     "tensor_parallel_size": (None, "vllm serve --tensor-parallel-size (seed 1)"),
     "enforce_eager": (False, "turn graph capture off (ACL graph on Ascend); the report says which mode ran"),
 }
+# How the reference spreads over processes and devices (cli.placement_of).
+PLACEMENT_OPTIONS = {
+    "processes": (1, "data parallel: N reference processes (accelerate launch), each a copy of the model running every "
+                     "N-th batch (one GPU each with --device cuda); their records equal one process's byte for byte at "
+                     "the same --batch-size and OMP_NUM_THREADS"),
+    "batch_size": (None, "sequences per reference batch (default: as many as the free memory holds)"),
+    "device_map": (None, "one model over several devices, for a model larger than one GPU: auto (or balanced, "
+                         "balanced_low_0, sequential) fills the GPUs, then the CPU, then --offload-folder on disk"),
+    "max_memory": (None, "with --device-map: the most each device may hold, e.g. 0=70GiB,1=70GiB,cpu=200GiB (a small "
+                         "GPU share offloads layers to the CPU)"),
+    "offload_folder": (None, "with --device-map: folder for the layers that fit on no device (disk offload)"),
+}
 SERVER_URL_HELP = "use a vLLM server already running at this URL instead of starting one"
 
 
@@ -53,11 +65,12 @@ def _serve(max_model_len, max_num_seqs, port, tensor_parallel_size, enforce_eage
             "enforce_eager": enforce_eager or None}
 
 
-def side_task(*, serve: bool = False, **task_options):
-    """An invoke task that takes the side options (and, with `serve`, the serve options) on top of
-    its own. The body is called as `body(c, side, **own_options)`, where `side` holds the side
-    options as keyword arguments for cli, the serve overrides under "serve"."""
-    declared = {**SIDE_OPTIONS, **(SERVE_OPTIONS if serve else {})}
+def side_task(*, serve: bool = False, placement: bool = False, **task_options):
+    """An invoke task that takes the side options (and, with `serve`, the serve options; with
+    `placement`, the reference's placement options) on top of its own. The body is called as
+    `body(c, side, **own_options)`, where `side` holds the side options as keyword arguments for
+    cli, the serve overrides under "serve", the placement options under "placement"."""
+    declared = {**SIDE_OPTIONS, **(SERVE_OPTIONS if serve else {}), **(PLACEMENT_OPTIONS if placement else {})}
 
     def decorate(body):
         own = list(inspect.signature(body).parameters.values())
@@ -69,6 +82,8 @@ def side_task(*, serve: bool = False, **task_options):
             side = {name: options.pop(name) for name in SIDE_OPTIONS}
             if serve:
                 side["serve"] = _serve(**{name: options.pop(name) for name in SERVE_OPTIONS})
+            if placement:
+                side["placement"] = {name: options.pop(name) for name in PLACEMENT_OPTIONS}
             return body(c, side, **options)
 
         wrapper.__signature__ = inspect.Signature([own[0], *added, *own[2:]])
@@ -178,14 +193,18 @@ def matrix(c, side, lang="zh", variants=None, device="cpu", no_reference=False):
     _finish(lambda: cli.matrix(**side, lang=lang, variants=variants, device=device, with_reference=not no_reference))
 
 
-@side_task(help={"device": "torch device for transformers: cpu (default) or cuda",
-                 "resume": "keep the prompts and passages that finished in an earlier run of this side and run only the rest"})
+@side_task(placement=True, help={"device": "torch device for transformers: cpu (default) or cuda",
+                                 "resume": "keep the prompts and passages that finished in an earlier run of this side "
+                                           "and run only the rest"})
 def reference(c, side, device="cpu", resume=False):
     """Reference side: the same suite ids through transformers, write results/<run>/reference/.
 
     Each record is appended to reference/generations.jsonl and perplexity.jsonl as it finishes, so a run that is
     stopped or killed keeps what finished and --resume runs only the rest. When the target side has run already, the
-    reference also scores the target's answers (teacher forcing): reference/teacher-forced.jsonl."""
+    reference also scores the target's answers (teacher forcing): reference/teacher-forced.jsonl. For many prompts,
+    --processes N runs N copies of the model (accelerate launch), each on its share of the batches; for a model larger
+    than one GPU, --device-map auto spreads its layers over the GPUs, the CPU (--max-memory) and disk
+    (--offload-folder). Provenance records processes, threads and devices."""
     _finish(lambda: cli.reference(**side, device=device, resume=resume))
 
 
@@ -222,7 +241,7 @@ def logits(c, options, side="reference", server_url=None, device="cpu"):
     _finish(lambda: cli.logits(**options, side=side, server_url=server_url, device=device))
 
 
-@side_task(serve=True, name="cross-score", help={
+@side_task(serve=True, placement=True, name="cross-score", help={
     "scorer": "the side that scores the other side's answers: reference (default) or target",
     "server_url": SERVER_URL_HELP, "device": "torch device for the reference: cpu (default) or cuda"})
 def cross_score(c, side, scorer="reference", server_url=None, device="cpu"):

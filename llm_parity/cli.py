@@ -3,7 +3,7 @@ its outcome into an exit code scripts can rely on.
 
 Exit codes: 0 pass (or stage done), 1 verdict fail or failed prompts, 2 unusable input (bad file,
 wrong field, mismatched sides, missing model, unwritable results), 3 the server could not be
-started (or the Ascend preflight failed), 130 interrupted."""
+started (or the Ascend preflight failed, or a process of the reference failed), 130 interrupted."""
 from __future__ import annotations
 
 import os
@@ -20,7 +20,9 @@ from llm_parity.images import base_reference
 from llm_parity.plan import GIB, load_config, plan_memory, render_plan
 from llm_parity.profiles import DEMO_PROFILE, load_profile
 from llm_parity.records import SIDES
+from llm_parity.processes import ProcessesFailed
 from llm_parity.progress import note
+from llm_parity.reference import Placement, parse_max_memory
 from llm_parity.replay import NOT_REPRODUCIBLE
 from llm_parity.results import ResultFileError, RunDir, read_json, write_json
 from llm_parity.serve import ServerError
@@ -51,7 +53,7 @@ def guarded(action):
         return action()
     except (ResultFileError, IncompatibleRuns, DownloadError, ValueError) as err:
         raise StageFailed(f"error: {err}", EXIT_UNUSABLE) from None
-    except (ServerError, pipeline.PreflightFailed) as err:
+    except (ServerError, pipeline.PreflightFailed, ProcessesFailed) as err:
         raise StageFailed(f"error: {err}", EXIT_SERVER) from None
     except pipeline.DummyFailed as err:
         raise StageFailed(str(err), EXIT_FAIL) from None
@@ -60,12 +62,21 @@ def guarded(action):
                           EXIT_INTERRUPTED) from None
 
 
+def placement_of(*, processes=1, batch_size=None, device_map=None, max_memory=None, offload_folder=None) -> Placement:
+    """The reference's placement from a task's options (invoke passes numbers given on the command line as strings)."""
+    return Placement(processes=int(processes), batch_size=None if batch_size is None else int(batch_size),
+                     device_map=device_map, max_memory=parse_max_memory(max_memory) if max_memory else None,
+                     offload_folder=offload_folder)
+
+
 def request(*, profile: str, run: str, results: str | None = None, serve: dict | None = None,
-            limit: int | None = None, **options) -> pipeline.Request:
-    """A pipeline request from a task's options; folders and the API key from the environment."""
+            limit: int | None = None, placement: dict | None = None, **options) -> pipeline.Request:
+    """A pipeline request from a task's options (`placement`: the reference's, as `placement_of`
+    takes them); folders and the API key from the environment."""
     return pipeline.Request(profile=profile, run=run, results_root=Path(results) if results else RESULTS_ROOT,
                             models_root=MODELS_ROOT, cache_dir=CACHE_DIR, serve=serve or {},
-                            limit=None if limit is None else int(limit), api_key=os.environ.get(API_KEY_ENV), **options)
+                            limit=None if limit is None else int(limit), api_key=os.environ.get(API_KEY_ENV),
+                            placement=placement_of(**placement or {}), **options)
 
 
 def side_exit(outcome: pipeline.SideOutcome) -> int:
@@ -88,7 +99,7 @@ def target(**options) -> int:
 
 
 def reference(**options) -> int:
-    """The reference side: transformers on --device, write reference/."""
+    """The reference side: transformers on --device (in --processes, or spread by --device-map); write reference/."""
     return guarded(lambda: side_exit(pipeline.reference(request(**options))))
 
 

@@ -43,7 +43,7 @@ from llm_parity.provenance import collect
 from llm_parity.record_files import RecordJournal, read_records, record_file_exists
 from llm_parity.records import (SIDES, ForcedScore, Generation, PassageScore, Record, answers_of, decoding_of,
                                 generations_doc, other_side, perplexity_doc, teacher_forced_doc, unrunnable_prompt)
-from llm_parity.reference import TransformersRunner
+from llm_parity.reference import Placement, TransformersRunner
 from llm_parity.report import build_report
 from llm_parity.report.html import html_pages
 from llm_parity.report.markdown import markdown_pages
@@ -68,7 +68,7 @@ class DummyFailed(RuntimeError):
 @dataclass(frozen=True)
 class Request:
     """What a task was asked: the profile and results folder, and the options of the side tasks
-    (model folder, suite, serving overrides, server URL, device, resume)."""
+    (model folder, suite, serving overrides, server URL, device, resume, the reference's placement)."""
 
     profile: str
     run: str
@@ -84,6 +84,7 @@ class Request:
     api_key: str | None = None
     device: str = "cpu"
     resume: bool = False
+    placement: Placement = Placement()
 
 
 @dataclass(frozen=True)
@@ -369,7 +370,7 @@ def logits(request: Request, side: str) -> Path:
 def _setup(workspace: Workspace, request: Request, **extra) -> SideSetup:
     return SideSetup(profile=workspace.profile, model_dir=workspace.model_dir, suite=workspace.suite, run=workspace.run,
                      cache_dir=request.cache_dir, device=request.device, server_url=request.server_url,
-                     api_key=request.api_key, **extra)
+                     api_key=request.api_key, options={"placement": request.placement}, **extra)
 
 
 def target_side(run: RunDir, profile: Profile, model_dir: Path, suite: dict, manifest: dict, *, cache_dir: Path,

@@ -32,6 +32,73 @@ PAD_ID = 0
 # own costs less (on CPUs a forward pass costs about what some tens of tokens do).
 PASSAGE_PADDING_LIMIT = 32
 ITEM_ERRORS = (RuntimeError, ValueError, IndexError)
+# transformers' own names for placing a model's layers over the devices there are.
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _check_batch_size(batch_size: int | None) -> None:
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the reference runs, beyond `--device`: `processes` copies of the model started by
+    `accelerate launch`, each running a share of the batches (llm_parity.processes); `batch_size`
+    fixed instead of sized from free memory; `device_map` (transformers': "auto", ...) spreading
+    one model's layers over the GPUs, then the CPU, then `offload_folder` on disk, each device
+    holding at most its `max_memory` ({0: "70GiB", "cpu": "200GiB"})."""
+
+    processes: int = 1
+    batch_size: int | None = None
+    device_map: str | None = None
+    max_memory: dict | None = None
+    offload_folder: str | None = None
+
+    def __post_init__(self):
+        if self.processes < 1:
+            raise ValueError(f"processes must be at least 1, not {self.processes}")
+        _check_batch_size(self.batch_size)
+        if self.device_map is not None and self.device_map not in DEVICE_MAPS:
+            raise ValueError(f"device map {self.device_map!r}: choose one of {', '.join(DEVICE_MAPS)}")
+        if self.device_map is None and (self.max_memory or self.offload_folder):
+            raise ValueError("max memory and an offload folder place a model's layers: they need a device map "
+                             "(--device-map auto)")
+        if self.device_map is not None and self.processes > 1:
+            raise ValueError("a device map and several processes cannot be combined: each process would spread "
+                             "its model over every device; choose one")
+
+    def load_kwargs(self) -> dict:
+        """What `from_pretrained` is given to place the model."""
+        if self.device_map is None:
+            return {}
+        # A copy: transformers rewrites the sizes in the dict it is given.
+        max_memory = dict(self.max_memory) if self.max_memory else None
+        return {"device_map": self.device_map, "max_memory": max_memory, "offload_folder": self.offload_folder}
+
+
+def parse_max_memory(text: str) -> dict:
+    """"0=70GiB,cpu=200GiB" as transformers takes it: GPU indices as ints, "cpu" and "disk" as they are."""
+    limits = {}
+    for part in filter(None, (piece.strip() for piece in text.split(","))):
+        device, sep, size = part.partition("=")
+        if not sep or not device or not size:
+            raise ValueError(f"max memory {text!r}: write DEVICE=SIZE pairs separated by commas, "
+                             "e.g. 0=70GiB,cpu=200GiB")
+        limits[int(device) if device.isdigit() else device] = size
+    return limits
+
+
+def device_name(device: int | str) -> str:
+    """A device map's entry as torch names it: GPU index 0 is "cuda:0"."""
+    return f"cuda:{device}" if isinstance(device, int) else str(device)
+
+
+def main_device(device_map: dict | None) -> str:
+    """Where the ids go for a model placed by `device_map`: its first accelerator, as accelerate
+    runs offloaded layers there too; the CPU when the map has none (or when nothing was split)."""
+    accelerators = [device for device in (device_map or {}).values() if device not in ("cpu", "disk")]
+    return device_name(accelerators[0]) if accelerators else "cpu"
 
 
 def available_memory(device: str) -> int:
@@ -82,16 +149,23 @@ class TransformersRunner:
     Use as a context manager to free the model on exit."""
 
     def __init__(self, model_dir: Path, *, dtype: str, stop_ids: Iterable[int], device: str = "cpu",
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, placement: Placement = Placement(),
+                 memory_fraction: float = MEMORY_FRACTION):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
-        self.device = device
+        self.memory_fraction = memory_fraction
         self.model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=getattr(torch, DTYPES[dtype]), trust_remote_code=trust_remote_code,
-            use_safetensors=True,
-        ).to(device)
+            use_safetensors=True, **placement.load_kwargs(),
+        )
+        # With a device map, accelerate's hooks move each layer's inputs where its weights are;
+        # the ids start on the map's first accelerator, where offloaded layers also run.
+        self.device_map = getattr(self.model, "hf_device_map", None) if placement.device_map else None
+        self.device = main_device(self.device_map) if placement.device_map else device
+        if not placement.device_map:
+            self.model.to(device)
         self.model.eval()
         # The suite's stop ids, rendered once for both sides, not the model's own configs: the
         # target stops on exactly these too.
@@ -103,7 +177,7 @@ class TransformersRunner:
         self._decode_kwargs = {"logits_to_keep": 1} if keeps_last else {}
         # One token through the model shows its cache's layout, which decides how batches are built.
         with torch.inference_mode():
-            probe = self.model(input_ids=torch.tensor([[PAD_ID]], device=device), use_cache=True).past_key_values
+            probe = self.model(input_ids=torch.tensor([[PAD_ID]], device=self.device), use_cache=True).past_key_values
         self._joins_rows, self._drops_rows = _cache_abilities(probe)
 
     def __enter__(self) -> "TransformersRunner":
@@ -124,7 +198,7 @@ class TransformersRunner:
         return kv_per_token * tokens + logit_rows * config.vocab_size * FLOAT32_BYTES * LOGITS_COPIES
 
     def _batch_size(self, bytes_per_sequence: int, items: int) -> int:
-        return batch_size_for(int(available_memory(self.device) * MEMORY_FRACTION), bytes_per_sequence, items)
+        return batch_size_for(int(available_memory(self.device) * self.memory_fraction), bytes_per_sequence, items)
 
     def prompt_batch_size(self, prompts: list[dict]) -> int:
         """Prompts per batch: every row of a batch is as long as its longest prompt plus the most
@@ -340,102 +414,153 @@ def length_batches(lengths: list[int], size: int, padding_limit: int | None = No
     return batches
 
 
-def _run_batched(items: list[dict], batches: list[list[int]], run_batch: Callable[[list[dict]], list[Record]],
-                 failed: Callable[[dict, str], Record], log: Callable[[str], None], label: str,
-                 on_record: Callable[[Record], None]) -> list[Record]:
-    """Items in `batches` (lists of indices), each record to `on_record` and a progress line as it
-    comes; the records in the items' order."""
-    records: list[Record | None] = [None] * len(items)
-    count = 0
-    for indices in batches:
-        for index, record in zip(indices, _batch_or_alone([items[i] for i in indices], run_batch, failed)):
-            records[index] = record
-            on_record(record)
-            count += 1
-            log(f"reference: {label}{count}/{len(items)} {record.id}")
-    return records
+@dataclass(frozen=True)
+class Work:
+    """One request's items and how the reference runs them: sorted by `lengths` into batches of
+    up to a batch size (cut where one more item would add over `padding_limit` padded tokens),
+    `run_batch` on each, `failed` for an item that fails alone. `memory_batch_size` is the batch
+    size the free memory allows."""
+
+    noun: str  # what the items are, for the log
+    label: str  # how a failed item's line names its kind
+    items: list[dict]
+    lengths: list[int]
+    padding_limit: int | None
+    memory_batch_size: Callable[[], int]
+    run_batch: Callable[[list[dict]], list[Record]]
+    failed: Callable[[dict, str], Record]
+
+    def batches(self, size: int) -> list[list[int]]:
+        """Indices of the items in batches of at most `size`, shortest first."""
+        return length_batches(self.lengths, size, self.padding_limit)
+
+    def run(self, batches: list[list[int]], *, log: Callable[[str], None],
+            on_record: Callable[[Record], None]) -> list[Record | None]:
+        """The items of `batches` (lists of indices), each record to `on_record` as it comes (the
+        caller counts progress) and a line for each that failed; the records in the items' order
+        (None for items in no batch)."""
+        records: list[Record | None] = [None] * len(self.items)
+        for indices in batches:
+            for index, record in zip(indices, _batch_or_alone([self.items[i] for i in indices], self.run_batch,
+                                                              self.failed)):
+                records[index] = record
+                on_record(record)
+                if record.error:
+                    log(f"reference: {self.label}{record.id}: {record.error}")
+        return records
 
 
-def _check_batch_size(batch_size: int | None) -> None:
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+def generation_work(runner: TransformersRunner, prompts: list[dict], *, top_logprobs: int) -> Work:
+    """Greedy decoding of `prompts`. No padding limit: where prompts are prefilled one by one,
+    padding only widens the masked part of the cache that each decoding step attends over."""
+    return Work("prompts", "", prompts, [len(prompt["prompt_ids"]) for prompt in prompts], None,
+                partial(runner.prompt_batch_size, prompts), partial(runner.generate_batch, top_logprobs=top_logprobs),
+                Generation.failed)
 
 
-def reference_generations(runner: TransformersRunner, prompts: list[dict], *, top_logprobs: int, log=note,
-                          batch_size: int | None = None, on_record=lambda record: None) -> list[Generation]:
-    """Every prompt greedily, in the prompts' order; a failure becomes that prompt's error record.
+def passage_work(runner: TransformersRunner, passages: list[dict]) -> Work:
+    """Prompt logprobs of `passages`."""
+    lengths = [len(passage["ids"]) for passage in passages]
+    return Work("passages", "perplexity ", passages, lengths, PASSAGE_PADDING_LIMIT,
+                partial(runner.forward_batch_size, lengths), runner.perplexity_batch, PassageScore.failed)
+
+
+def answer_work(runner: TransformersRunner, answers: list[dict], *, top_logprobs: int) -> Work:
+    """Teacher-forced scores of the other side's answers."""
+    lengths = [len(answer["prompt_ids"]) + len(answer["answer_ids"]) for answer in answers]
+    return Work("answers", "teacher-forced ", answers, lengths, PASSAGE_PADDING_LIMIT,
+                partial(runner.forward_batch_size, lengths),
+                partial(runner.score_answers_batch, top_logprobs=top_logprobs), ForcedScore.failed)
+
+
+def run_work(work: Work, *, batch_size: int | None = None, log=note,
+             on_record: Callable[[Record], None] = lambda record: None) -> list[Record]:
+    """Every item of `work`, in its order; a failure becomes that item's error record.
     `batch_size` forces the batch size (1: one at a time); None sizes batches from the free memory."""
     _check_batch_size(batch_size)
-    size = batch_size or runner.prompt_batch_size(prompts)
-    log(f"reference: {len(prompts)} prompts in batches of up to {size}")
-    # No padding limit for prompts: where they are prefilled one by one, padding only widens the
-    # masked part of the cache that each decoding step attends over.
-    batches = length_batches([len(prompt["prompt_ids"]) for prompt in prompts], size)
-    return _run_batched(prompts, batches, partial(runner.generate_batch, top_logprobs=top_logprobs), Generation.failed,
-                        log, "", on_record)
-
-
-def reference_scores(runner: TransformersRunner, passages: list[dict], *, log=note, batch_size: int | None = None,
-                     on_record=lambda record: None) -> list[PassageScore]:
-    """Prompt logprobs of every passage, in the passages' order."""
-    _check_batch_size(batch_size)
-    lengths = [len(passage["ids"]) for passage in passages]
-    batches = length_batches(lengths, batch_size or runner.forward_batch_size(lengths), PASSAGE_PADDING_LIMIT)
-    return _run_batched(passages, batches, runner.perplexity_batch, PassageScore.failed, log, "perplexity ", on_record)
-
-
-def reference_answer_scores(runner: TransformersRunner, answers: list[dict], *, top_logprobs: int, log=note,
-                            on_record=lambda record: None) -> list[ForcedScore]:
-    """Teacher-forced scores of the other side's answers, in the answers' order."""
-    lengths = [len(answer["prompt_ids"]) + len(answer["answer_ids"]) for answer in answers]
-    batches = length_batches(lengths, runner.forward_batch_size(lengths), PASSAGE_PADDING_LIMIT)
-    return _run_batched(answers, batches, partial(runner.score_answers_batch, top_logprobs=top_logprobs),
-                        ForcedScore.failed, log, "teacher-forced ", on_record)
+    size = batch_size or work.memory_batch_size()
+    log(f"reference: {len(work.items)} {work.noun} in batches of up to {size}")
+    return work.run(work.batches(size), log=log, on_record=on_record)
 
 
 def run_reference(runner: TransformersRunner, suite: dict, *, top_logprobs: int, log=note,
                   batch_size: int | None = None) -> tuple[list[Generation], list[PassageScore]]:
     """Every prompt and passage of the suite, in suite order."""
-    return (reference_generations(runner, suite["prompts"], top_logprobs=top_logprobs, log=log, batch_size=batch_size),
-            reference_scores(runner, suite["passages"], log=log, batch_size=batch_size))
+    return (run_work(generation_work(runner, suite["prompts"], top_logprobs=top_logprobs), log=log,
+                     batch_size=batch_size),
+            run_work(passage_work(runner, suite["passages"]), log=log, batch_size=batch_size))
+
+
+def how_it_ran(processes: int, threads: int, batch_size: int | None) -> str:
+    """Provenance's line on what decides the last bits of a reference's logprobs besides the
+    device: how many processes, torch threads each, and how batches were sized."""
+    sized = f"batches of up to {batch_size} (--batch-size)" if batch_size else "batches sized from free memory"
+    return (f"transformers: {processes} process{'es' if processes > 1 else ''}, {threads} torch "
+            f"thread{'s' if threads > 1 else ''} each, {sized}")
+
+
+def device_map_note(placement: Placement, device_map: dict | None) -> str:
+    """Which of the model's modules each device of a device map holds."""
+    held: dict[str, list[str]] = {}
+    for module, device in (device_map or {"": "cpu"}).items():
+        held.setdefault(device_name(device), []).append(module or "the whole model")
+    where = "; ".join(f"{device}: {len(modules)} module{'s' if len(modules) > 1 else ''} ({', '.join(modules[:3])}"
+                      f"{', ...' if len(modules) > 3 else ''})" for device, modules in held.items())
+    limits = f", max memory {placement.max_memory}" if placement.max_memory else ""
+    folder = f", offload folder {placement.offload_folder}" if placement.offload_folder else ""
+    return f"device map {placement.device_map}{limits}{folder}: {where}"
 
 
 class TransformersBackend(Backend):
     """The reference: the model in transformers on the CPU or a GPU, batched greedy decoding with
-    the suite's stop ids."""
+    the suite's stop ids. With `setup.options["placement"]` asking for several processes, the
+    work goes to that many copies of the model (llm_parity.processes)."""
 
     name = "transformers"
     label = "transformers"
 
-    def __init__(self, runner: TransformersRunner, max_model_len: int, log):
-        self.runner, self._max_model_len, self._log = runner, max_model_len, log
+    def __init__(self, runner: TransformersRunner, max_model_len: int, log, placement: Placement):
+        self.runner, self._max_model_len, self._log, self.placement = runner, max_model_len, log, placement
 
     @classmethod
-    def open(cls, setup: SideSetup) -> "TransformersBackend":
+    def open(cls, setup: SideSetup) -> Backend:
+        placement = setup.options.get("placement", Placement())
+        if placement.processes > 1:
+            from llm_parity.processes import ProcessesBackend
+
+            return ProcessesBackend.open(setup)
         profile = setup.profile
         setup.log(f"reference: loading {setup.model_dir} ({profile.dtype}, {setup.device})")
         runner = TransformersRunner(setup.model_dir, dtype=profile.dtype, device=setup.device,
                                     stop_ids=setup.suite["stop_ids"],
-                                    trust_remote_code=profile.model.get("trust_remote_code", False))
+                                    trust_remote_code=profile.model.get("trust_remote_code", False),
+                                    placement=placement)
         # The target's limit: prompts it could not serve are not run here either.
-        return cls(runner, profile.serve["max_model_len"], setup.log)
+        return cls(runner, profile.serve["max_model_len"], setup.log, placement)
 
     @property
     def max_model_len(self) -> int:
         return self._max_model_len
 
+    def _run(self, work: Work, on_record: Callable[[Record], None]) -> None:
+        run_work(work, batch_size=self.placement.batch_size, log=self._log, on_record=on_record)
+
     def generate(self, prompts: list[dict], *, top_logprobs: int, on_record: Callable[[Generation], None]) -> None:
-        reference_generations(self.runner, prompts, top_logprobs=top_logprobs, log=self._log, on_record=on_record)
+        self._run(generation_work(self.runner, prompts, top_logprobs=top_logprobs), on_record)
 
     def score(self, passages: list[dict], *, on_record: Callable[[PassageScore], None]) -> None:
-        reference_scores(self.runner, passages, log=self._log, on_record=on_record)
+        self._run(passage_work(self.runner, passages), on_record)
 
     def score_answers(self, answers: list[dict], *, top_logprobs: int,
                       on_record: Callable[[ForcedScore], None]) -> None:
-        reference_answer_scores(self.runner, answers, top_logprobs=top_logprobs, log=self._log, on_record=on_record)
+        self._run(answer_work(self.runner, answers, top_logprobs=top_logprobs), on_record)
 
     def describe(self) -> dict:
-        return {"device": self.runner.device, "server": None}
+        notes = [how_it_ran(1, self.runner.torch.get_num_threads(), self.placement.batch_size)]
+        if self.placement.device_map:
+            notes.append(device_map_note(self.placement, self.runner.device_map))
+        devices = {device_name(device): None for device in (self.runner.device_map or {}).values()}
+        return {"device": ", ".join(devices) or self.runner.device, "server": None, "notes": notes}
 
     def close(self) -> None:
         self.runner.__exit__()

@@ -190,6 +190,30 @@ def server_env(cache_dir: Path, api_key: str | None, rpc_dir: str, settings: dic
     return env
 
 
+def group_alive(process: subprocess.Popen) -> bool:
+    """Whether any process of the group `process` leads (started with start_new_session) is left."""
+    process.poll()  # reap the leader, or its zombie keeps the group "alive"
+    try:
+        os.killpg(process.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_group(process: subprocess.Popen, grace_s: float) -> None:
+    """SIGINT to the whole process group `process` leads, then SIGKILL what is left after `grace_s`."""
+    for sig, wait_s in ((signal.SIGINT, grace_s), (signal.SIGKILL, 10)):
+        if not group_alive(process):
+            return
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while group_alive(process) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
 def log_tail(path: Path, lines: int = 20) -> str:
     try:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
@@ -265,16 +289,7 @@ class VllmServer:
         """SIGINT to the whole process group, then SIGKILL what is left after `grace_s`."""
         if self.process is None:
             return
-        for sig, wait_s in ((signal.SIGINT, grace_s), (signal.SIGKILL, 10)):
-            if not self._group_alive():
-                break
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait_s
-            while self._group_alive() and time.monotonic() < deadline:
-                time.sleep(0.2)
+        stop_group(self.process, grace_s)
         if self._rpc_dir:
             shutil.rmtree(self._rpc_dir, ignore_errors=True)
 
@@ -290,14 +305,6 @@ class VllmServer:
                 continue
             merged.update(item.decode(errors="replace").split("=", 1) for item in raw.split(b"\0") if b"=" in item)
         return merged
-
-    def _group_alive(self) -> bool:
-        self.process.poll()  # reap the leader, or its zombie keeps the group "alive"
-        try:
-            os.killpg(self.process.pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
 
     def __enter__(self) -> "VllmServer":
         return self.start()

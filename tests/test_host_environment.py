@@ -6,7 +6,7 @@ import sys
 from llm_parity import PROJECT_ROOT
 
 # Installed for the sides (requirements/reference.txt, cpu-target.txt, lm-eval.txt), never in the host environment.
-SIDE_ONLY = ("aiohttp", "torch", "transformers", "vllm", "lm_eval", "datasets", "numpy")
+SIDE_ONLY = ("aiohttp", "torch", "transformers", "accelerate", "vllm", "lm_eval", "datasets", "numpy")
 
 LOAD_WITHOUT_THEM = f"""
 import sys

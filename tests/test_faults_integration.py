@@ -166,6 +166,23 @@ def test_sigkill_mid_query_loses_no_finished_prompt_and_resume_completes_the_res
     assert [r for r in completed if r["id"] in {f["id"] for f in finished}] == finished
 
 
+def test_sigkill_mid_reference_loses_no_finished_prompt_and_resume_completes_the_rest(tmp_path):
+    """The reference killed outright after three prompts (one per batch, so records come one by one)."""
+    task = start_task(["reference", "--profile", "tiny-llama", "--run", "rkill", "--batch-size", "1"], tmp_path)
+    journal = RunDir(tmp_path / "rkill").generations("reference")
+    wait_for_records(journal, 3)
+    os.kill(task.pid, signal.SIGKILL)
+    task.wait(timeout=30)
+    finished = read_records(journal, "generations", keep_cut_off=True)["records"]
+    suite_ids = [p["id"] for p in read_json(RunDir(tmp_path / "rkill").suite, "suite")["prompts"]]
+    assert 3 <= len(finished) < len(suite_ids) and not any(r["error"] for r in finished)
+
+    assert cli.reference(profile="tiny-llama", run="rkill", results=str(tmp_path), resume=True) == 0
+    completed = read_records(journal, "generations")["records"]
+    assert [r["id"] for r in completed] == suite_ids and not any(r["error"] for r in completed)
+    assert [r for r in completed if r["id"] in {f["id"] for f in finished}] == finished
+
+
 @pytest.fixture(scope="module")
 def keyed_server(tiny_model_dir, demo_profile, tmp_path_factory):
     """A second real server, started with an API key, for the rows that kill it."""

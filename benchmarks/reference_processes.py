@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = build_tiny_model(log=lambda line: None)
     suite = benchmark_suite(model_dir, max_tokens=args.max_tokens, prompts=args.prompts)
     print(f"tiny model, {len(suite['prompts'])} prompts of up to {args.max_tokens} tokens, {len(suite['passages'])} "
-          f"passages, batches of {args.batch_size}, {os.environ['OMP_NUM_THREADS']} torch threads per process",
+          f"passages, batches of {args.batch_size}, torch threads per process: {os.environ['OMP_NUM_THREADS']}",
           flush=True)
     runs = {"1 process": Placement(batch_size=args.batch_size),
             f"{args.processes} processes": Placement(processes=args.processes, batch_size=args.batch_size)}

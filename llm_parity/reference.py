@@ -495,8 +495,14 @@ def how_it_ran(processes: int, threads: int, batch_size: int | None) -> str:
     """Provenance's line on what decides the last bits of a reference's logprobs besides the
     device: how many processes, torch threads each, and how batches were sized."""
     sized = f"batches of up to {batch_size} (--batch-size)" if batch_size else "batches sized from free memory"
+    each = " each" if processes > 1 else ""
     return (f"transformers: {processes} process{'es' if processes > 1 else ''}, {threads} torch "
-            f"thread{'s' if threads > 1 else ''} each, {sized}")
+            f"thread{'s' if threads > 1 else ''}{each}, {sized}")
+
+
+def _first_names(names: list[str], shown: int = 4) -> str:
+    """A map over 80 decoder layers stays one readable line: the first few names, then "..."."""
+    return ", ".join(names) if len(names) <= shown else ", ".join(names[:shown - 1]) + ", ..."
 
 
 def device_map_note(placement: Placement, device_map: dict | None) -> str:
@@ -504,8 +510,8 @@ def device_map_note(placement: Placement, device_map: dict | None) -> str:
     held: dict[str, list[str]] = {}
     for module, device in (device_map or {"": "cpu"}).items():
         held.setdefault(device_name(device), []).append(module or "the whole model")
-    where = "; ".join(f"{device}: {len(modules)} module{'s' if len(modules) > 1 else ''} ({', '.join(modules[:3])}"
-                      f"{', ...' if len(modules) > 3 else ''})" for device, modules in held.items())
+    where = "; ".join(f"{device}: {len(modules)} module{'s' if len(modules) > 1 else ''} ({_first_names(modules)})"
+                      for device, modules in held.items())
     limits = f", max memory {placement.max_memory}" if placement.max_memory else ""
     folder = f", offload folder {placement.offload_folder}" if placement.offload_folder else ""
     return f"device map {placement.device_map}{limits}{folder}: {where}"

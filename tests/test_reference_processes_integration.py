@@ -71,7 +71,7 @@ def test_two_processes_give_the_bytes_of_one(tmp_path, demo_profile, tiny_model_
     notes = read_json(two.provenance("reference"), "provenance")["notes"]
     assert ("transformers: 2 processes, 1 torch thread each, batches of up to 4 (--batch-size); accelerate launch, "
             "gloo group, devices cpu") in notes
-    assert "transformers: 1 process, 1 torch thread each, batches of up to 4 (--batch-size)" in \
+    assert "transformers: 1 process, 1 torch thread, batches of up to 4 (--batch-size)" in \
         read_json(one.provenance("reference"), "provenance")["notes"]
     shares = (two.side("reference") / "processes.log").read_text()
     assert all(f"[process {rank}] reference: 14 prompts in 4 batches of up to 4, 2 of them here" in shares

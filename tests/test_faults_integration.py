@@ -147,11 +147,14 @@ def test_sigint_during_query_keeps_what_finished_and_resume_completes_the_rest(t
     assert [r for r in second if r["id"] in {f["id"] for f in finished}] == finished
 
 
-def test_sigkill_mid_query_loses_no_finished_prompt_and_resume_completes_the_rest(tmp_path, vllm_server):
-    """Killed outright (no handler runs): every record that finished is already in the file."""
-    task = start_task(["target", "--profile", "tiny-llama", "--run", "kill", "--server-url", vllm_server.url,
-                       "--max-num-seqs", "1"], tmp_path)
-    journal = RunDir(tmp_path / "kill").generations("target")
+@pytest.mark.parametrize("side", ["target", "reference"])
+def test_a_side_killed_outright_mid_suite_loses_no_finished_prompt_and_resume_completes_the_rest(side, tmp_path,
+                                                                                                vllm_server):
+    """SIGKILL (no handler runs) after three records: each is already in the file. The target
+    queries one prompt at a time, the reference runs batches of one, so records come one by one."""
+    one_by_one = {"target": ["--server-url", vllm_server.url, "--max-num-seqs", "1"], "reference": ["--batch-size", "1"]}
+    task = start_task([side, "--profile", "tiny-llama", "--run", "kill", *one_by_one[side]], tmp_path)
+    journal = RunDir(tmp_path / "kill").generations(side)
     wait_for_records(journal, 3)
     os.kill(task.pid, signal.SIGKILL)
     task.wait(timeout=30)
@@ -159,25 +162,8 @@ def test_sigkill_mid_query_loses_no_finished_prompt_and_resume_completes_the_res
     suite_ids = [p["id"] for p in read_json(RunDir(tmp_path / "kill").suite, "suite")["prompts"]]
     assert 3 <= len(finished) < len(suite_ids) and not any(r["error"] for r in finished)
 
-    assert cli.target(profile="tiny-llama", run="kill", results=str(tmp_path), resume=True,
-                      server_url=vllm_server.url) == 0
-    completed = read_records(journal, "generations")["records"]
-    assert [r["id"] for r in completed] == suite_ids and not any(r["error"] for r in completed)
-    assert [r for r in completed if r["id"] in {f["id"] for f in finished}] == finished
-
-
-def test_sigkill_mid_reference_loses_no_finished_prompt_and_resume_completes_the_rest(tmp_path):
-    """The reference killed outright after three prompts (one per batch, so records come one by one)."""
-    task = start_task(["reference", "--profile", "tiny-llama", "--run", "rkill", "--batch-size", "1"], tmp_path)
-    journal = RunDir(tmp_path / "rkill").generations("reference")
-    wait_for_records(journal, 3)
-    os.kill(task.pid, signal.SIGKILL)
-    task.wait(timeout=30)
-    finished = read_records(journal, "generations", keep_cut_off=True)["records"]
-    suite_ids = [p["id"] for p in read_json(RunDir(tmp_path / "rkill").suite, "suite")["prompts"]]
-    assert 3 <= len(finished) < len(suite_ids) and not any(r["error"] for r in finished)
-
-    assert cli.reference(profile="tiny-llama", run="rkill", results=str(tmp_path), resume=True) == 0
+    again = {"target": {"server_url": vllm_server.url}, "reference": {}}
+    assert getattr(cli, side)(profile="tiny-llama", run="kill", results=str(tmp_path), resume=True, **again[side]) == 0
     completed = read_records(journal, "generations")["records"]
     assert [r["id"] for r in completed] == suite_ids and not any(r["error"] for r in completed)
     assert [r for r in completed if r["id"] in {f["id"] for f in finished}] == finished

@@ -15,7 +15,8 @@ import time
 from llm_parity.compare import compare_runs
 from llm_parity.profiles import DEMO_PROFILE, load_profile
 from llm_parity.records import Generation, PassageScore, decoding_of, generations_doc, perplexity_doc, sort_top_k
-from llm_parity.results import schema_tag, sha256_of, validate
+from llm_parity.results import schema_tag, validate
+from llm_parity.suite import suite_hash
 
 GOAL_S = 5.0
 VOCAB = 128_000
@@ -68,38 +69,58 @@ def split(rng: random.Random, target_top: list[list[list]], output_len: int) -> 
             + [top_k_at(rng, rng.randrange(VOCAB)) for _ in range(SPLIT_AT + 1, output_len)])
 
 
+def synthetic_suite(rng: random.Random, records: int, output_len: int) -> dict:
+    """A rendered suite of `records` prompts of random ids and PASSAGES passages, hashed as a run hashes it."""
+    prompts = [{"id": f"p{index:05d}", "kind": "synthetic",
+                "messages": [{"role": "user", "content": f"prompt {index}"}],
+                "prompt_ids": [rng.randrange(VOCAB) for _ in range(PROMPT_LEN)], "max_tokens": output_len}
+               for index in range(records)]
+    passages = [{"id": f"passage{index}", "text": f"passage {index}",
+                 "ids": [rng.randrange(VOCAB) for _ in range(PASSAGE_LEN)]} for index in range(PASSAGES)]
+    stop_ids = [128001, 128009]
+    return {"schema": schema_tag("suite"), "name": f"synthetic-{records}", "sha256": suite_hash(prompts, passages, stop_ids),
+            "source_sha256": "c" * 64, "tokenizer_sha256": "d" * 64, "stop_ids": stop_ids,
+            "prompts": prompts, "passages": passages}
+
+
+def record_pair(rng: random.Random, prompt: dict, output_len: int, *, splits: bool) -> tuple[Generation, Generation]:
+    """The target's and the reference's record of one prompt: the same answer with logprob noise, or
+    with `splits`, answers that split within each other's top-k at SPLIT_AT."""
+    top = [top_k_at(rng, rng.randrange(VOCAB)) for _ in range(output_len)]
+    if splits and output_len > SPLIT_AT:
+        reference_top = split(rng, top, output_len)
+    else:
+        reference_top = [noisy(rng, position) for position in top]
+    return generation(prompt, top, chat=True), generation(prompt, reference_top, chat=False)
+
+
+def splits_here(index: int, records: int, splits: int) -> bool:
+    """Whether record `index` is one of the `splits` spread evenly over `records`."""
+    return bool(splits) and index % max(1, records // splits) == 0
+
+
+def passage_scores(rng: random.Random, passages: list[dict]) -> dict[str, list[PassageScore]]:
+    """Each side's scores of the passages, the reference's with logprob noise."""
+    scores = {"target": [], "reference": []}
+    for passage in passages:
+        logprobs = [-rng.uniform(0.5, 5.0) for _ in passage["ids"][1:]]
+        scores["target"].append(PassageScore(id=passage["id"], logprobs=logprobs))
+        scores["reference"].append(PassageScore(id=passage["id"], logprobs=[v + rng.uniform(-NOISE, NOISE) for v in logprobs]))
+    return scores
+
+
 def build_run(args: argparse.Namespace) -> dict:
     """The keyword arguments of compare_runs for a synthetic run of `args.records` prompts."""
     rng = random.Random(args.seed)
-    prompts = [{"id": f"p{index:05d}", "kind": "synthetic",
-                "messages": [{"role": "user", "content": f"prompt {index}"}],
-                "prompt_ids": [rng.randrange(VOCAB) for _ in range(PROMPT_LEN)], "max_tokens": args.output_len}
-               for index in range(args.records)]
-    passages = [{"id": f"passage{index}", "text": f"passage {index}",
-                 "ids": [rng.randrange(VOCAB) for _ in range(PASSAGE_LEN)]} for index in range(PASSAGES)]
-    suite = {"schema": schema_tag("suite"), "name": "synthetic-10k", "sha256": sha256_of([prompts, passages]),
-             "source_sha256": "c" * 64, "tokenizer_sha256": "d" * 64, "stop_ids": [128001, 128009],
-             "prompts": prompts, "passages": passages}
-    split_every = max(1, args.records // args.splits) if args.splits else 0
-    targets, references = [], []
-    for index, prompt in enumerate(prompts):
-        top = [top_k_at(rng, rng.randrange(VOCAB)) for _ in range(args.output_len)]
-        if split_every and index % split_every == 0 and args.output_len > SPLIT_AT:
-            reference_top = split(rng, top, args.output_len)
-        else:
-            reference_top = [noisy(rng, position) for position in top]
-        targets.append(generation(prompt, top, chat=True))
-        references.append(generation(prompt, reference_top, chat=False))
+    suite = synthetic_suite(rng, args.records, args.output_len)
+    pairs = [record_pair(rng, prompt, args.output_len, splits=splits_here(index, args.records, args.splits))
+             for index, prompt in enumerate(suite["prompts"])]
     decoding = decoding_of({"top_logprobs": TOP_K}, "bfloat16")
-    ppl = {side: [] for side in ("target", "reference")}
-    for passage in passages:
-        logprobs = [-rng.uniform(0.5, 5.0) for _ in passage["ids"][1:]]
-        for side, values in (("target", logprobs), ("reference", [v + rng.uniform(-NOISE, NOISE) for v in logprobs])):
-            ppl[side].append(PassageScore(id=passage["id"], logprobs=values))
+    ppl = passage_scores(rng, suite["passages"])
     return {
         "suite": suite,
-        "target": generations_doc("target", suite, MODEL_SHA, decoding, targets),
-        "reference": generations_doc("reference", suite, MODEL_SHA, decoding, references),
+        "target": generations_doc("target", suite, MODEL_SHA, decoding, [target for target, _ in pairs]),
+        "reference": generations_doc("reference", suite, MODEL_SHA, decoding, [reference for _, reference in pairs]),
         "target_ppl": perplexity_doc("target", suite, MODEL_SHA, ppl["target"]),
         "reference_ppl": perplexity_doc("reference", suite, MODEL_SHA, ppl["reference"]),
     }

@@ -43,7 +43,7 @@ def test_repeat_on_a_fresh_server_gives_byte_identical_records(matrix_run, demo_
     assert repeat["verdict"] == "pass" and repeat["vs_reference"]["verdict"] == "pass"
     run = outcome.path.parent.parent
     for kind in ("generations", "perplexity"):
-        assert (run / "variants" / "repeat" / f"{kind}.json").read_bytes() == (run / "target" / f"{kind}.json").read_bytes()
+        assert (run / "variants" / "repeat" / f"{kind}.jsonl").read_bytes() == (run / "target" / f"{kind}.jsonl").read_bytes()
 
 
 def test_a_variant_that_changes_the_answers_is_caught_and_its_flag_named(matrix_run):

@@ -17,9 +17,11 @@
    processes. Goal: both together in at most 10 s and at most 2 GiB peak memory. --cprofile runs them
    once more under cProfile and prints where the time goes.
 
-    python benchmarks/scale.py [--sizes 200,2000] [--records 10000] [--rounds 3] [--no-pipeline] [--no-records]
+    python benchmarks/scale.py [--sizes 200,2000] [--records 10000] [--rounds N] [--no-pipeline] [--no-records]
 
-Needs the installed environment (make setup) and the tiny model (built first if missing)."""
+Needs the installed environment (make setup) and the tiny model (built first if missing). On 2 cores the
+default run took about 50 minutes, and at 10,000 records compare and audit took 11 and 14 GiB of memory: give
+part 2 fewer --records on a smaller machine."""
 from __future__ import annotations
 
 import argparse
@@ -58,7 +60,8 @@ SERVER_ROW = "  server cpu"
 SERVER_START_LIMIT_S = 900
 SERVER_URL = re.compile(r"^serve: (\S+)/v1 ", re.MULTILINE)
 MIB = 1024  # ru_maxrss is in KiB on Linux
-# What --cprofile names in the profiles of compare and audit: (label, file, function), nested by indent.
+# What --cprofile names in the profiles of compare and audit, (label, file, function): each task's own steps,
+# then what runs across them ("across").
 BREAKDOWN = {
     "compare": (
         ("read every record file (parse + schema check per line)", "record_files.py", "read_records"),
@@ -69,15 +72,17 @@ BREAKDOWN = {
     ),
     "audit": (
         ("read and validate every file", "audit.py", "read"),
-        ("compare_runs again, from the raw records", "compare.py", "compare_runs"),
-        ("recomputed vs compare.json (canonical JSON of both)", "audit.py", "compare_json_recomputes_from_raw_files"),
+        ("recompute the comparison, hold it to compare.json", "audit.py", "compare_json_recomputes_from_raw_files"),
+        ("  of it compare_runs again, from the raw records", "compare.py", "compare_runs"),
         ("SHA256SUMS: hash every file", "audit.py", "sums_cover_every_file_unchanged"),
     ),
-    "both": (
-        ("  of it JSON parsing (json.loads)", "json/__init__.py", "loads"),
-        ("  of it schema checks of records (jsonschema-rs)", "results.py", "validate_part"),
-        ("  of it schema checks of whole documents (jsonschema-rs)", "results.py", "validate"),
-        ("  of it canonical JSON (json.dumps, indent 1)", "results.py", "canonical_json"),
+    "across": (
+        ("JSON parsing (json.loads)", "json/__init__.py", "loads"),
+        ("schema checks of records (jsonschema-rs)", "results.py", "validate_part"),
+        ("schema checks of whole documents (jsonschema-rs)", "results.py", "validate"),
+        ("canonical JSON (json.dumps, indent 1)", "results.py", "canonical_json"),
+        ("per-prompt measures of the answers (compare_generation)", "compare.py", "compare_generation"),
+        ("per-position teacher-forced measures (position_measures)", "divergence.py", "position_measures"),
     ),
 }
 
@@ -97,7 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-len", type=int, default=256, help="output tokens per record in part 2 (default 256)")
     parser.add_argument("--splits", type=int, default=20,
                         help="records of part 2 whose answers split within top-k (default 20)")
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds of compare and audit in part 2 (default 3)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="timed rounds of compare and audit in part 2, the median printed (default 1: one round "
+                             "of 10,000 records takes minutes on a small CPU)")
     parser.add_argument("--no-teacher-forced", action="store_true",
                         help="part 2 without teacher-forced files (compare then says 'not checked' for those checks)")
     parser.add_argument("--cprofile", action="store_true",
@@ -368,16 +375,18 @@ def profiled_share(path: Path, rows: tuple) -> list[tuple[str, float]]:
 
 
 def print_breakdown(root: Path, env: dict, log: Path) -> None:
-    """compare and audit once more under cProfile: the time of each named step (inflated by the profiler
-    alike, so read the shares), and what parsing, schema checks and canonical JSON take across steps."""
+    """compare and audit once more under cProfile: the time of each of their steps, then of what runs across
+    them. The profiler slows Python code more than C code (json's parser), so the shares are approximate."""
     for task, args in (("compare", ("--profile", DEMO_PROFILE, "--run", "synthetic", "--lang", "en")),
                        ("audit", ("--run", "synthetic"))):
         out = root / f"{task}.prof"
         measured = run_task(task, *args, env=env, log=log, prefix=("-m", "cProfile", "-o", str(out)))
         total = pstats.Stats(str(out)).total_tt
         print(f"  inv {task} under cProfile: {measured.seconds:.1f} s wall, {total:.1f} s profiled")
-        for label, seconds in profiled_share(out, BREAKDOWN[task] + BREAKDOWN["both"]):
-            print(f"    {label:<60} {seconds:7.1f} s {seconds / total:6.1%}")
+        for heading, rows in (("its steps", BREAKDOWN[task]), ("across them", BREAKDOWN["across"])):
+            print(f"    {heading}:")
+            for label, seconds in profiled_share(out, rows):
+                print(f"      {label:<62} {seconds:7.1f} s {seconds / total:6.1%}")
 
 
 def records_part(args: argparse.Namespace, root: Path) -> None:

@@ -241,9 +241,9 @@ def _teacher_force(runner, setup: SideSetup, side: str, manifest: dict, other: d
     return errors
 
 
-def _renders_other_ids(record: dict) -> bool:
-    """The server's own chat template rendered other prompt ids than the suite for this record."""
-    return record.get("chat_prompt_ids") is not None and record["chat_prompt_ids"] != record["prompt_ids"]
+def _renders_other_ids(chat_prompt_ids: list[int] | None, prompt_ids: list[int]) -> bool:
+    """The server's own chat template rendered other prompt ids than the suite for a record."""
+    return chat_prompt_ids is not None and chat_prompt_ids != prompt_ids
 
 
 def _template_warnings(side: str, differing: list[str], log) -> list[str]:
@@ -275,7 +275,8 @@ def run_side(side: str, setup: SideSetup, manifest: dict, *, backend: str | None
     decoding = decoding_of(profile.decoding, profile.dtype)
     backend_type = backend_class(backend or DEFAULT_BACKEND[side])
     other = _other_answers(run, side, suite, manifest)
-    differing = [record["id"] for record in done_gen.values() if _renders_other_ids(record)]
+    differing = [record["id"] for record in done_gen.values()
+                 if _renders_other_ids(record.get("chat_prompt_ids"), record["prompt_ids"])]
     forced_errors = 0
     with ExitStack() as journals:
         generations = journals.enter_context(RecordJournal(
@@ -285,7 +286,7 @@ def run_side(side: str, setup: SideSetup, manifest: dict, *, backend: str | None
             run.perplexity(side), perplexity_doc(side, suite, manifest["sha256"], []), "perplexity", done_ppl.values()))
 
         def note_template(record: Generation) -> None:
-            if _renders_other_ids(record.to_json()):
+            if _renders_other_ids(record.chat_prompt_ids, record.prompt_ids):
                 differing.append(record.id)
         try:
             with backend_type.open(setup) as runner:

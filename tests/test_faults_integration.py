@@ -27,6 +27,7 @@ from llm_parity.record_files import RecordJournal, read_records
 
 pytestmark = pytest.mark.integration
 API_KEY = "llm-parity-test-key-0f1e2d3c"
+KILL_SUITE_SIZE = 120
 
 
 def processes_with(marker: str) -> list[int]:
@@ -151,9 +152,15 @@ def test_sigint_during_query_keeps_what_finished_and_resume_completes_the_rest(t
 def test_a_side_killed_outright_mid_suite_loses_no_finished_prompt_and_resume_completes_the_rest(side, tmp_path,
                                                                                                 vllm_server):
     """SIGKILL (no handler runs) after three records: each is already in the file. The target
-    queries one prompt at a time, the reference runs batches of one, so records come one by one."""
+    queries one prompt at a time, the reference runs batches of one, so records come one by one.
+    The suite is long enough that the kill lands mid-suite even when a busy machine wakes the
+    watcher late (the tiny model answers 14 prompts in well under a second)."""
+    suite_file = tmp_path / "many.jsonl"
+    suite_file.write_text("".join(json.dumps({"id": f"count-{n}", "messages": [
+        {"role": "user", "content": f"{n}부터 {n + 5}까지 세어 주세요."}]}, ensure_ascii=False) + "\n" for n in range(KILL_SUITE_SIZE)))
     one_by_one = {"target": ["--server-url", vllm_server.url, "--max-num-seqs", "1"], "reference": ["--batch-size", "1"]}
-    task = start_task([side, "--profile", "tiny-llama", "--run", "kill", *one_by_one[side]], tmp_path)
+    task = start_task([side, "--profile", "tiny-llama", "--run", "kill", "--suite", str(suite_file), *one_by_one[side]],
+                      tmp_path)
     journal = RunDir(tmp_path / "kill").generations(side)
     wait_for_records(journal, 3)
     os.kill(task.pid, signal.SIGKILL)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
+
+import numpy as np
 
 from llm_parity.results import schema_tag, sha256_of
 
@@ -26,6 +28,42 @@ def sort_top_k(pairs, k: int) -> list[list]:
     """[[token_id, logprob], ...] best first, ties by token id, at most k."""
     ordered = sorted(((int(token), float(logprob)) for token, logprob in pairs), key=lambda p: (-p[1], p[0]))
     return [[token, logprob] for token, logprob in ordered[:k]]
+
+
+# Padding of a position with fewer alternatives than the widest one, in TopK.
+NO_TOKEN = -1
+
+
+class TopK(NamedTuple):
+    """The top-k of every position as two arrays of shape (positions, width), best first: the
+    column form compare computes on. A position with fewer than `width` alternatives is padded with
+    token id NO_TOKEN and logprob -inf."""
+
+    ids: np.ndarray  # int64
+    logprobs: np.ndarray  # float64
+
+    @property
+    def positions(self) -> int:
+        return self.ids.shape[0]
+
+
+def top_k_arrays(top_k: list[list] | TopK) -> TopK:
+    """The column form of a record's top_logprobs, [[[token_id, logprob], ...] per position]."""
+    if isinstance(top_k, TopK):
+        return top_k
+    width = max(map(len, top_k), default=0)
+    ids = np.full((len(top_k), width), NO_TOKEN, dtype=np.int64)
+    logprobs = np.full((len(top_k), width), -np.inf)
+    for position, pairs in enumerate(top_k):
+        for rank, (token, logprob) in enumerate(pairs):
+            ids[position, rank], logprobs[position, rank] = token, logprob
+    return TopK(ids, logprobs)
+
+
+def top_k_pairs(top_k: TopK) -> list[list]:
+    """The list form of a TopK: per position [[token_id, logprob], ...], padding left out."""
+    return [[[token, logprob] for token, logprob in zip(ids, logprobs) if token != NO_TOKEN]
+            for ids, logprobs in zip(top_k.ids.tolist(), top_k.logprobs.tolist())]
 
 
 def perplexity_of(logprobs: list[float]) -> float | None:

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, replace
+from collections.abc import Iterable
 from typing import Any, Callable
 
+import numpy as np
+
 from llm_parity.accuracy_stats import compare_accuracy
-from llm_parity.divergence import kld_summary, position_measures
-from llm_parity.records import IncompatibleRuns, answers_hash, top_margin
+from llm_parity.divergence import Positions, kld_summary, position_measures
+from llm_parity.records import NO_TOKEN, AnswersHash, IncompatibleRuns, TopK, top_k_arrays
 from llm_parity.results import schema_tag
+from llm_parity.stats import FLOOR_DECADE
 
 
 def check_same_inputs(*, suite: dict, target: dict, reference: dict) -> None:
@@ -36,10 +40,6 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return length
 
 
-def _top_ids(top_k: list[list], position: int) -> list[int]:
-    return [token for token, _ in top_k[position]] if position < len(top_k) else []
-
-
 def _texts_equal(a: str, b: str) -> bool:
     # vLLM drops a trailing incomplete UTF-8 sequence where transformers decodes it as U+FFFD.
     return a == b or a.rstrip("\ufffd") == b.rstrip("\ufffd")
@@ -59,7 +59,35 @@ def token_accounting(record: dict, eos_ids: set[int]) -> list[str]:
     return problems
 
 
-def first_divergence(target: dict, reference: dict, *, noise: float) -> dict | None:
+@dataclass(frozen=True)
+class Scores:
+    """A record's scores in column form: the taken tokens' logprobs and the top-k at each position."""
+
+    logprobs: np.ndarray
+    top_k: TopK
+
+    @classmethod
+    def of(cls, record: dict) -> "Scores":
+        return cls(np.asarray(record["logprobs"], dtype=float), top_k_arrays(record["top_logprobs"]))
+
+    def margins(self, positions: int) -> np.ndarray:
+        """The top-1/top-2 logprob gap at each of the first `positions` positions that has two alternatives."""
+        ids, logprobs = self.top_k.ids[:positions], self.top_k.logprobs[:positions]
+        if ids.shape[1] < 2:
+            return np.zeros(0)
+        return (logprobs[:, 0] - logprobs[:, 1])[ids[:, 1] != NO_TOKEN]
+
+    def margin_at(self, position: int) -> float | None:
+        ids = self.top_k.ids
+        if position >= self.top_k.positions or ids.shape[1] < 2 or ids[position, 1] == NO_TOKEN:
+            return None
+        return float(self.top_k.logprobs[position, 0] - self.top_k.logprobs[position, 1])
+
+    def in_top_k(self, token: int, position: int) -> bool:
+        return position < self.top_k.positions and bool((self.top_k.ids[position] == token).any())
+
+
+def first_divergence(target: dict, reference: dict, *, noise: float, scores: tuple[Scores, Scores] | None = None) -> dict | None:
     """Where the greedy sequences split, what each side chose, the margins and top-k containment."""
     t_ids, r_ids = target["output_ids"], reference["output_ids"]
     if t_ids == r_ids:
@@ -71,13 +99,11 @@ def first_divergence(target: dict, reference: dict, *, noise: float) -> dict | N
                 "target_margin": None, "reference_margin": None, "target_in_reference_top_k": False,
                 "reference_in_target_top_k": False, "near_tie": False,
                 "why": f"one side ended after {position} tokens while the other went on"}
+    t_scores, r_scores = scores or (Scores.of(target), Scores.of(reference))
     t_tok, r_tok = t_ids[position], r_ids[position]
-    t_margin = top_margin(target["top_logprobs"][position]) if position < len(target["top_logprobs"]) else None
-    r_margin = top_margin(reference["top_logprobs"][position]) if position < len(reference["top_logprobs"]) else None
+    t_margin, r_margin = t_scores.margin_at(position), r_scores.margin_at(position)
     margins = [m for m in (t_margin, r_margin) if m is not None]
     near_tie = bool(margins) and min(margins) <= noise
-    t_in_r = t_tok in _top_ids(reference["top_logprobs"], position)
-    r_in_t = r_tok in _top_ids(target["top_logprobs"], position)
     if near_tie:
         why = (f"top-1/top-2 margin {min(margins):.4g} is within the logprob noise this dtype allows "
                f"({noise:g}), so the two backends may rank the pair differently")
@@ -85,7 +111,8 @@ def first_divergence(target: dict, reference: dict, *, noise: float) -> dict | N
         why = f"margin {min(margins) if margins else float('nan'):.4g} exceeds the allowed noise {noise:g}: not a rounding tie"
     return {"position": position, "target_token": t_tok, "reference_token": r_tok,
             "target_margin": t_margin, "reference_margin": r_margin,
-            "target_in_reference_top_k": t_in_r, "reference_in_target_top_k": r_in_t,
+            "target_in_reference_top_k": r_scores.in_top_k(t_tok, position),
+            "reference_in_target_top_k": t_scores.in_top_k(r_tok, position),
             "near_tie": near_tie, "why": why}
 
 
@@ -95,18 +122,26 @@ def _chat_template_ids_equal(target: dict) -> bool | None:
     return None if chat_prompt_ids is None else chat_prompt_ids == target["prompt_ids"]
 
 
+def _top_k_deltas(target: TopK, reference: TopK, positions: int) -> np.ndarray:
+    """|Δ logprob| of every token in both sides' top-k at each of the first `positions` positions."""
+    t_ids, r_ids = target.ids[:positions], reference.ids[:positions]
+    same = (t_ids[:, :, None] == r_ids[:, None, :]) & (t_ids[:, :, None] != NO_TOKEN)
+    return np.abs(target.logprobs[:positions, :, None] - reference.logprobs[:positions, None, :])[same]
+
+
 def compare_generation(target: dict, reference: dict, *, suite_prompt_ids: list[int] | None, eos_ids: set[int],
-                       noise: float) -> dict:
-    """All per-prompt measurements for one suite prompt."""
+                       noise: float, diffs_out: list | None = None) -> dict:
+    """All per-prompt measurements for one suite prompt; `diffs_out` gets the |Δ logprob| at each
+    position of the common prefix (for the run's view along positions)."""
     if target["error"] or reference["error"]:
         return {"id": target["id"], "status": "error", "target_error": target["error"], "reference_error": reference["error"]}
+    t_scores, r_scores = Scores.of(target), Scores.of(reference)
     prefix = _common_prefix(target["output_ids"], reference["output_ids"])
-    deltas = [abs(t - r) for t, r in zip(target["logprobs"][:prefix], reference["logprobs"][:prefix])]
-    top_k_deltas = []
-    for t_top, r_top in zip(target["top_logprobs"][:prefix], reference["top_logprobs"][:prefix]):
-        r_map = dict((token, value) for token, value in r_top)
-        top_k_deltas += [abs(value - r_map[token]) for token, value in t_top if token in r_map]
-    divergence = first_divergence(target, reference, noise=noise)
+    deltas = np.abs(t_scores.logprobs[:prefix] - r_scores.logprobs[:prefix])
+    if diffs_out is not None:
+        diffs_out.append(deltas)
+    top_k_deltas = _top_k_deltas(t_scores.top_k, r_scores.top_k, prefix)
+    divergence = first_divergence(target, reference, noise=noise, scores=(t_scores, r_scores))
     if divergence is None:
         status = "identical"
     elif divergence["target_in_reference_top_k"] and divergence["reference_in_target_top_k"]:
@@ -115,7 +150,7 @@ def compare_generation(target: dict, reference: dict, *, suite_prompt_ids: list[
         status = "split_outside_top_k"
     accounting = [f"target: {p}" for p in token_accounting(target, eos_ids)]
     accounting += [f"reference: {p}" for p in token_accounting(reference, eos_ids)]
-    margins = [m for m in (top_margin(top) for top in reference["top_logprobs"][:prefix]) if m is not None]
+    margins = r_scores.margins(prefix)
     return {
         "id": target["id"],
         "status": status,
@@ -124,11 +159,10 @@ def compare_generation(target: dict, reference: dict, *, suite_prompt_ids: list[
         "target_tokens": len(target["output_ids"]),
         "reference_tokens": len(reference["output_ids"]),
         "common_prefix": prefix,
-        "max_abs_logprob_diff": max(deltas, default=0.0),
-        "mean_abs_logprob_diff": sum(deltas) / len(deltas) if deltas else 0.0,
-        "abs_logprob_diffs": deltas,
-        "top_k_max_abs_logprob_diff": max(top_k_deltas, default=0.0),
-        "min_reference_margin": min(margins, default=None),
+        "max_abs_logprob_diff": float(deltas.max()) if len(deltas) else 0.0,
+        "mean_abs_logprob_diff": float(deltas.mean()) if len(deltas) else 0.0,
+        "top_k_max_abs_logprob_diff": float(top_k_deltas.max()) if len(top_k_deltas) else 0.0,
+        "min_reference_margin": float(margins.min()) if len(margins) else None,
         "first_divergence": divergence,
         "prompt_ids_equal": target["prompt_ids"] == reference["prompt_ids"] == suite_prompt_ids,
         "chat_template_ids_equal": _chat_template_ids_equal(target),
@@ -141,31 +175,37 @@ def compare_generation(target: dict, reference: dict, *, suite_prompt_ids: list[
 def compare_passage(target: dict, reference: dict) -> dict:
     if target["error"] or reference["error"] or not target["perplexity"] or not reference["perplexity"]:
         return {"id": target["id"], "error": target["error"] or reference["error"] or "no tokens to score"}
-    deltas = [abs(t - r) for t, r in zip(target["logprobs"], reference["logprobs"])]
+    t_logprobs, r_logprobs = np.asarray(target["logprobs"], dtype=float), np.asarray(reference["logprobs"], dtype=float)
+    common = min(len(t_logprobs), len(r_logprobs))
+    deltas = np.abs(t_logprobs[:common] - r_logprobs[:common])
     return {
         "id": target["id"],
         "error": None,
         "target_perplexity": target["perplexity"],
         "reference_perplexity": reference["perplexity"],
         "rel_diff": abs(target["perplexity"] - reference["perplexity"]) / reference["perplexity"],
-        "max_abs_prompt_logprob_diff": max(deltas, default=0.0),
-        "tokens": len(target["logprobs"]),
+        "max_abs_prompt_logprob_diff": float(deltas.max()) if common else 0.0,
+        "tokens": len(t_logprobs),
     }
 
 
-def _forced_pairs(target: dict, reference: dict, target_forced: dict, reference_forced: dict) -> list[tuple]:
-    """(reference top-k, reference logprob, target top-k, target logprob, taken token) at every
-    distinct prefix of both answers: each position of the target's answer (the reference's
-    distribution from its teacher-forced scores), then each position of the reference's answer
-    whose prefix the target's answer does not share (the target's from its teacher-forced scores)."""
-    pairs = [(reference_forced["top_logprobs"][i], reference_forced["logprobs"][i], target["top_logprobs"][i],
-              target["logprobs"][i], token) for i, token in enumerate(target["output_ids"])]
+def _forced_positions(target: dict, reference: dict, target_forced: dict, reference_forced: dict) -> Positions:
+    """The measures at every distinct prefix of both answers: each position of the target's answer
+    (the reference's distribution from its teacher-forced scores), then each position of the
+    reference's answer whose prefix the target's answer does not share (the target's from its
+    teacher-forced scores)."""
+    target_answer, reference_answer = Scores.of(target), Scores.of(reference)
+    target_scored, reference_scored = Scores.of(target_forced), Scores.of(reference_forced)
+    along_target = position_measures(reference_scored.top_k, reference_scored.logprobs, target_answer.top_k,
+                                     target_answer.logprobs, np.asarray(target["output_ids"], dtype=np.int64))
     # Prefixes up to the split are the target answer's too; the split position's only where the target went on.
     start = min(_common_prefix(target["output_ids"], reference["output_ids"]) + 1, len(target["output_ids"]))
-    pairs += [(reference["top_logprobs"][i], reference["logprobs"][i], target_forced["top_logprobs"][i],
-               target_forced["logprobs"][i], reference["output_ids"][i])
-              for i in range(start, len(reference["output_ids"]))]
-    return pairs
+    tail = slice(start, len(reference["output_ids"]))
+    along_reference = position_measures(
+        TopK(reference_answer.top_k.ids[tail], reference_answer.top_k.logprobs[tail]), reference_answer.logprobs[tail],
+        TopK(target_scored.top_k.ids[tail], target_scored.top_k.logprobs[tail]), target_scored.logprobs[tail],
+        np.asarray(reference["output_ids"][tail], dtype=np.int64))
+    return Positions.joined([along_target, along_reference])
 
 
 def _forced_problem(target: dict, reference: dict, target_forced: dict | None, reference_forced: dict | None) -> str | None:
@@ -175,47 +215,55 @@ def _forced_problem(target: dict, reference: dict, target_forced: dict | None, r
             return f"the {scorer} did not score this answer"
         if forced["error"]:
             return f"the {scorer} could not score this answer: {forced['error']}"
-        if forced["answer_ids"] != answer["output_ids"]:
+        if list(forced["answer_ids"]) != list(answer["output_ids"]):
             return f"the {scorer} scored another answer than the one recorded now"
     return None
 
 
 def compare_teacher_forced(target: dict, reference: dict, target_forced: dict | None,
-                           reference_forced: dict | None) -> dict:
-    """One prompt's teacher-forced measures: the summary over its positions and each position's KLD."""
+                           reference_forced: dict | None) -> tuple[dict, Positions | None]:
+    """One prompt's teacher-forced measures (the summary over its positions, or why there are none)
+    and the measures at each of its positions."""
     problem = _forced_problem(target, reference, target_forced, reference_forced)
     if problem:
-        return {"error": problem}
-    pairs = _forced_pairs(target, reference, target_forced, reference_forced)
-    positions = [position_measures(*pair) for pair in pairs]
-    return {"error": None, "summary": kld_summary(positions, [p[1] for p in pairs], [p[3] for p in pairs]),
-            "klds": [p["kld"] for p in positions], "delta_ps": [p["delta_p"] for p in positions],
-            "reference_logprobs": [p[1] for p in pairs], "target_logprobs": [p[3] for p in pairs],
-            "same_top1": [p["same_top1"] for p in positions]}
+        return {"error": problem}, None
+    positions = _forced_positions(target, reference, target_forced, reference_forced)
+    return {"error": None, "summary": kld_summary(positions)}, positions
 
 
-def teacher_forced_run_summary(prompts: list[dict]) -> dict | None:
-    """kld_summary over every position of every prompt with teacher-forced measures."""
-    scored = [p["teacher_forced"] for p in prompts if p.get("teacher_forced") and not p["teacher_forced"]["error"]]
-    positions = [{"kld": k, "delta_p": d, "same_top1": s, "abs_logprob_diff": abs(t - r)}
-                 for f in scored
-                 for k, d, s, r, t in zip(f["klds"], f["delta_ps"], f["same_top1"], f["reference_logprobs"],
-                                          f["target_logprobs"])]
-    return kld_summary(positions, [lp for f in scored for lp in f["reference_logprobs"]],
-                       [lp for f in scored for lp in f["target_logprobs"]])
-
-
-def teacher_forced_unavailable(target: dict, reference: dict, target_forced: dict | None,
+def teacher_forced_unavailable(answers_sha256: dict[str, str], target_forced: dict | None,
                                reference_forced: dict | None) -> str | None:
     """Why the run has no teacher-forced measures at all (a side has not scored the other's
-    answers, or scored answers that have changed since), or None."""
-    for scorer, forced, answers in (("reference", reference_forced, target), ("target", target_forced, reference)):
+    answers, or scored answers that have changed since), or None; `answers_sha256` maps each side
+    to the AnswersHash of its generations as compared now."""
+    for scorer, forced, answers in (("reference", reference_forced, "target"), ("target", target_forced, "reference")):
         if forced is None:
-            return f"the {scorer} has not scored the {answers['side']}'s answers: run cross-score --scorer {scorer}"
-        if forced["answers_sha256"] != answers_hash(answers):
-            return (f"the {scorer} scored other answers than the {answers['side']}'s generations.jsonl holds now: "
+            return f"the {scorer} has not scored the {answers}'s answers: run cross-score --scorer {scorer}"
+        if forced["answers_sha256"] != answers_sha256[answers]:
+            return (f"the {scorer} scored other answers than the {answers}'s generations.jsonl holds now: "
                     f"run cross-score --scorer {scorer} again")
     return None
+
+
+def decade_counts(values: np.ndarray) -> dict[str, int]:
+    """How many values fall in each decade [1eN, 1eN+1), keyed by N, from FLOOR_DECADE (which also
+    counts everything below it, 0 included)."""
+    with np.errstate(divide="ignore"):
+        decades = np.maximum(FLOOR_DECADE, np.floor(np.log10(np.where(values > 0, values, 0.0))))
+    found, counts = np.unique(decades.astype(np.int64), return_counts=True)
+    return {str(decade): int(count) for decade, count in zip(found.tolist(), counts.tolist())}
+
+
+def along_positions(rows: list[np.ndarray]) -> dict[str, list[float]]:
+    """The largest and the median value at each position over the rows that reach it: the run's
+    |Δ logprob| along the answers, two lines however many prompts there are."""
+    longest = max(map(len, rows), default=0)
+    table = np.full((len(rows), longest), np.nan)
+    for index, row in enumerate(rows):
+        table[index, :len(row)] = row
+    if not longest:
+        return {"max": [], "median": []}
+    return {"max": np.nanmax(table, axis=0).tolist(), "median": np.nanmedian(table, axis=0).tolist()}
 
 
 PASS, FAIL, NOT_CHECKED = "pass", "fail", "not_checked"
@@ -247,6 +295,7 @@ class Evidence:
     teacher_forced_missing: str | None = None  # why the run has no teacher-forced measures
     logits: dict | None = None  # logits.measure_run: full-vocabulary logits, both sides
     logits_missing: str | None = None  # why the run has no logits measures
+    logprob_diffs: dict | None = None  # along_positions of the prompts' |Δ logprob|
 
     @property
     def answered(self) -> list[dict]:
@@ -549,35 +598,76 @@ def verdict_reasons(result: dict) -> str:
     return " | ".join(parts)
 
 
+class Aligned:
+    """The records of one file looked up by the ids of another's, each file read once, in order:
+    memory holds only records read ahead of their partner, none when both files are in the same
+    order (as every finished side writes them). `on_read` sees every record, in the file's order."""
+
+    def __init__(self, records: Iterable[dict], on_read: Callable[[dict], None] | None = None):
+        self._records, self._waiting, self._on_read = iter(records), {}, on_read
+
+    def get(self, item_id: str) -> dict | None:
+        if item_id in self._waiting:
+            return self._waiting.pop(item_id)
+        for record in self._records:
+            if self._on_read:
+                self._on_read(record)
+            if record["id"] == item_id:
+                return record
+            self._waiting[record["id"]] = record
+        return None
+
+    def drain(self) -> None:
+        """Read the rest of the file, for `on_read`."""
+        for record in self._records:
+            if self._on_read:
+                self._on_read(record)
+
+
 def gather_evidence(*, suite: dict, target: dict, reference: dict, target_ppl: dict, reference_ppl: dict,
                     thresholds: dict, accuracy: dict[str, dict | None] | None = None,
                     target_forced: dict | None = None, reference_forced: dict | None = None,
                     logits: dict | None = None, logits_missing: str | None = None) -> Evidence:
     """The measurements of two sets of records, in the target's order: per prompt, per passage,
     teacher-forced where each side scored the other's answers (`target_forced`, `reference_forced`),
-    and `accuracy`, which maps each side to its lm-eval results (accuracy.read_side), None where it has none."""
+    and `accuracy`, which maps each side to its lm-eval results (accuracy.read_side), None where it has none.
+    Each document's "records" may be any iterable: it is read once, in one pass over all of them."""
     noise = thresholds["max_abs_logprob_diff"]
     eos_ids = set(suite["stop_ids"])
-    reference_by_id = {r["id"]: r for r in reference["records"]}
-    target_by_id = {r["id"]: r for r in target["records"]}
     suite_prompt_ids = {p["id"]: p["prompt_ids"] for p in suite["prompts"]}
-    prompts = [compare_generation(t, reference_by_id[t["id"]], suite_prompt_ids=suite_prompt_ids.get(t["id"]),
-                                  eos_ids=eos_ids, noise=noise)
-               for t in target["records"] if t["id"] in reference_by_id]
-    reference_ppl_by_id = {r["id"]: r for r in reference_ppl["records"]}
-    passages = [compare_passage(t, reference_ppl_by_id[t["id"]]) for t in target_ppl["records"] if t["id"] in reference_ppl_by_id]
-    missing = teacher_forced_unavailable(target, reference, target_forced, reference_forced)
-    if not missing:
-        forced_by = {side: {r["id"]: r for r in doc["records"]}
-                     for side, doc in (("target", target_forced), ("reference", reference_forced))}
-        for prompt in prompts:
-            if prompt["status"] != "error":
-                prompt["teacher_forced"] = compare_teacher_forced(
-                    target_by_id[prompt["id"]], reference_by_id[prompt["id"]], forced_by["target"].get(prompt["id"]),
-                    forced_by["reference"].get(prompt["id"]))
-    forced_summary = None if missing else teacher_forced_run_summary(prompts)
-    return Evidence(suite, prompts, passages, thresholds, accuracy_section(accuracy), forced_summary, missing,
-                    logits, logits_missing)
+    answers = {"target": AnswersHash(), "reference": AnswersHash()}
+    reference_of = Aligned(reference["records"], answers["reference"].add)
+    scored = {side: Aligned(doc["records"]) for side, doc in (("target", target_forced), ("reference", reference_forced))
+              if doc is not None}
+    prompts, diffs, forced = [], [], []
+    for t in target["records"]:
+        answers["target"].add(t)
+        if (r := reference_of.get(t["id"])) is None:
+            continue
+        prompt = compare_generation(t, r, suite_prompt_ids=suite_prompt_ids.get(t["id"]), eos_ids=eos_ids, noise=noise,
+                                    diffs_out=diffs)
+        if len(scored) == 2 and prompt["status"] != "error":
+            prompt["teacher_forced"], positions = compare_teacher_forced(
+                t, r, scored["target"].get(t["id"]), scored["reference"].get(t["id"]))
+            forced += [positions] if positions is not None else []
+        prompts.append(prompt)
+    reference_of.drain()
+    reference_ppl_of = Aligned(reference_ppl["records"])
+    passages = [compare_passage(t, r) for t in target_ppl["records"] if (r := reference_ppl_of.get(t["id"])) is not None]
+    missing = teacher_forced_unavailable({side: hashed.hexdigest() for side, hashed in answers.items()},
+                                         target_forced, reference_forced)
+    for prompt in prompts if missing else []:
+        prompt.pop("teacher_forced", None)
+    return Evidence(suite, prompts, passages, thresholds, accuracy_section(accuracy),
+                    None if missing else teacher_forced_run_summary(Positions.joined(forced)), missing,
+                    logits, logits_missing, along_positions(diffs))
+
+
+def teacher_forced_run_summary(positions: Positions) -> dict | None:
+    """kld_summary over every position of every prompt with teacher-forced measures, and how many
+    of them fall in each decade of KLD (the report's distribution)."""
+    summary = kld_summary(positions)
+    return summary and {**summary, "kld_decades": decade_counts(positions.kld)}
 
 
 def compare_runs(*, suite: dict, target: dict, reference: dict, target_ppl: dict, reference_ppl: dict,
@@ -629,5 +719,6 @@ def compare_runs(*, suite: dict, target: dict, reference: dict, target_ppl: dict
             "teacher_forced_missing": evidence.teacher_forced_missing,
             "logits": evidence.logits,
             "logits_missing": evidence.logits_missing,
+            "logprob_diff_along_positions": evidence.logprob_diffs,
         },
     }

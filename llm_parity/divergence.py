@@ -1,14 +1,17 @@
-"""How far two next-token distributions are apart at one position, and the run summary of many
+"""How far two next-token distributions are apart at each position, and the run summary of many
 positions, the way llama.cpp's `llama-perplexity --kl-divergence` reports a quantized model
-against its base. Pure functions of numbers: no model, no numpy (compare and audit run without it).
+against its base. Functions of arrays, every position of a record at once (a run holds millions).
 
-A distribution is what a side recorded at a position: its top-k as [[token_id, logprob], ...] and
-the logprob of the token actually taken there. P is the reference (the base), Q the target."""
+A distribution is what a side recorded at a position: its top-k (records.TopK, a row per position)
+and the logprob of the token actually taken there. P is the reference (the base), Q the target."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-from llm_parity.stats import percentile
+import numpy as np
+
+from llm_parity.records import NO_TOKEN, TopK
 
 # A tail bucket below this is rounding (top-k masses that sum to 1 within float error).
 TAIL_FLOOR = 1e-12
@@ -16,66 +19,92 @@ TAIL_FLOOR = 1e-12
 KLD_PERCENTILES = (99.9, 99.0, 95.0, 90.0, 50.0)
 
 
-def known_probabilities(top_k: list[list], taken: int, taken_logprob: float) -> dict[int, float]:
-    """token id -> probability of every token a side reported at one position: its top-k and the
-    token taken there."""
-    known = {int(token): math.exp(logprob) for token, logprob in top_k}
-    known[int(taken)] = math.exp(taken_logprob)
-    return known
+def known_probabilities(top_k: TopK, taken: np.ndarray, taken_logprob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(token ids, probabilities) of every token a side reported at each position, shape
+    (positions, width + 1): its top-k and the token taken there, whose own logprob stands for it
+    where the top-k holds it too (that entry becomes padding: id NO_TOKEN, probability 0)."""
+    ids = np.where(top_k.ids == taken[:, None], NO_TOKEN, top_k.ids)
+    probabilities = np.where(ids == NO_TOKEN, 0.0, np.exp(top_k.logprobs))
+    return (np.concatenate([ids, taken[:, None]], axis=1),
+            np.concatenate([probabilities, np.exp(taken_logprob)[:, None]], axis=1))
 
 
-def kl_with_tail(p: dict[int, float], q: dict[int, float]) -> float:
-    """KL(P || Q) over the union of the tokens both sides reported, with the remaining mass as one
-    tail bucket.
+def kl_with_tail(p_ids: np.ndarray, p: np.ndarray, q_ids: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(P || Q) at each position (a row of ids and probabilities per side, NO_TOKEN for padding)
+    over the union of the tokens both sides reported, with the remaining mass as one tail bucket.
 
     A token only one side reported has no probability on the other side, so it joins the tail
     with everything else; both distributions are then split into the same buckets. Merging
     tokens into buckets never increases KL (the data-processing inequality), so this is a lower
     bound on the full-vocabulary KL, and exact when both sides report the whole vocabulary."""
-    shared = p.keys() & q.keys()
-    divergence = sum(p[t] * math.log(p[t] / q[t]) for t in shared if p[t] > 0)
-    tail_p = max(1.0 - sum(p[t] for t in shared), 0.0)
-    tail_q = max(1.0 - sum(q[t] for t in shared), 0.0)
-    if tail_p > TAIL_FLOOR:
-        divergence += tail_p * math.log(tail_p / max(tail_q, TAIL_FLOOR))
-    return divergence
+    same = (p_ids[:, :, None] == q_ids[:, None, :]) & (p_ids[:, :, None] != NO_TOKEN)
+    shared_p, shared_q = same.any(axis=2), same.any(axis=1)
+    q_of_p = (same * q[:, None, :]).sum(axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(shared_p & (p > 0), p * np.log(p / q_of_p), 0.0)
+        tail_p = np.maximum(1.0 - np.where(shared_p, p, 0.0).sum(axis=1), 0.0)
+        tail_q = np.maximum(1.0 - np.where(shared_q, q, 0.0).sum(axis=1), 0.0)
+        tail = np.where(tail_p > TAIL_FLOOR, tail_p * np.log(tail_p / np.maximum(tail_q, TAIL_FLOOR)), 0.0)
+    return terms.sum(axis=1) + tail
 
 
-def position_measures(reference_top: list[list], reference_logprob: float, target_top: list[list],
-                      target_logprob: float, taken: int) -> dict:
-    """The measures at one position where `taken` is the answer's token: KL(reference || target)
+@dataclass(frozen=True)
+class Positions:
+    """The measures at many positions, one array each, in position order."""
+
+    kld: np.ndarray  # KL(reference || target) with the tail bucket
+    delta_p: np.ndarray  # the taken token's probability, target minus reference
+    same_top1: np.ndarray  # whether both sides' top-1 agree
+    reference_logprobs: np.ndarray  # of the taken token
+    target_logprobs: np.ndarray
+
+    @classmethod
+    def joined(cls, parts: list["Positions"]) -> "Positions":
+        return cls(*(np.concatenate([getattr(part, name) for part in parts]) if parts else np.zeros(0)
+                     for name in cls.__dataclass_fields__))
+
+    def __len__(self) -> int:
+        return len(self.kld)
+
+
+def position_measures(reference_top: TopK, reference_logprob: np.ndarray, target_top: TopK,
+                      target_logprob: np.ndarray, taken: np.ndarray) -> Positions:
+    """The measures at each position where `taken` is the answer's token: KL(reference || target)
     with the tail bucket, Δp of the taken token (target minus reference), whether both sides'
-    top-1 agree, and |Δ logprob| of the taken token."""
-    p = known_probabilities(reference_top, taken, reference_logprob)
-    q = known_probabilities(target_top, taken, target_logprob)
-    return {"kld": kl_with_tail(p, q),
-            "delta_p": math.exp(target_logprob) - math.exp(reference_logprob),
-            "same_top1": bool(reference_top and target_top and reference_top[0][0] == target_top[0][0]),
-            "abs_logprob_diff": abs(target_logprob - reference_logprob)}
+    top-1 agree, and both logprobs of the taken token."""
+    reference_logprob, target_logprob = np.asarray(reference_logprob, float), np.asarray(target_logprob, float)
+    taken = np.asarray(taken, dtype=np.int64)
+    kld = kl_with_tail(*known_probabilities(reference_top, taken, reference_logprob),
+                       *known_probabilities(target_top, taken, target_logprob))
+    same_top1 = np.zeros(len(taken), dtype=bool)
+    if reference_top.ids.shape[1] and target_top.ids.shape[1]:
+        same_top1 = (reference_top.ids[:, 0] == target_top.ids[:, 0]) & (reference_top.ids[:, 0] != NO_TOKEN)
+    return Positions(kld, np.exp(target_logprob) - np.exp(reference_logprob), same_top1, reference_logprob,
+                     target_logprob)
 
 
-def kld_summary(positions: list[dict], reference_logprobs: list[float], target_logprobs: list[float]) -> dict | None:
-    """The run summary over `positions` (position_measures of each): mean KLD and its standard
-    error, maximum and percentiles, same-top-1 share, mean and RMS Δp, and the perplexity ratio
-    target / reference of the taken tokens (their logprobs on each side). None without positions."""
-    if not positions:
+def kld_summary(positions: Positions) -> dict | None:
+    """The summary over `positions`: mean KLD and its standard error, minimum, maximum and
+    percentiles, same-top-1 share, mean and RMS Δp, max |Δ logprob| of the taken token, and the
+    perplexity ratio target / reference of the taken tokens. None without positions."""
+    n = len(positions)
+    if not n:
         return None
-    klds = [p["kld"] for p in positions]
-    n = len(klds)
-    mean = sum(klds) / n
-    variance = sum((k - mean) ** 2 for k in klds) / (n - 1) if n > 1 else 0.0
-    deltas = [p["delta_p"] for p in positions]
+    klds, deltas = positions.kld, positions.delta_p
+    mean = float(klds.mean())
+    variance = float(((klds - mean) ** 2).sum()) / (n - 1) if n > 1 else 0.0
     return {
         "positions": n,
         "mean_kld": mean,
         "kld_stderr": math.sqrt(variance / n),
-        "max_kld": max(klds),
-        "kld_percentiles": {f"{q:g}": percentile(klds, q) for q in KLD_PERCENTILES},
-        "same_top1_rate": sum(p["same_top1"] for p in positions) / n,
-        "mean_delta_p": sum(deltas) / n,
-        "rms_delta_p": math.sqrt(sum(d * d for d in deltas) / n),
-        "max_abs_logprob_diff": max(p["abs_logprob_diff"] for p in positions),
-        "perplexity_ratio": math.exp((sum(reference_logprobs) - sum(target_logprobs)) / n),
+        "min_kld": float(klds.min()),
+        "max_kld": float(klds.max()),
+        "kld_percentiles": {f"{q:g}": float(np.percentile(klds, q)) for q in KLD_PERCENTILES},
+        "same_top1_rate": float(positions.same_top1.sum()) / n,
+        "mean_delta_p": float(deltas.mean()),
+        "rms_delta_p": math.sqrt(float((deltas * deltas).sum()) / n),
+        "max_abs_logprob_diff": float(np.abs(positions.target_logprobs - positions.reference_logprobs).max()),
+        "perplexity_ratio": math.exp(float(positions.reference_logprobs.sum() - positions.target_logprobs.sum()) / n),
     }
 
 

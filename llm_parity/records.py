@@ -4,6 +4,8 @@ one perplexity record per passage, and one teacher-forced record per answer of t
 them. compare never needs to know which backend made a record."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
@@ -197,10 +199,31 @@ def answers_of(generations: dict) -> list[dict]:
             for r in generations["records"] if not r["error"] and r["output_ids"]]
 
 
-def answers_hash(generations: dict) -> str:
+class AnswersHash:
     """What a teacher-forced file scored: the hash of every answer's id and output ids, so a side
-    rerun since then is noticed."""
-    return sha256_of([[answer["id"], answer["answer_ids"]] for answer in answers_of(generations)])
+    rerun since then is noticed; fed one generation record at a time, in the document's order."""
+
+    def __init__(self):
+        self._hash, self._items = hashlib.sha256(b"["), 0
+
+    def add(self, record: dict) -> None:
+        if not record["error"] and len(record["output_ids"]):
+            item = json.dumps([record["id"], list(record["output_ids"])], ensure_ascii=False, separators=(",", ":"))
+            self._hash.update((("," if self._items else "") + item).encode("utf-8", "surrogatepass"))
+            self._items += 1
+
+    def hexdigest(self) -> str:
+        whole = self._hash.copy()
+        whole.update(b"]")
+        return whole.hexdigest()
+
+
+def answers_hash(generations: dict) -> str:
+    """AnswersHash of a whole generations document: sha256_of the [id, output ids] of every answer."""
+    hashed = AnswersHash()
+    for record in generations["records"]:
+        hashed.add(record)
+    return hashed.hexdigest()
 
 
 def decoding_of(profile_decoding: dict, dtype: str) -> dict:

@@ -1,6 +1,10 @@
-"""Small statistics shared by the benchmark and the distribution measures, with no dependency
-beyond the standard library (the host environment of make compare and make audit has no more)."""
+"""Small statistics shared by the benchmark, the report and the distribution measures, on plain
+lists (compare measures whole records with numpy, the same definitions)."""
 import math
+
+# Values below 1e-12 are rounding (equal distributions give a KLD of 0, or a hair below it): one
+# bin of the distributions counted by order of magnitude holds them.
+FLOOR_DECADE = -12
 
 
 def percentile(values: list[float], q: float) -> float:

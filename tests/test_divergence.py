@@ -2,14 +2,33 @@
 out by hand (the arithmetic is in each test's comment)."""
 import math
 
+import numpy as np
 import pytest
 
-from llm_parity.divergence import kl_with_tail, kld_summary, logit_measures, logits_summary, position_measures
+from llm_parity.divergence import Positions, kld_summary, logit_measures, logits_summary, position_measures
+from llm_parity.divergence import kl_with_tail as kl_of_rows
+from llm_parity.records import top_k_arrays
+
+
+def kl_with_tail(p: dict[int, float], q: dict[int, float]) -> float:
+    """kl_with_tail of one position given as {token: probability} per side (padded to equal widths)."""
+    width = max(len(p), len(q))
+
+    def row(known):
+        return (np.array([[*known, *[-1] * (width - len(known))]]), np.array([[*known.values(), *[0.0] * (width - len(known))]]))
+    return float(kl_of_rows(*row(p), *row(q))[0])
 
 
 def top(*pairs):
-    """[[token, logprob], ...] from (token, probability) pairs."""
-    return [[token, math.log(p)] for token, p in pairs]
+    """One position's top-k from (token, probability) pairs."""
+    return top_k_arrays([[[token, math.log(p)] for token, p in pairs]])
+
+
+def one_position(reference_top, reference_logprob, target_top, target_logprob, taken) -> dict:
+    """position_measures at one position, as plain numbers."""
+    found = position_measures(reference_top, [reference_logprob], target_top, [target_logprob], [taken])
+    return {"kld": float(found.kld[0]), "delta_p": float(found.delta_p[0]), "same_top1": bool(found.same_top1[0]),
+            "abs_logprob_diff": abs(float(found.target_logprobs[0] - found.reference_logprobs[0]))}
 
 
 def test_kl_over_shared_tokens_and_one_tail_bucket():
@@ -33,7 +52,7 @@ def test_the_tail_bound_never_exceeds_the_full_vocabulary_kl():
 
 
 def test_identical_distributions_have_zero_kl_and_no_delta():
-    measures = position_measures(top((5, 0.7), (6, 0.2)), math.log(0.7), top((5, 0.7), (6, 0.2)), math.log(0.7), 5)
+    measures = one_position(top((5, 0.7), (6, 0.2)), math.log(0.7), top((5, 0.7), (6, 0.2)), math.log(0.7), 5)
     assert measures == {"kld": pytest.approx(0.0, abs=1e-15), "delta_p": 0.0, "same_top1": True, "abs_logprob_diff": 0.0}
 
 
@@ -41,7 +60,7 @@ def test_position_measures_of_a_flipped_near_tie():
     # The reference prefers 5 (0.45) to 6 (0.40); the target 6 (0.44) to 5 (0.43); the answer took 6.
     # KL = 0.45 ln(0.45/0.43) + 0.40 ln(0.40/0.44) + 0.15 ln(0.15/0.13)
     #    = 0.020458 - 0.038124 + 0.021465 = 0.003799
-    measures = position_measures(top((5, 0.45), (6, 0.40)), math.log(0.40),
+    measures = one_position(top((5, 0.45), (6, 0.40)), math.log(0.40),
                                  top((6, 0.44), (5, 0.43)), math.log(0.44), 6)
     assert measures["kld"] == pytest.approx(0.003799, abs=1e-6)
     assert measures["delta_p"] == pytest.approx(0.04)
@@ -53,15 +72,16 @@ def test_the_taken_token_counts_as_reported_on_both_sides():
     # Token 7 is outside both top-1 lists but both sides gave its logprob: buckets {5, 7}, tail.
     # P = (0.8, 0.1 | 0.1), Q = (0.8, 0.05 | 0.15):
     # 0.1 ln(0.1/0.05) + 0.1 ln(0.1/0.15) = 0.069315 - 0.040547 = 0.028768
-    measures = position_measures(top((5, 0.8)), math.log(0.1), top((5, 0.8)), math.log(0.05), 7)
+    measures = one_position(top((5, 0.8)), math.log(0.1), top((5, 0.8)), math.log(0.05), 7)
     assert measures["kld"] == pytest.approx(0.0287682, abs=1e-6)
     assert measures["delta_p"] == pytest.approx(-0.05)
 
 
 def test_run_summary_like_llama_cpp():
-    positions = [{"kld": k, "delta_p": d, "same_top1": s, "abs_logprob_diff": 0.0}
-                 for k, d, s in ((0.0, 0.0, True), (0.1, 0.3, True), (0.2, -0.4, False), (0.3, 0.0, True))]
-    summary = kld_summary(positions, reference_logprobs=[-1.0, -1.0, -1.0, -1.0], target_logprobs=[-1.0, -1.2, -1.0, -1.2])
+    rows = ((0.0, 0.0, True), (0.1, 0.3, True), (0.2, -0.4, False), (0.3, 0.0, True))
+    positions = Positions(*(np.array(column) for column in zip(*rows)), reference_logprobs=np.array([-1.0, -1.0, -1.0, -1.0]),
+                          target_logprobs=np.array([-1.0, -1.2, -1.0, -1.2]))
+    summary = kld_summary(positions)
     assert summary["mean_kld"] == pytest.approx(0.15)
     # sample standard deviation sqrt(0.05 / 3) = 0.129099, over sqrt(4): 0.064550
     assert summary["kld_stderr"] == pytest.approx(0.0645497, abs=1e-7)
@@ -70,7 +90,8 @@ def test_run_summary_like_llama_cpp():
     assert summary["rms_delta_p"] == pytest.approx(math.sqrt((0.09 + 0.16) / 4))  # 0.25
     # perplexities exp(1.1) (target) over exp(1.0) (reference)
     assert summary["perplexity_ratio"] == pytest.approx(math.exp(0.1))
-    assert kld_summary([], [], []) is None
+    assert summary["min_kld"] == 0.0 and summary["max_abs_logprob_diff"] == pytest.approx(0.2)
+    assert kld_summary(Positions.joined([])) is None
 
 
 def test_logit_measures_of_one_raised_logit():

@@ -1,10 +1,13 @@
 """Report sections from hand-made records: honest statements, flags, both languages; a run of 2,000
 prompts whose report stays the size of a run of 200."""
 import time
+from collections import Counter
 
+import numpy as np
 import pytest
 from test_compare import EOS, LOOSE, compare_many, compare_one, record, split_pair
 
+from llm_parity.compare import decade_counts
 from llm_parity.report import INLINE_ITEMS, build_report, shorten_lists
 from llm_parity.report.html import html_pages
 from llm_parity.report.markdown import markdown_pages, render_markdown
@@ -90,8 +93,11 @@ def test_teacher_forced_section_gives_the_run_summary_per_prompt_and_the_bound()
     assert "mean KLD 1.18 ± 0" in en and "99.9 %: 1.18" in en and "a lower bound on the full-vocabulary KL" in en
     assert "表 KL 的下界" in render_markdown(build_report(compare, PROVENANCE, manifest=MANIFEST))
     assert "Distribution of the KLD per position" in render_html(report, compare)
-    assert decade_histogram([[0.0, 3e-13, 2e-3, 5e-3, 0.5], [1e-11]]) == (
+    assert decade_histogram([Counter({-12: 2, -3: 2, -1: 1}), Counter({-11: 1})]) == (
         ["≤1e-12"] + [f"1e{d}" for d in range(-11, 0)], [[2] + [0] * 8 + [2, 0, 1], [0, 1] + [0] * 10])
+    # compare counts the KLD per position by decade the way the report counts per-prompt values
+    assert decade_counts(np.array([0.0, 3e-13, 2e-3, 5e-3, 0.5, 1e-11])) == {"-12": 2, "-11": 1, "-3": 2, "-1": 1}
+    assert compare["summary"]["teacher_forced"]["kld_decades"] == {"0": 2}  # 1.18 at both positions
 
 
 def test_without_teacher_forcing_the_report_says_what_is_missing():

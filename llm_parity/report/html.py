@@ -4,13 +4,11 @@ piece of text, model output above all, is HTML-escaped."""
 from __future__ import annotations
 
 from html import escape
-from itertools import zip_longest
 
 from llm_parity.report import DETAILS_PAGE, Report, Section
 from llm_parity.report.charts import bars, log_lines
 from llm_parity.report.overview import decade_histogram, distributions
 from llm_parity.report.strings import STRINGS
-from llm_parity.stats import percentile
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Noto Sans CJK SC","Noto Sans KR",sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -21,20 +19,13 @@ code{background:#f6f6f6;padding:0 3px} svg{max-width:100%;height:auto;margin:.5e
 """
 
 
-def _along_positions(s: dict, rows: list[list[float]]) -> dict[str, list[float]]:
-    """The largest and the median value at each position over the rows that reach it: two lines
-    however many rows there are."""
-    columns = [[v for v in column if v is not None] for column in zip_longest(*rows)]
-    return {s["max"]: [max(column) for column in columns], s["median"]: [percentile(column, 50) for column in columns]}
-
-
 def charts(compare: dict, lang: str, bench: dict | None = None, titles: dict[str, str] | None = None) -> dict[str, str]:
     """Every chart the sections name, each of a size bounded whatever the number of prompts: values
     counted by order of magnitude, or one point per position."""
     s = STRINGS[lang]
     titles = titles or {side: s[side] for side in ("target", "reference")}
-    ok = [p for p in compare["prompts"] if p["status"] != "error"]
-    drawn = {"delta": log_lines(_along_positions(s, [p["abs_logprob_diffs"] for p in ok]), title=s["chart_delta"],
+    along = compare["summary"]["logprob_diff_along_positions"]
+    drawn = {"delta": log_lines({s["max"]: along["max"], s["median"]: along["median"]}, title=s["chart_delta"],
                                 x_label=s["position"])}
     for distribution in distributions(compare):
         labels, counts = decade_histogram(list(distribution.groups.values()))

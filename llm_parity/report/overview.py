@@ -11,11 +11,9 @@ from typing import Callable
 
 from llm_parity.report import (Section, detail_text, exact_ids, fmt, passage_headers, passage_row, prompt_error,
                                prompt_headers, prompt_row)
-from llm_parity.stats import percentile
+from llm_parity.stats import FLOOR_DECADE, percentile
 
 WORST_N = 10
-# Values below 1e-12 are rounding (equal distributions give a KLD of 0, or a hair below it): one bin holds them.
-FLOOR_DECADE = -12
 
 
 def _answered(compare: dict) -> list[dict]:
@@ -101,14 +99,35 @@ def _failing_passages(s: dict, compare: dict, titles: dict[str, str]) -> list[Se
 
 @dataclass(frozen=True)
 class Distribution:
-    """One measure's values, in groups drawn side by side; `key` names it in STRINGS and as a chart."""
+    """One measure counted by order of magnitude, in groups drawn side by side, with its count, extremes,
+    median and 99th percentile; `key` names it in STRINGS and as a chart."""
 
     key: str
-    groups: dict[str, list[float]]  # STRINGS key of each group (what it counts) -> its values
+    groups: dict[str, Counter]  # STRINGS key of each group (what it counts) -> its count per decade
+    count: int
+    low: float
+    median: float
+    p99: float
+    high: float
 
-    @property
-    def values(self) -> list[float]:
-        return [value for values in self.groups.values() for value in values]
+    @classmethod
+    def of_values(cls, key: str, groups: dict[str, list[float]]) -> "Distribution | None":
+        """The distribution of values at hand; None without any."""
+        ordered = sorted(value for values in groups.values() for value in values)
+        if not ordered:
+            return None
+        return cls(key, {group: Counter(map(_decade, values)) for group, values in groups.items()}, len(ordered),
+                   ordered[0], percentile(ordered, 50), percentile(ordered, 99), ordered[-1])
+
+
+def _kld_distribution(compare: dict) -> Distribution | None:
+    """The teacher-forced KLD per position, which compare counts by decade (a run has millions)."""
+    summary = compare["summary"].get("teacher_forced")
+    if not summary:
+        return None
+    decades = Counter({int(decade): count for decade, count in summary["kld_decades"].items()})
+    return Distribution("dist_kld", {"unit_positions": decades}, summary["positions"], summary["min_kld"],
+                        summary["kld_percentiles"]["50"], summary["kld_percentiles"]["99"], summary["max_kld"])
 
 
 def distributions(compare: dict) -> list[Distribution]:
@@ -120,36 +139,33 @@ def distributions(compare: dict) -> list[Distribution]:
         return [p["min_reference_margin"] for p in ok
                 if (p["status"] != "identical") == split and p["min_reference_margin"] is not None]
 
-    forced = [p["teacher_forced"] for p in ok if (p.get("teacher_forced") or {}).get("klds")]
-    found = [Distribution("dist_delta", {"unit_prompts": [p["max_abs_logprob_diff"] for p in ok]}),
-             Distribution("dist_margin", {"identical": margins(False), "split": margins(True)}),
-             Distribution("dist_kld", {"unit_positions": [k for f in forced for k in f["klds"]]}),
-             Distribution("dist_ppl", {"unit_passages": [p["rel_diff"] for p in _scored(compare)]})]
-    return [d for d in found if d.values]
+    found = [Distribution.of_values("dist_delta", {"unit_prompts": [p["max_abs_logprob_diff"] for p in ok]}),
+             Distribution.of_values("dist_margin", {"identical": margins(False), "split": margins(True)}),
+             _kld_distribution(compare),
+             Distribution.of_values("dist_ppl", {"unit_passages": [p["rel_diff"] for p in _scored(compare)]})]
+    return [d for d in found if d]
 
 
 def _decade(value: float) -> int:
     return max(FLOOR_DECADE, math.floor(math.log10(value))) if value > 0 else FLOOR_DECADE
 
 
-def decade_histogram(groups: list[list[float]]) -> tuple[list[str], list[list[int]]]:
-    """Each group's count of values in each decade [1eN, 1eN+1), from the floor decade (which also
-    counts everything below it, 0 included) to the largest value's, the same decades for all."""
-    counts = [Counter(_decade(v) for v in values) for values in groups]
-    present = [d for group in counts for d in group]
+def decade_histogram(groups: list[Counter]) -> tuple[list[str], list[list[int]]]:
+    """Each group's count in each decade [1eN, 1eN+1), from the floor decade (which also counts
+    everything below it, 0 included) to the largest value's, the same decades for all."""
+    present = [d for group in groups for d, count in group.items() if count]
     if not present:
         return [], [[] for _ in groups]
     span = range(min(present), max(present) + 1)
     labels = [f"≤1e{d}" if d == FLOOR_DECADE else f"1e{d}" for d in span]
-    return labels, [[group[d] for d in span] for group in counts]
+    return labels, [[group[d] for d in span] for group in groups]
 
 
 def _distribution_row(s: dict, distribution: Distribution) -> list[str]:
-    ordered = sorted(distribution.values)
-    labels, counts = decade_histogram([ordered])
+    labels, counts = decade_histogram([sum(distribution.groups.values(), Counter())])
     by_decade = ", ".join(f"{label}: {count}" for label, count in zip(labels, counts[0]) if count)
-    return [s[distribution.key], str(len(ordered)), fmt(ordered[0]), fmt(percentile(ordered, 50)),
-            fmt(percentile(ordered, 99)), fmt(ordered[-1]), by_decade]
+    return [s[distribution.key], str(distribution.count), fmt(distribution.low), fmt(distribution.median),
+            fmt(distribution.p99), fmt(distribution.high), by_decade]
 
 
 def _distributions(s: dict, compare: dict) -> Section:

@@ -7,6 +7,7 @@ function of records: no model, no server, no network."""
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, replace
 from collections.abc import Iterable
 from typing import Any, Callable
@@ -14,8 +15,8 @@ from typing import Any, Callable
 import numpy as np
 
 from llm_parity.accuracy_stats import compare_accuracy
-from llm_parity.divergence import Positions, kld_summary, position_measures
-from llm_parity.records import NO_TOKEN, AnswersHash, IncompatibleRuns, TopK, top_k_arrays
+from llm_parity.divergence import Positions, kld_summary, matched, position_measures, segment_summaries
+from llm_parity.records import NO_TOKEN, AnswersHash, IncompatibleRuns, TopK, stack_top_k, top_k_arrays
 from llm_parity.results import schema_tag
 from llm_parity.stats import FLOOR_DECADE
 
@@ -53,9 +54,8 @@ def token_accounting(record: dict, eos_ids: set[int]) -> list[str]:
         problems.append(f"usage.completion_tokens {record['usage']['completion_tokens']} != {len(record['output_ids'])} output ids")
     if record["usage"]["prompt_tokens"] != len(record["prompt_ids"]):
         problems.append(f"usage.prompt_tokens {record['usage']['prompt_tokens']} != {len(record['prompt_ids'])} prompt ids")
-    eos_positions = [i for i, token in enumerate(record["output_ids"]) if token in eos_ids]
-    if len(eos_positions) > 1 or (eos_positions and eos_positions[0] != len(record["output_ids"]) - 1):
-        problems.append(f"end-of-sequence ids at positions {eos_positions} of {len(record['output_ids'])}")
+    if eos := _eos_problem(record["output_ids"], eos_ids):
+        problems.append(eos)
     return problems
 
 
@@ -69,13 +69,6 @@ class Scores:
     @classmethod
     def of(cls, record: dict) -> "Scores":
         return cls(np.asarray(record["logprobs"], dtype=float), top_k_arrays(record["top_logprobs"]))
-
-    def margins(self, positions: int) -> np.ndarray:
-        """The top-1/top-2 logprob gap at each of the first `positions` positions that has two alternatives."""
-        ids, logprobs = self.top_k.ids[:positions], self.top_k.logprobs[:positions]
-        if ids.shape[1] < 2:
-            return np.zeros(0)
-        return (logprobs[:, 0] - logprobs[:, 1])[ids[:, 1] != NO_TOKEN]
 
     def margin_at(self, position: int) -> float | None:
         ids = self.top_k.ids
@@ -122,26 +115,67 @@ def _chat_template_ids_equal(target: dict) -> bool | None:
     return None if chat_prompt_ids is None else chat_prompt_ids == target["prompt_ids"]
 
 
-def _top_k_deltas(target: TopK, reference: TopK, positions: int) -> np.ndarray:
-    """|Δ logprob| of every token in both sides' top-k at each of the first `positions` positions."""
-    t_ids, r_ids = target.ids[:positions], reference.ids[:positions]
-    same = (t_ids[:, :, None] == r_ids[:, None, :]) & (t_ids[:, :, None] != NO_TOKEN)
-    return np.abs(target.logprobs[:positions, :, None] - reference.logprobs[:positions, None, :])[same]
+# Prompts measured together: numpy's cost per call is paid per chunk of prompts, not per prompt.
+CHUNK = 256
 
 
-def compare_generation(target: dict, reference: dict, *, suite_prompt_ids: list[int] | None, eos_ids: set[int],
-                       noise: float, diffs_out: list | None = None) -> dict:
-    """All per-prompt measurements for one suite prompt; `diffs_out` gets the |Δ logprob| at each
-    position of the common prefix (for the run's view along positions)."""
-    if target["error"] or reference["error"]:
-        return {"id": target["id"], "status": "error", "target_error": target["error"], "reference_error": reference["error"]}
-    t_scores, r_scores = Scores.of(target), Scores.of(reference)
-    prefix = _common_prefix(target["output_ids"], reference["output_ids"])
-    deltas = np.abs(t_scores.logprobs[:prefix] - r_scores.logprobs[:prefix])
-    if diffs_out is not None:
-        diffs_out.append(deltas)
-    top_k_deltas = _top_k_deltas(t_scores.top_k, r_scores.top_k, prefix)
-    divergence = first_divergence(target, reference, noise=noise, scores=(t_scores, r_scores))
+@dataclass(frozen=True)
+class PromptPair:
+    """Both sides' records of one prompt, and where each side scored the other's answer, its teacher-forced record."""
+
+    target: dict
+    reference: dict
+    target_forced: dict | None = None  # the target's scores of the reference's answer
+    reference_forced: dict | None = None  # the reference's scores of the target's answer
+
+
+@dataclass(frozen=True)
+class _Answered:
+    index: int  # in the chunk
+    pair: PromptPair
+    target: Scores
+    reference: Scores
+    prefix: int  # length of the common prefix of both answers
+
+
+def _segment_reduce(ufunc: np.ufunc, values: np.ndarray, lengths: np.ndarray, empty: float) -> np.ndarray:
+    """ufunc.reduce over each consecutive segment of `values` of the given lengths, `empty` for one of none."""
+    out = np.full(len(lengths), empty)
+    present = lengths > 0
+    if present.any():
+        counts = lengths[present]
+        out[present] = ufunc.reduceat(values, np.cumsum(counts) - counts)
+    return out
+
+
+def _top_k_deltas(target: TopK, reference: TopK) -> np.ndarray:
+    """At each position, the largest |Δ logprob| of a token in both sides' top-k; -inf where none is."""
+    found, reference_logprobs = matched(target.ids, reference.ids, reference.logprobs)
+    if not found.size:
+        return np.full(target.positions, -np.inf)
+    return np.where(found, np.abs(target.logprobs - reference_logprobs), -np.inf).max(axis=1)
+
+
+def _margins(top_k: TopK) -> np.ndarray:
+    """The top-1/top-2 gap at each position; +inf where a position has fewer than two alternatives."""
+    if top_k.ids.shape[1] < 2:
+        return np.full(top_k.positions, np.inf)
+    return np.where(top_k.ids[:, 1] != NO_TOKEN, top_k.logprobs[:, 0] - top_k.logprobs[:, 1], np.inf)
+
+
+def _eos_problem(output_ids: list[int], eos_ids: set[int]) -> str | None:
+    """An EOS may only come once, as the last token."""
+    count = sum(output_ids.count(eos) for eos in eos_ids)
+    if count == 0 or (count == 1 and output_ids[-1] in eos_ids):
+        return None
+    positions = [i for i, token in enumerate(output_ids) if token in eos_ids]
+    return f"end-of-sequence ids at positions {positions} of {len(output_ids)}"
+
+
+def _answered_entry(answered: _Answered, *, suite_prompt_ids: list[int] | None, eos_ids: set[int], noise: float,
+                    measured: dict) -> dict:
+    target, reference = answered.pair.target, answered.pair.reference
+    divergence = first_divergence(target, reference, noise=noise, scores=(answered.target, answered.reference))
     if divergence is None:
         status = "identical"
     elif divergence["target_in_reference_top_k"] and divergence["reference_in_target_top_k"]:
@@ -150,7 +184,6 @@ def compare_generation(target: dict, reference: dict, *, suite_prompt_ids: list[
         status = "split_outside_top_k"
     accounting = [f"target: {p}" for p in token_accounting(target, eos_ids)]
     accounting += [f"reference: {p}" for p in token_accounting(reference, eos_ids)]
-    margins = r_scores.margins(prefix)
     return {
         "id": target["id"],
         "status": status,
@@ -158,11 +191,8 @@ def compare_generation(target: dict, reference: dict, *, suite_prompt_ids: list[
         "text_equal": _texts_equal(target["text"], reference["text"]),
         "target_tokens": len(target["output_ids"]),
         "reference_tokens": len(reference["output_ids"]),
-        "common_prefix": prefix,
-        "max_abs_logprob_diff": float(deltas.max()) if len(deltas) else 0.0,
-        "mean_abs_logprob_diff": float(deltas.mean()) if len(deltas) else 0.0,
-        "top_k_max_abs_logprob_diff": float(top_k_deltas.max()) if len(top_k_deltas) else 0.0,
-        "min_reference_margin": float(margins.min()) if len(margins) else None,
+        "common_prefix": answered.prefix,
+        **measured,
         "first_divergence": divergence,
         "prompt_ids_equal": target["prompt_ids"] == reference["prompt_ids"] == suite_prompt_ids,
         "chat_template_ids_equal": _chat_template_ids_equal(target),
@@ -170,6 +200,79 @@ def compare_generation(target: dict, reference: dict, *, suite_prompt_ids: list[
         "target_text": target["text"],
         "reference_text": reference["text"],
     }
+
+
+def _prefix_measures(answered: list[_Answered]) -> tuple[list[dict], list[np.ndarray]]:
+    """Per answered prompt, the measures on the common prefix (|Δ logprob| of the chosen tokens,
+    of the tokens in both top-k, the reference's smallest margin), and its |Δ logprob| per position."""
+    prefixes = np.array([a.prefix for a in answered], dtype=np.int64)
+    deltas = np.abs(np.concatenate([a.target.logprobs[:a.prefix] for a in answered])
+                    - np.concatenate([a.reference.logprobs[:a.prefix] for a in answered]))
+    top_k_deltas = _top_k_deltas(stack_top_k([a.target.top_k.rows(0, a.prefix) for a in answered]),
+                                 stack_top_k([a.reference.top_k.rows(0, a.prefix) for a in answered]))
+    top_k_worst = _segment_reduce(np.maximum, top_k_deltas, prefixes, -np.inf)
+    margins = _segment_reduce(np.minimum, _margins(stack_top_k([a.reference.top_k.rows(0, a.prefix) for a in answered])),
+                              prefixes, np.inf)
+    columns = zip(_segment_reduce(np.maximum, deltas, prefixes, 0.0).tolist(),
+                  (_segment_reduce(np.add, deltas, prefixes, 0.0) / np.maximum(prefixes, 1)).tolist(),
+                  np.where(np.isfinite(top_k_worst), top_k_worst, 0.0).tolist(), margins.tolist())
+    measured = [{"max_abs_logprob_diff": worst, "mean_abs_logprob_diff": mean, "top_k_max_abs_logprob_diff": top_k,
+                 "min_reference_margin": None if margin == math.inf else margin}
+                for worst, mean, top_k, margin in columns]
+    return measured, np.split(deltas, np.cumsum(prefixes)[:-1])
+
+
+def _forced_positions(scored: list[_Answered]) -> tuple[Positions, list[int]]:
+    """The teacher-forced measures at every distinct prefix of both answers of each prompt, one
+    prompt after the other, and how many positions each prompt has: each position of the target's
+    answer (the reference's distribution from its teacher-forced scores), then each position of the
+    reference's answer whose prefix the target's answer does not share (the target's from its
+    teacher-forced scores)."""
+    parts = []
+    for answered in scored:
+        pair = answered.pair
+        reference_scored, target_scored = Scores.of(pair.reference_forced), Scores.of(pair.target_forced)
+        # Prefixes up to the split are the target answer's too; the split position's only where the target went on.
+        start = min(answered.prefix + 1, len(pair.target["output_ids"]))
+        parts.append((reference_scored.top_k, reference_scored.logprobs, answered.target.top_k, answered.target.logprobs,
+                      pair.target["output_ids"]))
+        parts.append((answered.reference.top_k.rows(start), answered.reference.logprobs[start:],
+                      target_scored.top_k.rows(start), target_scored.logprobs[start:], pair.reference["output_ids"][start:]))
+    lengths = [len(a[4]) + len(b[4]) for a, b in zip(parts[::2], parts[1::2])]
+    if not parts:
+        return Positions.joined([]), lengths
+    reference_top, reference_logprob, target_top, target_logprob, taken = zip(*parts)
+    positions = position_measures(stack_top_k(list(reference_top)), np.concatenate(reference_logprob),
+                                  stack_top_k(list(target_top)), np.concatenate(target_logprob),
+                                  np.concatenate([np.asarray(tokens, dtype=np.int32) for tokens in taken]))
+    return positions, lengths
+
+
+def compare_generations(pairs: list[PromptPair], *, suite_prompt_ids: dict[str, list[int]], eos_ids: set[int], noise: float,
+                        teacher_forced: bool) -> tuple[list[dict], list[np.ndarray], Positions]:
+    """compare.json's entry of each prompt, with its teacher-forced measures where `teacher_forced`
+    (both sides scored the other's answers); the |Δ logprob| along each answered prompt's common
+    prefix; the teacher-forced measures at every position scored."""
+    answered = []
+    for index, pair in enumerate(pairs):
+        if not (pair.target["error"] or pair.reference["error"]):
+            t_ids, r_ids = pair.target["output_ids"], pair.reference["output_ids"]
+            prefix = len(t_ids) if t_ids == r_ids else _common_prefix(t_ids, r_ids)
+            answered.append(_Answered(index, pair, Scores.of(pair.target), Scores.of(pair.reference), prefix))
+    entries = [{"id": pair.target["id"], "status": "error", "target_error": pair.target["error"],
+                "reference_error": pair.reference["error"]} for pair in pairs]
+    measured, diffs = _prefix_measures(answered) if answered else ([], [])
+    for a, m in zip(answered, measured):
+        entries[a.index] = _answered_entry(a, suite_prompt_ids=suite_prompt_ids.get(a.pair.target["id"]), eos_ids=eos_ids,
+                                           noise=noise, measured=m)
+    problems = [(a, _forced_problem(a.pair)) for a in answered] if teacher_forced else []
+    for a, problem in problems:
+        entries[a.index]["teacher_forced"] = {"error": problem}
+    scored = [a for a, problem in problems if not problem]
+    positions, lengths = _forced_positions(scored)
+    for a, summary in zip(scored, segment_summaries(positions, lengths)):
+        entries[a.index]["teacher_forced"] = {"error": None, "summary": summary}
+    return entries, diffs, positions
 
 
 def compare_passage(target: dict, reference: dict) -> dict:
@@ -189,46 +292,17 @@ def compare_passage(target: dict, reference: dict) -> dict:
     }
 
 
-def _forced_positions(target: dict, reference: dict, target_forced: dict, reference_forced: dict) -> Positions:
-    """The measures at every distinct prefix of both answers: each position of the target's answer
-    (the reference's distribution from its teacher-forced scores), then each position of the
-    reference's answer whose prefix the target's answer does not share (the target's from its
-    teacher-forced scores)."""
-    target_answer, reference_answer = Scores.of(target), Scores.of(reference)
-    target_scored, reference_scored = Scores.of(target_forced), Scores.of(reference_forced)
-    along_target = position_measures(reference_scored.top_k, reference_scored.logprobs, target_answer.top_k,
-                                     target_answer.logprobs, np.asarray(target["output_ids"], dtype=np.int64))
-    # Prefixes up to the split are the target answer's too; the split position's only where the target went on.
-    start = min(_common_prefix(target["output_ids"], reference["output_ids"]) + 1, len(target["output_ids"]))
-    tail = slice(start, len(reference["output_ids"]))
-    along_reference = position_measures(
-        TopK(reference_answer.top_k.ids[tail], reference_answer.top_k.logprobs[tail]), reference_answer.logprobs[tail],
-        TopK(target_scored.top_k.ids[tail], target_scored.top_k.logprobs[tail]), target_scored.logprobs[tail],
-        np.asarray(reference["output_ids"][tail], dtype=np.int64))
-    return Positions.joined([along_target, along_reference])
-
-
-def _forced_problem(target: dict, reference: dict, target_forced: dict | None, reference_forced: dict | None) -> str | None:
+def _forced_problem(pair: PromptPair) -> str | None:
     """Why one prompt has no teacher-forced measures, or None."""
-    for scorer, forced, answer in (("reference", reference_forced, target), ("target", target_forced, reference)):
+    for scorer, forced, answer in (("reference", pair.reference_forced, pair.target),
+                                   ("target", pair.target_forced, pair.reference)):
         if forced is None:
             return f"the {scorer} did not score this answer"
         if forced["error"]:
             return f"the {scorer} could not score this answer: {forced['error']}"
-        if list(forced["answer_ids"]) != list(answer["output_ids"]):
+        if forced["answer_ids"] != answer["output_ids"]:
             return f"the {scorer} scored another answer than the one recorded now"
     return None
-
-
-def compare_teacher_forced(target: dict, reference: dict, target_forced: dict | None,
-                           reference_forced: dict | None) -> tuple[dict, Positions | None]:
-    """One prompt's teacher-forced measures (the summary over its positions, or why there are none)
-    and the measures at each of its positions."""
-    problem = _forced_problem(target, reference, target_forced, reference_forced)
-    if problem:
-        return {"error": problem}, None
-    positions = _forced_positions(target, reference, target_forced, reference_forced)
-    return {"error": None, "summary": kld_summary(positions)}, positions
 
 
 def teacher_forced_unavailable(answers_sha256: dict[str, str], target_forced: dict | None,
@@ -639,18 +713,25 @@ def gather_evidence(*, suite: dict, target: dict, reference: dict, target_ppl: d
     reference_of = Aligned(reference["records"], answers["reference"].add)
     scored = {side: Aligned(doc["records"]) for side, doc in (("target", target_forced), ("reference", reference_forced))
               if doc is not None}
-    prompts, diffs, forced = [], [], []
+    both_scored = len(scored) == 2
+    prompts, diffs, forced, chunk = [], [], [], []
+
+    def measure_chunk() -> None:
+        entries, chunk_diffs, positions = compare_generations(chunk, suite_prompt_ids=suite_prompt_ids, eos_ids=eos_ids,
+                                                              noise=noise, teacher_forced=both_scored)
+        prompts.extend(entries)
+        diffs.extend(chunk_diffs)
+        forced.append(positions)
+        chunk.clear()
+
     for t in target["records"]:
         answers["target"].add(t)
         if (r := reference_of.get(t["id"])) is None:
             continue
-        prompt = compare_generation(t, r, suite_prompt_ids=suite_prompt_ids.get(t["id"]), eos_ids=eos_ids, noise=noise,
-                                    diffs_out=diffs)
-        if len(scored) == 2 and prompt["status"] != "error":
-            prompt["teacher_forced"], positions = compare_teacher_forced(
-                t, r, scored["target"].get(t["id"]), scored["reference"].get(t["id"]))
-            forced += [positions] if positions is not None else []
-        prompts.append(prompt)
+        chunk.append(PromptPair(t, r, *((scored["target"].get(t["id"]), scored["reference"].get(t["id"])) if both_scored else ())))
+        if len(chunk) == CHUNK:
+            measure_chunk()
+    measure_chunk()
     reference_of.drain()
     reference_ppl_of = Aligned(reference_ppl["records"])
     passages = [compare_passage(t, r) for t in target_ppl["records"] if (r := reference_ppl_of.get(t["id"])) is not None]

@@ -37,15 +37,28 @@ def kl_with_tail(p_ids: np.ndarray, p: np.ndarray, q_ids: np.ndarray, q: np.ndar
     with everything else; both distributions are then split into the same buckets. Merging
     tokens into buckets never increases KL (the data-processing inequality), so this is a lower
     bound on the full-vocabulary KL, and exact when both sides report the whole vocabulary."""
-    same = (p_ids[:, :, None] == q_ids[:, None, :]) & (p_ids[:, :, None] != NO_TOKEN)
-    shared_p, shared_q = same.any(axis=2), same.any(axis=1)
-    q_of_p = (same * q[:, None, :]).sum(axis=2)
+    shared, q_of_p = matched(p_ids, q_ids, q)
     with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(shared_p & (p > 0), p * np.log(p / q_of_p), 0.0)
-        tail_p = np.maximum(1.0 - np.where(shared_p, p, 0.0).sum(axis=1), 0.0)
-        tail_q = np.maximum(1.0 - np.where(shared_q, q, 0.0).sum(axis=1), 0.0)
+        terms = np.where(shared & (p > 0), p * np.log(p / q_of_p), 0.0)
+    # A token matches at most one on the other side, so the shared mass of Q is q_of_p's.
+    tail_p = np.maximum(1.0 - np.where(shared, p, 0.0).sum(axis=1), 0.0)
+    tail_q = np.maximum(1.0 - q_of_p.sum(axis=1), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
         tail = np.where(tail_p > TAIL_FLOOR, tail_p * np.log(tail_p / np.maximum(tail_q, TAIL_FLOOR)), 0.0)
     return terms.sum(axis=1) + tail
+
+
+def matched(ids: np.ndarray, other_ids: np.ndarray, other_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each entry of `ids` (a row per position; NO_TOKEN pads): whether the same position of
+    `other_ids` holds the same token, and that token's value in `other_values` (0 where not).
+    Token ids are unique within a row, so an entry matches at most one other."""
+    found, values = np.zeros(ids.shape, dtype=bool), np.zeros(ids.shape)
+    for column in range(other_ids.shape[1]):
+        same = ids == other_ids[:, column:column + 1]
+        found |= same
+        values += same * other_values[:, column:column + 1]
+    found &= ids != NO_TOKEN
+    return found, np.where(found, values, 0.0)
 
 
 @dataclass(frozen=True)
@@ -73,7 +86,7 @@ def position_measures(reference_top: TopK, reference_logprob: np.ndarray, target
     with the tail bucket, Δp of the taken token (target minus reference), whether both sides'
     top-1 agree, and both logprobs of the taken token."""
     reference_logprob, target_logprob = np.asarray(reference_logprob, float), np.asarray(target_logprob, float)
-    taken = np.asarray(taken, dtype=np.int64)
+    taken = np.asarray(taken, dtype=np.int32)
     kld = kl_with_tail(*known_probabilities(reference_top, taken, reference_logprob),
                        *known_probabilities(target_top, taken, target_logprob))
     same_top1 = np.zeros(len(taken), dtype=bool)
@@ -83,29 +96,58 @@ def position_measures(reference_top: TopK, reference_logprob: np.ndarray, target
                      target_logprob)
 
 
-def kld_summary(positions: Positions) -> dict | None:
-    """The summary over `positions`: mean KLD and its standard error, minimum, maximum and
-    percentiles, same-top-1 share, mean and RMS Δp, max |Δ logprob| of the taken token, and the
-    perplexity ratio target / reference of the taken tokens. None without positions."""
-    n = len(positions)
-    if not n:
-        return None
-    klds, deltas = positions.kld, positions.delta_p
-    mean = float(klds.mean())
-    variance = float(((klds - mean) ** 2).sum()) / (n - 1) if n > 1 else 0.0
-    return {
-        "positions": n,
+def segment_summaries(positions: Positions, lengths: list[int]) -> list[dict | None]:
+    """For each consecutive segment of `positions` of the given lengths (a prompt's positions):
+    mean KLD and its standard error, minimum and maximum, same-top-1 share, mean and RMS Δp, max
+    |Δ logprob| of the taken token, and the perplexity ratio target / reference of the taken
+    tokens; None for a segment of no positions. Every segment at once: a run has thousands."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    present = lengths > 0
+    if not present.any():
+        return [None] * len(lengths)
+    counts = lengths[present]
+    starts = np.cumsum(counts) - counts
+    n = counts.astype(float)
+
+    def total(values: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(values.astype(float), starts)
+
+    kld, delta = positions.kld, positions.delta_p
+    mean = total(kld) / n
+    variance = np.where(n > 1, total((kld - np.repeat(mean, counts)) ** 2) / np.maximum(n - 1, 1), 0.0)
+    columns = {
+        "positions": counts,
         "mean_kld": mean,
-        "kld_stderr": math.sqrt(variance / n),
-        "min_kld": float(klds.min()),
-        "max_kld": float(klds.max()),
-        "kld_percentiles": {f"{q:g}": float(np.percentile(klds, q)) for q in KLD_PERCENTILES},
-        "same_top1_rate": float(positions.same_top1.sum()) / n,
-        "mean_delta_p": float(deltas.mean()),
-        "rms_delta_p": math.sqrt(float((deltas * deltas).sum()) / n),
-        "max_abs_logprob_diff": float(np.abs(positions.target_logprobs - positions.reference_logprobs).max()),
-        "perplexity_ratio": math.exp(float(positions.reference_logprobs.sum() - positions.target_logprobs.sum()) / n),
+        "kld_stderr": np.sqrt(variance / n),
+        "min_kld": np.minimum.reduceat(kld, starts),
+        "max_kld": np.maximum.reduceat(kld, starts),
+        "same_top1_rate": total(positions.same_top1) / n,
+        "mean_delta_p": total(delta) / n,
+        "rms_delta_p": np.sqrt(total(delta * delta) / n),
+        "max_abs_logprob_diff": np.maximum.reduceat(np.abs(positions.target_logprobs - positions.reference_logprobs), starts),
+        "perplexity_ratio": np.exp((total(positions.reference_logprobs) - total(positions.target_logprobs)) / n),
     }
+    rows = zip(*(column.tolist() for column in columns.values()))
+    return [dict(zip(columns, next(rows))) if here else None for here in present.tolist()]
+
+
+def percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """stats.percentile of each q (linear between closest ranks), one sort for all."""
+    ordered = np.sort(values)
+    ranks = (len(ordered) - 1) * np.asarray(qs) / 100
+    low = np.floor(ranks).astype(np.int64)
+    high = np.minimum(low + 1, len(ordered) - 1)
+    return (ordered[low] + (ordered[high] - ordered[low]) * (ranks - low)).tolist()
+
+
+def kld_summary(positions: Positions) -> dict | None:
+    """The run summary over `positions`: segment_summaries' measures of them all, and the KLD
+    percentiles KLD_PERCENTILES. None without positions."""
+    summary = segment_summaries(positions, [len(positions)])[0]
+    if summary is None:
+        return None
+    found = percentiles(positions.kld, KLD_PERCENTILES)
+    return {**summary, "kld_percentiles": {f"{q:g}": value for q, value in zip(KLD_PERCENTILES, found)}}
 
 
 def log_softmax(logits: list[float]) -> list[float]:

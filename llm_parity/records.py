@@ -41,12 +41,15 @@ class TopK(NamedTuple):
     column form compare computes on. A position with fewer than `width` alternatives is padded with
     token id NO_TOKEN and logprob -inf."""
 
-    ids: np.ndarray  # int64
+    ids: np.ndarray  # int32: every vocabulary fits, and comparing half the bytes is faster
     logprobs: np.ndarray  # float64
 
     @property
     def positions(self) -> int:
         return self.ids.shape[0]
+
+    def rows(self, start: int, stop: int | None = None) -> "TopK":
+        return TopK(self.ids[start:stop], self.logprobs[start:stop])
 
 
 def top_k_arrays(top_k: list[list] | TopK) -> TopK:
@@ -54,12 +57,24 @@ def top_k_arrays(top_k: list[list] | TopK) -> TopK:
     if isinstance(top_k, TopK):
         return top_k
     width = max(map(len, top_k), default=0)
-    ids = np.full((len(top_k), width), NO_TOKEN, dtype=np.int64)
+    ids = np.full((len(top_k), width), NO_TOKEN, dtype=np.int32)
     logprobs = np.full((len(top_k), width), -np.inf)
     for position, pairs in enumerate(top_k):
         for rank, (token, logprob) in enumerate(pairs):
             ids[position, rank], logprobs[position, rank] = token, logprob
     return TopK(ids, logprobs)
+
+
+def stack_top_k(parts: list[TopK]) -> TopK:
+    """The positions of `parts` one after another, narrower ones padded to the widest."""
+    width = max((part.ids.shape[1] for part in parts), default=0)
+
+    def padded(array: np.ndarray, fill) -> np.ndarray:
+        return array if array.shape[1] == width else np.pad(array, ((0, 0), (0, width - array.shape[1])), constant_values=fill)
+    if not parts:
+        return TopK(np.zeros((0, 0), dtype=np.int32), np.zeros((0, 0)))
+    return TopK(np.concatenate([padded(part.ids, NO_TOKEN) for part in parts]),
+                np.concatenate([padded(part.logprobs, -np.inf) for part in parts]))
 
 
 def top_k_pairs(top_k: TopK) -> list[list]:

@@ -1,12 +1,12 @@
 """`make compare` and `make audit` run tasks.py in the host environment, which has only
-requirements/host.txt (base.txt and tqdm): the CLI must load and compare/audit must work without the heavy packages."""
+requirements/host.txt (base.txt, tqdm and numpy): the CLI must load and compare/audit must work without the heavy packages."""
 import subprocess
 import sys
 
 from llm_parity import PROJECT_ROOT
 
 # Installed for the sides (requirements/reference.txt, cpu-target.txt, lm-eval.txt), never in the host environment.
-SIDE_ONLY = ("aiohttp", "torch", "transformers", "accelerate", "vllm", "lm_eval", "datasets", "numpy")
+SIDE_ONLY = ("aiohttp", "torch", "transformers", "accelerate", "vllm", "lm_eval", "datasets")
 
 LOAD_WITHOUT_THEM = f"""
 import sys

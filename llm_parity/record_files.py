@@ -183,6 +183,12 @@ def _unpacked_top_k(packed: dict, where: str) -> TopK:
             raise ResultFileError(f"{where}: field top_logprobs.{name}: {values.size} values, expected width {width} "
                                   f"x {positions} positions = {positions * width}")
     ids, logprobs = ids.reshape(positions, width), logprobs.reshape(positions, width)
+    finite = (f"{where}: field top_logprobs.logprobs: expected a finite logprob for each token id and -inf for each "
+              f"padding id ({NO_TOKEN})")
+    if ids.size and ids.min() >= 0:  # no padding, the usual case: two checks instead of all of them
+        if not np.isfinite(logprobs).all():
+            raise ResultFileError(finite)
+        return TopK(ids, logprobs)
     padding = ids == NO_TOKEN
     if (ids < NO_TOKEN).any():
         raise ResultFileError(f"{where}: field top_logprobs.ids: holds {ids[ids < NO_TOKEN][0]}, expected token ids "
@@ -193,8 +199,7 @@ def _unpacked_top_k(packed: dict, where: str) -> TopK:
     if width and padding[:, -1].all():
         raise ResultFileError(f"{where}: field top_logprobs.width: {width}, but no position has {width} alternatives")
     if not np.where(padding, logprobs == -np.inf, np.isfinite(logprobs)).all():
-        raise ResultFileError(f"{where}: field top_logprobs.logprobs: expected a finite logprob for each token id "
-                              f"and -inf for each padding id ({NO_TOKEN})")
+        raise ResultFileError(finite)
     return TopK(ids, logprobs)
 
 

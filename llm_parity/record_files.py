@@ -60,7 +60,10 @@ def _packed_float_array(values: np.ndarray) -> str:
 
 def pack_floats(values: Iterable[float] | np.ndarray, field: str = "logprobs") -> str:
     """A list of numbers as "<f4|f8>:<base64>"; one that JSON cannot hold (inf, nan) is refused."""
-    array = np.asarray(values, dtype=np.float64)
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except OverflowError as err:  # an integer past float64
+        raise ValueError(f"field {field}: {err}") from None
     if not np.isfinite(array).all():
         raise ValueError(f"field {field}: holds {array[~np.isfinite(array)][0]}, which JSON cannot hold")
     return _packed_float_array(array)
@@ -80,7 +83,10 @@ def _top_k_columns(top_k: list[list] | TopK) -> TopK:
 
 def pack_top_k(top_k: list[list] | TopK) -> dict:
     """A record's top_logprobs as {"ids", "logprobs", "positions", "width"}, arrays of positions x width."""
-    ids, logprobs = _top_k_columns(top_k)
+    try:
+        ids, logprobs = _top_k_columns(top_k)
+    except OverflowError as err:  # an id past int64, a logprob past float64
+        raise ValueError(f"field top_logprobs: {err}") from None
     real = ids != NO_TOKEN
     if ids.size and (ids[real].min(initial=0) < 0 or ids.max() > ID_MAX):
         raise ValueError(f"field top_logprobs: token ids must be 0 to {ID_MAX} to be stored as i4")

@@ -132,6 +132,16 @@ def test_unreadable_files_name_the_field_or_the_file(run):
     assert unreadable[str(run.perplexity("reference"))].found.startswith("line 1: not valid JSON")
 
 
+def test_a_corrupted_packed_field_names_its_line_and_field(run):
+    header, line = run.generations("target").read_text().splitlines(keepends=True)
+    record = json.loads(line)
+    record["top_logprobs"]["ids"] = record["top_logprobs"]["ids"][:-1]
+    run.generations("target").write_text(header + json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n")
+    [unreadable] = [p for p in audit_run(run).structured_problems if p.check == "readable"]
+    assert (unreadable.file, unreadable.field) == (str(run.generations("target")), "line 2: top_logprobs.ids")
+    assert unreadable.found.startswith("not base64")
+
+
 def test_audit_json_validates_and_lists_file_field_expected_found(run):
     run.suite.write_text(run.suite.read_text() + " ")
     result = audit_run(run)

@@ -64,25 +64,25 @@ MIB = 1024  # ru_maxrss is in KiB on Linux
 # then what runs across them ("across").
 BREAKDOWN = {
     "compare": (
-        ("read every record file (parse + schema check per line)", "record_files.py", "read_records"),
-        ("compare_runs: per-record measures", "compare.py", "compare_runs"),
+        ("compare_runs: read every record file and measure, in one pass", "compare.py", "compare_runs"),
         ("write compare.json (canonical JSON, schema check, write)", "results.py", "write_json"),
         ("report: build, Markdown, HTML", "pipeline.py", "write_report"),
         ("SHA256SUMS: hash every file", "results.py", "write_sums"),
     ),
     "audit": (
-        ("read and validate every file", "audit.py", "read"),
+        ("read and validate the documents, record files' headers", "audit.py", "read"),
         ("recompute the comparison, hold it to compare.json", "audit.py", "compare_json_recomputes_from_raw_files"),
         ("  of it compare_runs again, from the raw records", "compare.py", "compare_runs"),
         ("SHA256SUMS: hash every file", "audit.py", "sums_cover_every_file_unchanged"),
     ),
     "across": (
-        ("JSON parsing (json.loads)", "json/__init__.py", "loads"),
-        ("schema checks of records (jsonschema-rs)", "results.py", "validate_part"),
+        ("reading record lines (parse, schema check, unpack)", "record_files.py", "records"),
+        ("  of it JSON parsing (json.loads)", "json/__init__.py", "loads"),
+        ("  of it unpacking the packed arrays (base64, checks)", "record_files.py", "_unpacked_record"),
         ("schema checks of whole documents (jsonschema-rs)", "results.py", "validate"),
         ("canonical JSON (json.dumps, indent 1)", "results.py", "canonical_json"),
-        ("per-prompt measures of the answers (compare_generation)", "compare.py", "compare_generation"),
-        ("per-position teacher-forced measures (position_measures)", "divergence.py", "position_measures"),
+        ("per-prompt measures, a chunk of prompts at a time (compare_generations)", "compare.py", "compare_generations"),
+        ("  of it teacher-forced measures per position (position_measures)", "divergence.py", "position_measures"),
     ),
 }
 

@@ -13,13 +13,14 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable
 
 from llm_parity.accuracy import read_side as read_accuracy
 from llm_parity import matrix
 from llm_parity.compare import PASS, IncompatibleRuns, Registry, compare_runs, failing_checks, unchecked_checks
 from llm_parity.logits import measure_sides, read_side_logits
-from llm_parity.record_files import read_document, record_file_exists
+from llm_parity.record_files import RECORD_KINDS, read_document, record_file_exists, stream_records
 from llm_parity.records import SIDES
 from llm_parity.results import (ResultFileError, RunDir, canonical_json, ensure_writable, listed_files, read_json, schema_tag,
                                 sha256_file, sha256_of, write_json)
@@ -98,6 +99,10 @@ def _side_path(run: RunDir, side: str, kind: str) -> Path:
     return getattr(run, kind.replace("-", "_"))(side)
 
 
+class UnreadableRecord(Exception):
+    """A record file stopped reading midway (its ResultFileError is in RunFiles.errors)."""
+
+
 @dataclass
 class RunFiles:
     """The documents of one results folder, each read and validated once; what could not be read."""
@@ -118,7 +123,7 @@ class RunFiles:
         for path, schema in [(run.suite, "suite"), (run.manifest, "manifest"), *side_documents, *optional,
                              (run.compare, "compare"), *replayed]:
             try:
-                files.docs[path] = read_document(path, schema)
+                files.docs[path] = files._streamed(path, schema) if schema in RECORD_KINDS else read_document(path, schema)
             except ResultFileError as err:
                 files.errors[path] = (schema, err)
         for side in SIDES:  # optional: only runs that ran lm-eval have them
@@ -133,6 +138,27 @@ class RunFiles:
                 except ResultFileError as err:
                     files.errors[run.logits(side)] = ("logits", err)
         return files
+
+    def _streamed(self, path: Path, kind: str) -> dict:
+        """A record file with its header checked now and its records as they are read, once, by the
+        recomputation (in bounded memory); a record that does not read is kept in `errors`."""
+        doc = stream_records(path, kind)
+
+        def records() -> Iterator[dict]:
+            try:
+                yield from doc["records"]
+            except ResultFileError as err:
+                self.errors[path] = (kind, err)
+                raise UnreadableRecord(str(err)) from err
+        return {**doc, "records": records()}
+
+    def read_every_record(self) -> None:
+        """Read what the recomputation left unread of each record file (all of it when it could
+        not run), so every record is checked whatever else the folder lacks."""
+        self.recomputed  # computing it reads the record files, once, as they go
+        for doc in self.docs.values():
+            for _ in doc["records"] if isinstance(doc.get("records"), Iterator) else ():
+                pass
 
     def side(self, side: str, kind: str) -> tuple[Path, dict | None]:
         path = _side_path(self.run, side, kind)
@@ -158,6 +184,8 @@ class RunFiles:
                                       logits=logits, logits_missing=logits_missing)
         except IncompatibleRuns as err:
             return err
+        except UnreadableRecord:
+            return None
         # Not a measurement: what compare was told, kept so the rest can be compared as a whole.
         override = {"profile_override": compare["profile_override"]} if "profile_override" in compare else {}
         return {**recomputed, **override}
@@ -206,6 +234,7 @@ def _unreadable_problem(found: CheckResult, path: Path, schema: str, err: Result
 
 @audit_check(READABLE)
 def every_file_readable(files: RunFiles, found: CheckResult) -> None:
+    files.read_every_record()
     for path, (schema, err) in files.errors.items():
         _unreadable_problem(found, path, schema, err)
 

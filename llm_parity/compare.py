@@ -3,7 +3,9 @@ top-1/top-2 margin there and top-k containment (the rule of vLLM's check_logprob
 |Δ logprob| on the common prefix, perplexity, token accounting, and past the split, from each
 side's teacher-forced scores of the other's answer, the distance between the two distributions at
 every position (llm_parity.divergence); every number against the profile's thresholds. A pure
-function of records: no model, no server, no network."""
+function of records: no model, no server, no network. The record files are read once, side by side,
+and the numbers measured as arrays a chunk of prompts at a time, so 10,000 answers of 256 tokens
+take seconds and a bounded amount of memory."""
 from __future__ import annotations
 
 import functools
@@ -68,7 +70,8 @@ class Scores:
 
     @classmethod
     def of(cls, record: dict) -> "Scores":
-        return cls(np.asarray(record["logprobs"], dtype=float), top_k_arrays(record["top_logprobs"]))
+        top_k = top_k_arrays(record["top_logprobs"])  # measured in float64, however the file stores them
+        return cls(np.asarray(record["logprobs"], dtype=float), TopK(top_k.ids, top_k.logprobs.astype(float, copy=False)))
 
     def margin_at(self, position: int) -> float | None:
         ids = self.top_k.ids
@@ -80,7 +83,7 @@ class Scores:
         return position < self.top_k.positions and bool((self.top_k.ids[position] == token).any())
 
 
-def first_divergence(target: dict, reference: dict, *, noise: float, scores: tuple[Scores, Scores] | None = None) -> dict | None:
+def first_divergence(target: dict, reference: dict, t_scores: Scores, r_scores: Scores, *, noise: float) -> dict | None:
     """Where the greedy sequences split, what each side chose, the margins and top-k containment."""
     t_ids, r_ids = target["output_ids"], reference["output_ids"]
     if t_ids == r_ids:
@@ -92,7 +95,6 @@ def first_divergence(target: dict, reference: dict, *, noise: float, scores: tup
                 "target_margin": None, "reference_margin": None, "target_in_reference_top_k": False,
                 "reference_in_target_top_k": False, "near_tie": False,
                 "why": f"one side ended after {position} tokens while the other went on"}
-    t_scores, r_scores = scores or (Scores.of(target), Scores.of(reference))
     t_tok, r_tok = t_ids[position], r_ids[position]
     t_margin, r_margin = t_scores.margin_at(position), r_scores.margin_at(position)
     margins = [m for m in (t_margin, r_margin) if m is not None]
@@ -175,7 +177,7 @@ def _eos_problem(output_ids: list[int], eos_ids: set[int]) -> str | None:
 def _answered_entry(answered: _Answered, *, suite_prompt_ids: list[int] | None, eos_ids: set[int], noise: float,
                     measured: dict) -> dict:
     target, reference = answered.pair.target, answered.pair.reference
-    divergence = first_divergence(target, reference, noise=noise, scores=(answered.target, answered.reference))
+    divergence = first_divergence(target, reference, answered.target, answered.reference, noise=noise)
     if divergence is None:
         status = "identical"
     elif divergence["target_in_reference_top_k"] and divergence["reference_in_target_top_k"]:
@@ -361,7 +363,7 @@ class Evidence:
     """What every compare check reads."""
 
     suite: dict
-    prompts: list[dict]  # compare_generation of each prompt both sides have
+    prompts: list[dict]  # compare_generations of each prompt both sides have
     passages: list[dict]  # compare_passage of each passage both sides have
     thresholds: dict
     accuracy: dict  # compare.json's "accuracy": per-task results, or why there are none

@@ -40,7 +40,7 @@ from llm_parity.logits import model_vocab_size
 from llm_parity.profiles import Profile, load_profile
 from llm_parity.progress import Progress, note, progress
 from llm_parity.provenance import collect
-from llm_parity.record_files import RecordJournal, read_records, record_file_exists
+from llm_parity.record_files import RecordJournal, read_records, record_file_exists, stream_records
 from llm_parity.records import (SIDES, ForcedScore, Generation, PassageScore, Record, answers_of, decoding_of,
                                 generations_doc, other_side, perplexity_doc, teacher_forced_doc, unrunnable_prompt)
 from llm_parity.reference import Placement, TransformersRunner
@@ -575,17 +575,17 @@ def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override
         raise compare_mod.IncompatibleRuns(f"{run.provenance('target').parent.parent}: {'; '.join(differences)}; "
                                            "compare with the profile they ran, or pass --profile-override to judge "
                                            "them by this one (the report says so)")
-    target = read_records(run.generations("target"), "generations")
+    target = stream_records(run.generations("target"), "generations")
     dtype = target["decoding"]["dtype"]
     ensure_writable(run.compare.parent)
-    forced = {side: read_records(run.teacher_forced(side), "teacher-forced")
+    forced = {side: stream_records(run.teacher_forced(side), "teacher-forced")
               if record_file_exists(run.teacher_forced(side)) else None for side in SIDES}
     logits, logits_missing = logits_mod.measure_sides(logits_mod.read_sides(run))
     result = compare_mod.compare_runs(
         suite=read_json(run.suite, "suite"), target=target,
-        reference=read_records(run.generations("reference"), "generations"),
-        target_ppl=read_records(run.perplexity("target"), "perplexity"),
-        reference_ppl=read_records(run.perplexity("reference"), "perplexity"),
+        reference=stream_records(run.generations("reference"), "generations"),
+        target_ppl=stream_records(run.perplexity("target"), "perplexity"),
+        reference_ppl=stream_records(run.perplexity("reference"), "perplexity"),
         thresholds=profile.thresholds(dtype), profile=profile.name,
         accuracy={side: accuracy_mod.read_side(run, side) for side in SIDES},
         target_forced=forced["target"], reference_forced=forced["reference"],

@@ -15,7 +15,7 @@ reads as it is (compare pairs records by id) and which --resume continues.
 
 Read, a record is the list form it always was ($defs/record of its schema: logprobs a list of
 numbers, top_logprobs [[token_id, logprob], ...] per position), or with `columns=True` the column
-form: logprobs a float64 array and top_logprobs a records.TopK. Every form written before still
+form: logprobs an array (float32 or float64, as stored) and top_logprobs a records.TopK. Every form written before still
 reads: v2 (the same lines with every number as JSON) and v1 (one JSON document, <side>/<kind>.json)."""
 from __future__ import annotations
 
@@ -213,11 +213,10 @@ def _unpacked_record(record: dict, kind: str, where: str, *, columns: bool) -> d
     """A record line of the v3 form, checked, as the record in list form or (`columns`) column form."""
     validate_part(record, f"{kind}.schema.json#/$defs/packed_record", where)
     logprobs = _unpacked_floats(record["logprobs"], where, "logprobs")
-    record["logprobs"] = logprobs.astype(np.float64) if columns else logprobs.tolist()
+    record["logprobs"] = logprobs if columns else logprobs.tolist()
     if "top_logprobs" in record:
         top = _unpacked_top_k(record["top_logprobs"], where)
-        record["top_logprobs"] = (TopK(top.ids.astype(np.int64), top.logprobs.astype(np.float64)) if columns
-                                  else _pairs(top))
+        record["top_logprobs"] = top if columns else _pairs(top)
     return record
 
 
@@ -263,8 +262,8 @@ def _parsed_lines(path: Path, *, keep_cut_off: bool) -> Iterator[tuple[int, dict
 def iter_records(path: Path, kind: str, *, keep_cut_off: bool = False,
                  columns: bool = False) -> tuple[dict, Iterator[dict]]:
     """The header of a record file and an iterator over its records, each validated as it is read:
-    in list form, or with `columns` in column form (logprobs a float64 array, top_logprobs a
-    records.TopK), whatever form the file has."""
+    in list form, or with `columns` in column form (logprobs an array, float32 or float64 as
+    stored, top_logprobs a records.TopK), whatever form the file has."""
     path = Path(path)
     lines = _parsed_lines(path, keep_cut_off=keep_cut_off)
     first = next(lines, None)
@@ -305,6 +304,15 @@ def read_records(path: Path, kind: str, *, keep_cut_off: bool = False, columns: 
         return {**doc, "records": list(map(_columns, doc["records"]))} if columns else doc
     header, records = iter_records(stored, kind, keep_cut_off=keep_cut_off, columns=columns)
     return {**header, "records": list(records)}
+
+
+def stream_records(path: Path, kind: str) -> dict:
+    """A record file as a document whose "records" are read as they are iterated, once, in column
+    form: what compare needs to go through thousands of records in bounded memory."""
+    if stored_path(path) != Path(path):
+        return read_records(path, kind, columns=True)
+    header, records = iter_records(path, kind, columns=True)
+    return {**header, "records": records}
 
 
 def read_document(path: Path, name: str) -> dict:

@@ -12,6 +12,8 @@ import random
 import sys
 import time
 
+import numpy as np
+
 from llm_parity.compare import compare_runs
 from llm_parity.profiles import DEMO_PROFILE, load_profile
 from llm_parity.records import Generation, PassageScore, decoding_of, generations_doc, perplexity_doc, sort_top_k
@@ -38,11 +40,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def single(value: float) -> float:
+    """`value` as the nearest float32: real logprobs come out of float32 arithmetic on both sides."""
+    return float(np.float32(value))
+
+
+def top_k(pairs) -> list[list]:
+    return sort_top_k([(token, single(value)) for token, value in pairs], TOP_K)
+
+
 def top_k_at(rng: random.Random, chosen: int) -> list[list]:
     """One position's top-k, the chosen token first, the runners-up 0.5 to 4 nats below it."""
     best = -rng.uniform(0.01, 1.0)
     others = [token for token in rng.sample(range(VOCAB), TOP_K) if token != chosen][:TOP_K - 1]
-    return sort_top_k([(chosen, best), *((token, best - rng.uniform(0.5, 4.0)) for token in others)], TOP_K)
+    return top_k([(chosen, best), *((token, best - rng.uniform(0.5, 4.0)) for token in others)])
 
 
 def generation(prompt: dict, top: list[list[list]], *, chat: bool) -> Generation:
@@ -55,7 +66,7 @@ def generation(prompt: dict, top: list[list[list]], *, chat: bool) -> Generation
 
 
 def noisy(rng: random.Random, top: list[list]) -> list[list]:
-    return sort_top_k([(token, value + rng.uniform(-NOISE, NOISE)) for token, value in top], TOP_K)
+    return top_k([(token, value + rng.uniform(-NOISE, NOISE)) for token, value in top])
 
 
 def split(rng: random.Random, target_top: list[list[list]], output_len: int) -> list[list[list]]:
@@ -63,8 +74,8 @@ def split(rng: random.Random, target_top: list[list[list]], output_len: int) -> 
     rank the other way round, then a continuation of its own."""
     tie = target_top[SPLIT_AT]
     first, second = tie[0], tie[1]
-    tie[1] = [second[0], first[1] - 0.004]  # target: a 0.004-nat margin
-    reference_tie = sort_top_k([(second[0], first[1]), (first[0], first[1] - 0.003), *map(tuple, tie[2:])], TOP_K)
+    tie[1] = [second[0], single(first[1] - 0.004)]  # target: a 0.004-nat margin
+    reference_tie = top_k([(second[0], first[1]), (first[0], first[1] - 0.003), *map(tuple, tie[2:])])
     return ([noisy(rng, top) for top in target_top[:SPLIT_AT]] + [reference_tie]
             + [top_k_at(rng, rng.randrange(VOCAB)) for _ in range(SPLIT_AT + 1, output_len)])
 
@@ -103,9 +114,10 @@ def passage_scores(rng: random.Random, passages: list[dict]) -> dict[str, list[P
     """Each side's scores of the passages, the reference's with logprob noise."""
     scores = {"target": [], "reference": []}
     for passage in passages:
-        logprobs = [-rng.uniform(0.5, 5.0) for _ in passage["ids"][1:]]
+        logprobs = [single(-rng.uniform(0.5, 5.0)) for _ in passage["ids"][1:]]
         scores["target"].append(PassageScore(id=passage["id"], logprobs=logprobs))
-        scores["reference"].append(PassageScore(id=passage["id"], logprobs=[v + rng.uniform(-NOISE, NOISE) for v in logprobs]))
+        scores["reference"].append(PassageScore(id=passage["id"], logprobs=[single(v + rng.uniform(-NOISE, NOISE))
+                                                                             for v in logprobs]))
     return scores
 
 

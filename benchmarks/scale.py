@@ -78,9 +78,9 @@ BREAKDOWN = {
     "across": (
         ("reading record lines (parse, schema check, unpack)", "record_files.py", "records"),
         ("  of it JSON parsing (json.loads)", "json/__init__.py", "loads"),
-        ("  of it unpacking the packed arrays (base64, checks)", "record_files.py", "_unpacked_record"),
+        ("  of it unpacking the packed arrays (hex, checks)", "record_files.py", "_unpacked_record"),
         ("schema checks of whole documents (jsonschema-rs)", "results.py", "validate"),
-        ("canonical JSON (json.dumps, indent 1)", "results.py", "canonical_json"),
+        ("canonical JSON (json.dumps)", "results.py", "canonical_json"),
         ("per-prompt measures, a chunk of prompts at a time (compare_generations)", "compare.py", "compare_generations"),
         ("  of it teacher-forced measures per position (position_measures)", "divergence.py", "position_measures"),
     ),

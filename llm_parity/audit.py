@@ -302,7 +302,7 @@ def compare_json_recomputes_from_raw_files(files: RunFiles, found: CheckResult) 
         return
     if recomputed is None:
         return
-    if canonical_json(recomputed) != canonical_json(compare):
+    if canonical_json(recomputed, indent=None) != canonical_json(compare, indent=None):
         for key in sorted(set(recomputed) | set(compare)):
             if recomputed.get(key) != compare.get(key):
                 found.problem(files.run.compare, key, expected=_brief(recomputed.get(key)), found=_brief(compare.get(key)),

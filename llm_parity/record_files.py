@@ -2,9 +2,9 @@
 header line, then one record per line, each canonical (sorted keys, no spaces), so a run that is
 killed keeps every record that finished and two runs give the same bytes.
 
-A record line (form v3) is the record with its numbers packed: `logprobs` is "<code>:<base64>" of
+A record line (form v3) is the record with its numbers packed: `logprobs` is "<code>:<hex>" of
 a little-endian array, f4 (float32) when every value is a float32 exactly (as real logprobs are),
-else f8, so no number is lost; `top_logprobs` is {"ids": "i4:<base64>", "logprobs": "<f4|f8>:...",
+else f8, so no number is lost; `top_logprobs` is {"ids": "i4:<hex>", "logprobs": "<f4|f8>:...",
 "positions": P, "width": W}, arrays of P x W in the padded layout of records.TopK. Ids, text and
 every other field stay plain JSON. Parsing such a line costs a fraction of the numbers as JSON text.
 
@@ -19,7 +19,6 @@ form: logprobs an array (float32 or float64, as stored) and top_logprobs a recor
 reads: v2 (the same lines with every number as JSON) and v1 (one JSON document, <side>/<kind>.json)."""
 from __future__ import annotations
 
-import binascii
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -45,8 +44,10 @@ def stream_tag(kind: str, form: str = LINE_FORM) -> str:
     return schema_tag(kind).replace("/v1", f"/{form}")
 
 
-def _base64(array: np.ndarray) -> str:
-    return binascii.b2a_base64(array.tobytes(), newline=False).decode("ascii")
+def _hex(array: np.ndarray) -> str:
+    # Hex, not base64: bytes.fromhex decodes about five times faster than binascii's base64 here,
+    # which at 10,000 records per file was most of a read; the line is 1.5x longer.
+    return array.tobytes().hex()
 
 
 def _packed_float_array(values: np.ndarray) -> str:
@@ -54,12 +55,12 @@ def _packed_float_array(values: np.ndarray) -> str:
     with np.errstate(over="ignore"):
         single = values.astype("<f4")
     if np.array_equal(single, values):
-        return "f4:" + _base64(single)
-    return "f8:" + _base64(values.astype("<f8"))
+        return "f4:" + _hex(single)
+    return "f8:" + _hex(values.astype("<f8"))
 
 
 def pack_floats(values: Iterable[float] | np.ndarray, field: str = "logprobs") -> str:
-    """A list of numbers as "<f4|f8>:<base64>"; one that JSON cannot hold (inf, nan) is refused."""
+    """A list of numbers as "<f4|f8>:<hex>"; one that JSON cannot hold (inf, nan) is refused."""
     try:
         array = np.asarray(values, dtype=np.float64)
     except OverflowError as err:  # an integer past float64
@@ -93,7 +94,7 @@ def pack_top_k(top_k: list[list] | TopK) -> dict:
     if not np.isfinite(logprobs[real]).all():
         raise ValueError(f"field top_logprobs: holds {logprobs[real][~np.isfinite(logprobs[real])][0]}, "
                          "which JSON cannot hold")
-    return {"ids": "i4:" + _base64(ids.astype("<i4")), "logprobs": _packed_float_array(logprobs),
+    return {"ids": "i4:" + _hex(ids.astype("<i4")), "logprobs": _packed_float_array(logprobs),
             "positions": int(ids.shape[0]), "width": int(ids.shape[1])}
 
 
@@ -153,17 +154,17 @@ def _check_record(record: dict, kind: str, where: str) -> None:
 
 
 def _unpacked(text: str, codes: dict[str, np.dtype], where: str, field: str) -> np.ndarray:
-    """The array of a packed "<code>:<base64>" (its code already checked by the schema), read-only."""
+    """The array of a packed "<code>:<hex>" (its code already checked by the schema), read-only."""
     code, _, body = text.partition(":")
     dtype = codes.get(code)
     if dtype is None:
         raise ResultFileError(f"{where}: field {field}: code {code!r}, expected {' or '.join(map(repr, codes))}")
     try:
-        data = binascii.a2b_base64(body, strict_mode=True)
+        data = bytes.fromhex(body)
     except ValueError as err:
-        raise ResultFileError(f"{where}: field {field}: not base64 ({err})") from None
-    if len(body) != (len(data) + 2) // 3 * 4:
-        raise ResultFileError(f"{where}: field {field}: not base64 (padding past the end of the data)")
+        raise ResultFileError(f"{where}: field {field}: not hexadecimal ({err})") from None
+    if len(body) != 2 * len(data) or body != body.lower():
+        raise ResultFileError(f"{where}: field {field}: not lower-case hexadecimal digits only")
     if len(data) % dtype.itemsize:
         raise ResultFileError(f"{where}: field {field}: {len(data)} bytes, not a whole number of {code} values "
                               f"({dtype.itemsize} bytes each)")

@@ -223,7 +223,8 @@ class AnswersHash:
 
     def add(self, record: dict) -> None:
         if not record["error"] and len(record["output_ids"]):
-            item = json.dumps([record["id"], list(record["output_ids"])], ensure_ascii=False, separators=(",", ":"))
+            # sha256_of's bytes of [id, output_ids], the ids joined directly (json.dumps is slower per record)
+            item = f'[{json.dumps(record["id"], ensure_ascii=False)},[{",".join(map(str, record["output_ids"]))}]]'
             self._hash.update((("," if self._items else "") + item).encode("utf-8", "surrogatepass"))
             self._items += 1
 

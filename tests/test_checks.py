@@ -139,7 +139,7 @@ def test_a_corrupted_packed_field_names_its_line_and_field(run):
     run.generations("target").write_text(header + json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n")
     [unreadable] = [p for p in audit_run(run).structured_problems if p.check == "readable"]
     assert (unreadable.file, unreadable.field) == (str(run.generations("target")), "line 2: top_logprobs.ids")
-    assert unreadable.found.startswith("not base64")
+    assert unreadable.found.startswith("not hexadecimal")
 
 
 def test_audit_json_validates_and_lists_file_field_expected_found(run):

@@ -1,6 +1,5 @@
 """Record files: JSON Lines written as records finish, rewritten in suite order, kept when the
 writer is killed, and the one-document form written before still read (or refused clearly)."""
-import base64
 import json
 import os
 import random
@@ -122,7 +121,7 @@ def test_a_record_file_of_an_unknown_version_is_refused_clearly(tmp_path):
         read_records(path, "generations")
 
 
-# Packed numbers (the v3 form): logprobs as "<f4|f8>:<base64>", top_logprobs as arrays.
+# Packed numbers (the v3 form): logprobs as "<f4|f8>:<hex>", top_logprobs as arrays.
 
 def float32_exact(rng: random.Random) -> float:
     return float(np.float32(rng.uniform(-20.0, 0.0)))
@@ -241,24 +240,25 @@ def test_a_journal_of_the_earlier_form_is_resumed_into_the_packed_form(tmp_path)
 
 
 def f4(values) -> str:
-    return "f4:" + base64.b64encode(np.asarray(values, "<f4").tobytes()).decode()
+    return "f4:" + np.asarray(values, "<f4").tobytes().hex()
 
 
 def i4(values) -> str:
-    return "i4:" + base64.b64encode(np.asarray(values, "<i4").tobytes()).decode()
+    return "i4:" + np.asarray(values, "<i4").tobytes().hex()
 
 
 @pytest.mark.parametrize("field, mutate, message", [
-    ("logprobs", lambda r: r.update(logprobs="f4:AAAA*AAA"), "not base64"),
-    ("logprobs", lambda r: r.update(logprobs="f4:AAAA"), "3 bytes, not a whole number of f4 values"),
+    ("logprobs", lambda r: r.update(logprobs="f4:0000zz00"), "not hexadecimal"),
+    ("logprobs", lambda r: r.update(logprobs="f4:000000"), "3 bytes, not a whole number of f4 values"),
     ("logprobs", lambda r: r.update(logprobs="f8:" + f4([-0.5, -1.5, -2.5])[3:]), "12 bytes, not a whole number of f8"),
-    ("logprobs", lambda r: r.update(logprobs="f4:AAAAAA======"), "not base64"),
-    ("logprobs", lambda r: r.update(logprobs="f2:AAAA"), "does not match"),
+    ("logprobs", lambda r: r.update(logprobs="f4:0000 0000"), "not lower-case hexadecimal digits only"),
+    ("logprobs", lambda r: r.update(logprobs="f4:0000803F"), "not lower-case hexadecimal digits only"),
+    ("logprobs", lambda r: r.update(logprobs="f2:0000"), "does not match"),
     ("logprobs", lambda r: r.update(logprobs=f4([-0.5, np.nan])), "holds nan, expected finite numbers"),
-    ("top_logprobs.ids", lambda r: r["top_logprobs"].update(ids=r["top_logprobs"]["ids"][:-1]), "not base64"),
-    ("top_logprobs.ids", lambda r: r["top_logprobs"].update(ids=r["top_logprobs"]["ids"][:-4]),
+    ("top_logprobs.ids", lambda r: r["top_logprobs"].update(ids=r["top_logprobs"]["ids"][:-1]), "not hexadecimal"),
+    ("top_logprobs.ids", lambda r: r["top_logprobs"].update(ids=r["top_logprobs"]["ids"][:-2]),
      "15 bytes, not a whole number of i4 values"),
-    ("top_logprobs.ids", lambda r: r["top_logprobs"].update(ids="i4:" + base64.b64encode(b"\0" * 12).decode()),
+    ("top_logprobs.ids", lambda r: r["top_logprobs"].update(ids="i4:" + (b"\0" * 12).hex()),
      r"3 values, expected width 2 x 2 positions = 4"),
     ("top_logprobs.logprobs", lambda r: r["top_logprobs"].update(logprobs=f4([-0.5, -1.5, -0.25])),
      r"3 values, expected width 2 x 2 positions = 4"),

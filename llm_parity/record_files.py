@@ -70,22 +70,10 @@ def pack_floats(values: Iterable[float] | np.ndarray, field: str = "logprobs") -
     return _packed_float_array(array)
 
 
-def _top_k_columns(top_k: list[list] | TopK) -> TopK:
-    """top_k_arrays, without its loop per alternative where every position has the same number."""
-    if isinstance(top_k, TopK) or not top_k:
-        return top_k_arrays(top_k)
-    width = len(top_k[0])
-    if any(len(pairs) != width for pairs in top_k):
-        return top_k_arrays(top_k)
-    ids = np.array([pair[0] for pairs in top_k for pair in pairs], dtype=np.int64).reshape(len(top_k), width)
-    logprobs = np.array([pair[1] for pairs in top_k for pair in pairs], dtype=np.float64).reshape(len(top_k), width)
-    return TopK(ids, logprobs)
-
-
 def pack_top_k(top_k: list[list] | TopK) -> dict:
     """A record's top_logprobs as {"ids", "logprobs", "positions", "width"}, arrays of positions x width."""
     try:
-        ids, logprobs = _top_k_columns(top_k)
+        ids, logprobs = top_k_arrays(top_k, id_dtype=np.int64)
     except OverflowError as err:  # an id past int64, a logprob past float64
         raise ValueError(f"field top_logprobs: {err}") from None
     real = ids != NO_TOKEN

@@ -52,12 +52,17 @@ class TopK(NamedTuple):
         return TopK(self.ids[start:stop], self.logprobs[start:stop])
 
 
-def top_k_arrays(top_k: list[list] | TopK) -> TopK:
-    """The column form of a record's top_logprobs, [[[token_id, logprob], ...] per position]."""
+def top_k_arrays(top_k: list[list] | TopK, id_dtype: type = np.int32) -> TopK:
+    """The column form of a record's top_logprobs, [[[token_id, logprob], ...] per position]
+    (`id_dtype` int64 for a writer that checks the ids' range itself)."""
     if isinstance(top_k, TopK):
         return top_k
     width = max(map(len, top_k), default=0)
-    ids = np.full((len(top_k), width), NO_TOKEN, dtype=np.int32)
+    if all(len(pairs) == width for pairs in top_k):  # the usual case: no padding, no loop per alternative
+        shape = (len(top_k), width)
+        return TopK(np.array([pair[0] for pairs in top_k for pair in pairs], dtype=id_dtype).reshape(shape),
+                    np.array([pair[1] for pairs in top_k for pair in pairs], dtype=np.float64).reshape(shape))
+    ids = np.full((len(top_k), width), NO_TOKEN, dtype=id_dtype)
     logprobs = np.full((len(top_k), width), -np.inf)
     for position, pairs in enumerate(top_k):
         for rank, (token, logprob) in enumerate(pairs):

@@ -210,11 +210,10 @@ def _prefix_measures(answered: list[_Answered]) -> tuple[list[dict], list[np.nda
     prefixes = np.array([a.prefix for a in answered], dtype=np.int64)
     deltas = np.abs(np.concatenate([a.target.logprobs[:a.prefix] for a in answered])
                     - np.concatenate([a.reference.logprobs[:a.prefix] for a in answered]))
-    top_k_deltas = _top_k_deltas(stack_top_k([a.target.top_k.rows(0, a.prefix) for a in answered]),
-                                 stack_top_k([a.reference.top_k.rows(0, a.prefix) for a in answered]))
+    reference_top = stack_top_k([a.reference.top_k.rows(0, a.prefix) for a in answered])
+    top_k_deltas = _top_k_deltas(stack_top_k([a.target.top_k.rows(0, a.prefix) for a in answered]), reference_top)
     top_k_worst = _segment_reduce(np.maximum, top_k_deltas, prefixes, -np.inf)
-    margins = _segment_reduce(np.minimum, _margins(stack_top_k([a.reference.top_k.rows(0, a.prefix) for a in answered])),
-                              prefixes, np.inf)
+    margins = _segment_reduce(np.minimum, _margins(reference_top), prefixes, np.inf)
     columns = zip(_segment_reduce(np.maximum, deltas, prefixes, 0.0).tolist(),
                   (_segment_reduce(np.add, deltas, prefixes, 0.0) / np.maximum(prefixes, 1)).tolist(),
                   np.where(np.isfinite(top_k_worst), top_k_worst, 0.0).tolist(), margins.tolist())

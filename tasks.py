@@ -199,9 +199,9 @@ def matrix(c, side, lang="zh", variants=None, device="cpu", no_reference=False):
 def reference(c, side, device="cpu", resume=False):
     """Reference side: the same suite ids through transformers, write results/<run>/reference/.
 
-    Each record is appended to reference/generations.jsonl and perplexity.jsonl as it finishes, so a run that is
+    Each record is appended to reference/generations.records and perplexity.records as it finishes, so a run that is
     stopped or killed keeps what finished and --resume runs only the rest. When the target side has run already, the
-    reference also scores the target's answers (teacher forcing): reference/teacher-forced.jsonl. For many prompts,
+    reference also scores the target's answers (teacher forcing): reference/teacher-forced.records. For many prompts,
     --processes N runs N copies of the model (accelerate launch), each on its share of the batches; for a model larger
     than one GPU, --device-map auto spreads its layers over the GPUs, the CPU (--max-memory) and disk
     (--offload-folder). Provenance records processes, threads and devices."""
@@ -248,7 +248,7 @@ def cross_score(c, side, scorer="reference", server_url=None, device="cpu"):
     """Teacher forcing for the side that ran first: it scores the answers of the side that ran after it.
 
     The side that runs second scores the first one's answers by itself; this completes the pair, writing
-    results/<run>/<side>/teacher-forced.jsonl (each answer token's logprob and the top-k at its position, from one
+    results/<run>/<side>/teacher-forced.records (each answer token's logprob and the top-k at its position, from one
     pass over prompt + answer). Cheapest order: reference, target, then cross-score --scorer reference."""
     _finish(lambda: cli.cross_score(**side, scorer=scorer, server_url=server_url, device=device))
 

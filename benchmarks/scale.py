@@ -76,9 +76,9 @@ BREAKDOWN = {
         ("SHA256SUMS: hash every file", "audit.py", "sums_cover_every_file_unchanged"),
     ),
     "across": (
-        ("reading record lines (parse, schema check, unpack)", "record_files.py", "records"),
+        ("reading records (parse each line, schema check, the numbers after it)", "record_files.py", "_records"),
         ("  of it JSON parsing (json.loads)", "json/__init__.py", "loads"),
-        ("  of it unpacking the packed arrays (hex, checks)", "record_files.py", "_unpacked_record"),
+        ("  of it checking the lines and taking the numbers after them", "record_files.py", "_read_stored"),
         ("schema checks of whole documents (jsonschema-rs)", "results.py", "validate"),
         ("canonical JSON (json.dumps)", "results.py", "canonical_json"),
         ("per-prompt measures, a chunk of prompts at a time (compare_generations)", "compare.py", "compare_generations"),
@@ -312,7 +312,7 @@ def forced_score(scorer: dict, answer: dict) -> ForcedScore:
 
 def write_generations(run: RunDir, suite: dict, manifest_sha: str, decoding: dict, args: argparse.Namespace,
                       rng: random.Random) -> dict[str, dict]:
-    """Both sides' generations.jsonl, a record at a time (the whole would not fit in memory); returns
+    """Both sides' generations.records, a record at a time (the whole would not fit in memory); returns
     each side's answers as teacher_forced_doc needs them (ids, prompt ids and output ids only)."""
     answers = {"target": [], "reference": []}
     with ExitStack() as stack:
@@ -329,7 +329,7 @@ def write_generations(run: RunDir, suite: dict, manifest_sha: str, decoding: dic
 
 
 def write_teacher_forced(run: RunDir, suite: dict, manifest_sha: str, answers: dict[str, dict]) -> None:
-    """Each side's teacher-forced.jsonl, made from the generations just written, read back a pair at a time."""
+    """Each side's teacher-forced.records, made from the generations just written, read back a pair at a time."""
     with ExitStack() as stack:
         journals = {scorer: stack.enter_context(RecordJournal(
             run.teacher_forced(scorer), teacher_forced_doc(scorer, suite, manifest_sha, answers[answered], TOP_K, []),

@@ -112,7 +112,7 @@ def logits(*, side: str, **options) -> int:
 
 
 def cross_score(*, scorer: str, **options) -> int:
-    """`scorer` (a side) scores the other side's answers by teacher forcing; writes <scorer>/teacher-forced.jsonl."""
+    """`scorer` (a side) scores the other side's answers by teacher forcing; writes <scorer>/teacher-forced.records."""
     return guarded(lambda: side_exit(pipeline.cross_score(request(**options), scorer)))
 
 

@@ -315,7 +315,7 @@ def teacher_forced_unavailable(answers_sha256: dict[str, str], target_forced: di
         if forced is None:
             return f"the {scorer} has not scored the {answers}'s answers: run cross-score --scorer {scorer}"
         if forced["answers_sha256"] != answers_sha256[answers]:
-            return (f"the {scorer} scored other answers than the {answers}'s generations.jsonl holds now: "
+            return (f"the {scorer} scored other answers than the {answers}'s generations.records holds now: "
                     f"run cross-score --scorer {scorer} again")
     return None
 

@@ -5,7 +5,7 @@ run on a different machine and be copied in. cli.py only turns the outcomes into
 
     suite source -> suite.json (rendered once) + model/manifest.json
       -> target/ and reference/ (one backend each, llm_parity.backend, the same records)
-      -> teacher forcing: each side scores the other side's answers (<side>/teacher-forced.jsonl)
+      -> teacher forcing: each side scores the other side's answers (<side>/teacher-forced.records)
       -> report/compare.json, report.md, report.html, SHA256SUMS -> audit
       -> replay: a side run again from the folder's own records into replay/<side>/ -> report/replay.json
     matrix: the reference once, then each serving variant a target side of its own (target/,
@@ -165,7 +165,7 @@ def open_workspace(request: Request, *, log=note) -> Workspace:
 
 def _finished_before(run: RunDir, side: str, suite: dict, manifest: dict) -> tuple[dict, dict]:
     """For --resume: the records of an earlier run of this side that finished without error, from
-    files in either form, a journal cut off mid-line included."""
+    files in any form, a journal cut off mid-record included."""
     if not record_file_exists(run.generations(side)):
         return {}, {}
     kept = []
@@ -228,7 +228,7 @@ def _kept(journal: RecordJournal, bar: Progress) -> Callable[[Record], None]:
 
 
 def _teacher_force(runner, setup: SideSetup, side: str, manifest: dict, other: dict, top_logprobs: int) -> int:
-    """`runner` scores every answer of `other`, each written to <side>/teacher-forced.jsonl as it
+    """`runner` scores every answer of `other`, each written to <side>/teacher-forced.records as it
     finishes, the rest as errors. Returns how many answers carry an error."""
     answers = answers_of(other)
     header = teacher_forced_doc(side, setup.suite, manifest["sha256"], other, top_logprobs, [])
@@ -316,7 +316,7 @@ def run_side(side: str, setup: SideSetup, manifest: dict, *, backend: str | None
 
 def cross_score_side(side: str, setup: SideSetup, manifest: dict, *, backend: str | None = None) -> SideOutcome:
     """The side that ran first scores the answers of the side that ran after it (teacher forcing),
-    writing <side>/teacher-forced.jsonl; its own records are left as they are."""
+    writing <side>/teacher-forced.records; its own records are left as they are."""
     run = setup.run
     other = _other_answers(run, side, setup.suite, manifest)
     if other is None:

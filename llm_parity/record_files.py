@@ -1,12 +1,17 @@
-"""The files that hold a side's records (generations, perplexity, teacher-forced): JSON Lines, a
-header line, then one record per line, each canonical (sorted keys, no spaces), so a run that is
-killed keeps every record that finished and two runs give the same bytes.
+"""The files that hold a side's records (generations, perplexity, teacher-forced): a header line,
+then one record after another, each written as it finishes, so a run that is killed keeps every
+record that finished, and canonical (sorted keys, no spaces), so two runs give the same bytes.
 
-A record line (form v3) is the record with its numbers packed: `logprobs` is "<code>:<hex>" of
-a little-endian array, f4 (float32) when every value is a float32 exactly (as real logprobs are),
-else f8, so no number is lost; `top_logprobs` is {"ids": "i4:<hex>", "logprobs": "<f4|f8>:...",
-"positions": P, "width": W}, arrays of P x W in the padded layout of records.TopK. Ids, text and
-every other field stay plain JSON. Parsing such a line costs a fraction of the numbers as JSON text.
+A record (form v4, <side>/<kind>.records) is one line of JSON, then the numbers it declares as
+raw little-endian bytes, then a line end. In the line each list of numbers is replaced by
+"<code>:<count>": a token-id list (prompt_ids, output_ids, answer_ids, chat_prompt_ids) by
+"i4:<count>" (int32); logprobs by "f4:<count>" (float32) when every value is a float32 exactly,
+as real logprobs are, else "f8:<count>", so no number is lost; top_logprobs by {"ids": "i4:<n>",
+"logprobs": "<f4|f8>:<n>", "positions": P, "width": W}, arrays of P x W in the padded layout of
+records.TopK. The arrays follow the line in the order the line lists them; text and every other
+field stay plain JSON. Reading such a record parses a short line and takes the numbers as they are,
+where numbers as JSON text cost most of a read at 10,000 records. "line N" in an error is the N-th
+line of JSON (the header is line 1), not counting the numbers after each.
 
 While a side runs, a RecordJournal appends each record as it finishes and flushes it; when the
 side ends, however it ends, the journal is rewritten in suite order with every item that did not
@@ -15,63 +20,72 @@ reads as it is (compare pairs records by id) and which --resume continues.
 
 Read, a record is the list form it always was ($defs/record of its schema: logprobs a list of
 numbers, top_logprobs [[token_id, logprob], ...] per position), or with `columns=True` the column
-form: logprobs an array (float32 or float64, as stored) and top_logprobs a records.TopK. Every form written before still
-reads: v2 (the same lines with every number as JSON) and v1 (one JSON document, <side>/<kind>.json)."""
+form: logprobs an array (float32 or float64, as stored) and top_logprobs a records.TopK. Every
+form written before still reads: v3 and v2 (<side>/<kind>.jsonl, JSON Lines with the numbers as
+hex strings, or as JSON) and v1 (one JSON document, <side>/<kind>.json)."""
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
+from itertools import count
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from llm_parity.records import NO_TOKEN, TopK, top_k_arrays, top_k_pairs
-from llm_parity.results import (ResultFileError, atomic_file, read_json, schema_tag, validate_part, write_json,
-                                write_text_atomic)
+from llm_parity.results import (ResultFileError, atomic_file, read_json, schema_tag, validate_part, write_json)
 
 RECORD_KINDS = ("generations", "perplexity", "teacher-forced")
-TRUNCATED = "the last line is cut off: the side was stopped while writing it; rerun the side with --resume"
-# The form written now, then the forms of record lines written before that still read.
-LINE_FORM, EARLIER_LINE_FORMS = "v3", ("v2",)
+TRUNCATED = "the last record is cut off: the side was stopped while writing it; rerun the side with --resume"
+# The form written now, then the forms written before that still read (JSON Lines, <kind>.jsonl).
+FORM, LINE_FORMS = "v4", ("v3", "v2")
 FLOAT_CODES = {"f4": np.dtype("<f4"), "f8": np.dtype("<f8")}
 ID_CODES = {"i4": np.dtype("<i4")}
+CODES = FLOAT_CODES | ID_CODES
 ID_MAX = int(np.iinfo(np.int32).max)
+# The lists of token ids a record may hold, stored as i4 arrays in the v4 form.
+ID_FIELDS = ("answer_ids", "chat_prompt_ids", "output_ids", "prompt_ids")
+LINE_END = b"\n"
 
 
-def stream_tag(kind: str, form: str = LINE_FORM) -> str:
-    """The header's schema tag: the JSON Lines form of the `kind` document (`form`: v3, written now)."""
+def stream_tag(kind: str, form: str = FORM) -> str:
+    """The header's schema tag: the streamed form of the `kind` document (`form`: v4, written now)."""
     return schema_tag(kind).replace("/v1", f"/{form}")
 
 
-def _hex(array: np.ndarray) -> str:
-    # Hex, not base64: bytes.fromhex decodes about five times faster than binascii's base64 here,
-    # which at 10,000 records per file was most of a read; the line is 1.5x longer.
-    return array.tobytes().hex()
-
-
-def _packed_float_array(values: np.ndarray) -> str:
-    """float64 `values` as "f4:..." when float32 holds every one exactly (-inf padding included), else "f8:..."."""
+def _float_array(values: np.ndarray) -> np.ndarray:
+    """float64 `values` as float32 when float32 holds every one exactly (-inf padding included), else as float64."""
     with np.errstate(over="ignore"):
         single = values.astype("<f4")
-    if np.array_equal(single, values):
-        return "f4:" + _hex(single)
-    return "f8:" + _hex(values.astype("<f8"))
+    return single if np.array_equal(single, values) else values.astype("<f8")
 
 
-def pack_floats(values: Iterable[float] | np.ndarray, field: str = "logprobs") -> str:
-    """A list of numbers as "<f4|f8>:<hex>"; one that JSON cannot hold (inf, nan) is refused."""
+def stored_floats(values: Iterable[float] | np.ndarray, field: str = "logprobs") -> np.ndarray:
+    """A list of numbers as the array stored for it; one that JSON cannot hold (inf, nan) is refused."""
     try:
         array = np.asarray(values, dtype=np.float64)
     except OverflowError as err:  # an integer past float64
         raise ValueError(f"field {field}: {err}") from None
     if not np.isfinite(array).all():
         raise ValueError(f"field {field}: holds {array[~np.isfinite(array)][0]}, which JSON cannot hold")
-    return _packed_float_array(array)
+    return _float_array(array)
 
 
-def pack_top_k(top_k: list[list] | TopK) -> dict:
-    """A record's top_logprobs as {"ids", "logprobs", "positions", "width"}, arrays of positions x width."""
+def stored_ids(values: list[int], field: str) -> np.ndarray:
+    """A list of token ids as the int32 array stored for it."""
+    try:
+        array = np.asarray(values, dtype=np.int64)
+    except OverflowError as err:
+        raise ValueError(f"field {field}: {err}") from None
+    if array.size and (array.min() < 0 or array.max() > ID_MAX):
+        raise ValueError(f"field {field}: token ids must be 0 to {ID_MAX} to be stored as i4")
+    return array.astype("<i4")
+
+
+def stored_top_k(top_k: list[list] | TopK) -> tuple[np.ndarray, np.ndarray]:
+    """A record's top_logprobs as the arrays stored for it: ids and logprobs of positions x width."""
     try:
         ids, logprobs = top_k_arrays(top_k, id_dtype=np.int64)
     except OverflowError as err:  # an id past int64, a logprob past float64
@@ -82,36 +96,52 @@ def pack_top_k(top_k: list[list] | TopK) -> dict:
     if not np.isfinite(logprobs[real]).all():
         raise ValueError(f"field top_logprobs: holds {logprobs[real][~np.isfinite(logprobs[real])][0]}, "
                          "which JSON cannot hold")
-    return {"ids": "i4:" + _hex(ids.astype("<i4")), "logprobs": _packed_float_array(logprobs),
-            "positions": int(ids.shape[0]), "width": int(ids.shape[1])}
+    return ids.astype("<i4"), _float_array(logprobs)
 
 
-def _packed(record: dict) -> dict:
-    """`record` with its logprobs and top_logprobs packed; any other value (a header's top_logprobs,
-    a field written wrong by hand) is left as it is."""
-    packed = dict(record)
-    if isinstance(record.get("logprobs"), (list, np.ndarray)):
-        packed["logprobs"] = pack_floats(record["logprobs"])
-    if isinstance(record.get("top_logprobs"), (list, TopK)):
-        packed["top_logprobs"] = pack_top_k(record["top_logprobs"])
-    return packed
+def _declared(array: np.ndarray) -> str:
+    """What a line says in place of an array: "<code>:<count>"."""
+    return f"{array.dtype.kind}{array.dtype.itemsize}:{array.size}"
 
 
-def _json_line(doc: dict) -> str:
+def _stored(record: dict) -> tuple[dict, list[np.ndarray]]:
+    """A record (list form, valid) as the object of its line and the arrays that follow it, in the
+    order the canonical line lists them (sorted field names, ids before logprobs)."""
+    line, arrays = dict(record), []
+    for name in sorted(record):
+        value = record[name]
+        if name == "top_logprobs":
+            ids, logprobs = stored_top_k(value)
+            line[name] = {"ids": _declared(ids), "logprobs": _declared(logprobs),
+                          "positions": int(ids.shape[0]), "width": int(ids.shape[1])}
+            arrays += [ids, logprobs]
+        elif name == "logprobs" or (name in ID_FIELDS and value is not None):
+            array = stored_floats(value) if name == "logprobs" else stored_ids(value, name)
+            line[name] = _declared(array)
+            arrays.append(array)
+    return line, arrays
+
+
+def _json_line(doc: dict) -> bytes:
     """Canonical JSON on one line. Text stays readable unless it holds a lone surrogate."""
     try:
-        line = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        line.encode("utf-8")
+        line = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
     except UnicodeEncodeError:
-        line = json.dumps(doc, sort_keys=True, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
-    return line + "\n"
+        line = json.dumps(doc, sort_keys=True, ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return line + LINE_END
 
 
-def record_line(record: dict) -> str:
-    """One record (list form) as one canonical line of the v3 form, its numbers packed; a header as
-    its line. The same record always gives the same bytes."""
+def header_line(header: dict) -> bytes:
+    """The header as its line."""
+    return _json_line(header)
+
+
+def record_bytes(record: dict) -> bytes:
+    """One record (list form) as it is stored: its canonical line, its arrays' bytes, a line end.
+    The same record always gives the same bytes."""
     try:
-        return _json_line(_packed(record))
+        line, arrays = _stored(record)
+        return _json_line(line) + b"".join(array.tobytes() for array in arrays) + LINE_END
     except ValueError as err:
         raise ValueError(f"record {record.get('id')!r}: {err}") from None
 
@@ -121,16 +151,16 @@ def header_of(doc: dict, kind: str) -> dict:
     return {**{name: value for name, value in doc.items() if name != "records"}, "schema": stream_tag(kind)}
 
 
-def legacy_path(path: Path) -> Path:
-    """Where the one-document form of a record file lived: <side>/<kind>.json."""
-    return path.with_suffix(".json")
+def earlier_paths(path: Path) -> tuple[Path, Path]:
+    """Where the forms written before kept the records of `path`: <kind>.jsonl (v3, v2), <kind>.json (v1)."""
+    return path.with_suffix(".jsonl"), path.with_suffix(".json")
 
 
 def _check_header(header: dict, kind: str, path: Path) -> str:
-    """The form of the file's record lines (v3, or v2 written before), from a valid header."""
-    forms = {stream_tag(kind, form): form for form in (LINE_FORM, *EARLIER_LINE_FORMS)}
+    """The form of the file's records (v4, or one written before), from a valid header."""
+    forms = {stream_tag(kind, form): form for form in (FORM, *LINE_FORMS)}
     if header.get("schema") not in forms:
-        earlier = " or ".join(repr(stream_tag(kind, form)) for form in EARLIER_LINE_FORMS)
+        earlier = " or ".join(repr(stream_tag(kind, form)) for form in LINE_FORMS)
         raise ResultFileError(f"{path}: line 1: field schema: expected {stream_tag(kind)!r} ({earlier} written before), "
                               f"found {header.get('schema')!r}")
     validate_part(header, f"{kind}.schema.json#/$defs/header", f"{path}: line 1")
@@ -141,38 +171,16 @@ def _check_record(record: dict, kind: str, where: str) -> None:
     validate_part(record, f"{kind}.schema.json#/$defs/record", where)
 
 
-def _unpacked(text: str, codes: dict[str, np.dtype], where: str, field: str) -> np.ndarray:
-    """The array of a packed "<code>:<hex>" (its code already checked by the schema), read-only."""
-    code, _, body = text.partition(":")
-    dtype = codes.get(code)
-    if dtype is None:
-        raise ResultFileError(f"{where}: field {field}: code {code!r}, expected {' or '.join(map(repr, codes))}")
-    try:
-        data = bytes.fromhex(body)
-    except ValueError as err:
-        raise ResultFileError(f"{where}: field {field}: not hexadecimal ({err})") from None
-    if len(body) != 2 * len(data) or body != body.lower():
-        raise ResultFileError(f"{where}: field {field}: not lower-case hexadecimal digits only")
-    if len(data) % dtype.itemsize:
-        raise ResultFileError(f"{where}: field {field}: {len(data)} bytes, not a whole number of {code} values "
-                              f"({dtype.itemsize} bytes each)")
-    return np.frombuffer(data, dtype)
-
-
-def _unpacked_floats(text: str, where: str, field: str) -> np.ndarray:
-    values = _unpacked(text, FLOAT_CODES, where, field)
+def _finite(values: np.ndarray, where: str, field: str) -> np.ndarray:
     if not np.isfinite(values).all():
         raise ResultFileError(f"{where}: field {field}: holds {values[~np.isfinite(values)][0]}, expected finite numbers")
     return values
 
 
-def _unpacked_top_k(packed: dict, where: str) -> TopK:
-    """The arrays of a packed top_logprobs as stored (int32 ids, float32 or float64 logprobs), with
+def _top_k_of(ids: np.ndarray, logprobs: np.ndarray, positions: int, width: int, where: str) -> TopK:
+    """The arrays of a stored top_logprobs (int32 ids, float32 or float64 logprobs) as a TopK, with
     the layout checked: the sizes, ids of 0 and up, padding (-1, -inf) only at the end of a row, and
     the width that of the widest position, so that the file is the one its list form writes."""
-    positions, width = packed["positions"], packed["width"]
-    ids = _unpacked(packed["ids"], ID_CODES, where, "top_logprobs.ids")
-    logprobs = _unpacked(packed["logprobs"], FLOAT_CODES, where, "top_logprobs.logprobs")
     for name, values in (("ids", ids), ("logprobs", logprobs)):
         if values.size != positions * width:
             raise ResultFileError(f"{where}: field top_logprobs.{name}: {values.size} values, expected width {width} "
@@ -198,15 +206,102 @@ def _unpacked_top_k(packed: dict, where: str) -> TopK:
     return TopK(ids, logprobs)
 
 
+def _in_form(record: dict, logprobs: np.ndarray, top: TopK | None, *, columns: bool) -> dict:
+    """A record with its checked arrays in list form, or (`columns`) in column form."""
+    record["logprobs"] = logprobs if columns else logprobs.tolist()
+    if top is not None:
+        record["top_logprobs"] = top if columns else _pairs(top)
+    return record
+
+
+# The v4 form: arrays after the line.
+
+def _layout(record: dict) -> list[tuple[str, np.dtype, int]]:
+    """(field, dtype, count) of each array after a v4 line (its declarations already valid), in
+    the order the line lists them."""
+    layout = []
+    for name, value in record.items():
+        if name == "top_logprobs":
+            declared = (("top_logprobs.ids", value["ids"]), ("top_logprobs.logprobs", value["logprobs"]))
+        elif name == "logprobs" or (name in ID_FIELDS and value is not None):
+            declared = ((name, value),)
+        else:
+            continue
+        for field, text in declared:
+            code, _, size = text.partition(":")
+            layout.append((field, CODES[code], int(size)))
+    return layout
+
+
+class _CutOff(Exception):
+    """The file ends inside a record's arrays: the side was stopped while writing it."""
+
+
+def _arrays(handle: BinaryIO, layout: list[tuple[str, np.dtype, int]], where: str) -> dict[str, np.ndarray]:
+    """Read the arrays of `layout` that follow a line, and the line end after them."""
+    size = sum(dtype.itemsize * n for _, dtype, n in layout)
+    data = handle.read(size + len(LINE_END))
+    if len(data) < size + len(LINE_END):
+        raise _CutOff
+    if data[size:] != LINE_END:
+        raise ResultFileError(f"{where}: the {size} bytes of numbers that its fields declare are not followed by a line "
+                              "end: a count in the line is wrong, or the file was changed")
+    arrays, offset = {}, 0
+    for name, dtype, n in layout:
+        arrays[name] = np.frombuffer(data, dtype, n, offset)
+        offset += dtype.itemsize * n
+    return arrays
+
+
+def _read_stored(record: dict, handle: BinaryIO, kind: str, where: str, *, columns: bool) -> dict:
+    """A record of the v4 form, its line already parsed, checked and read with the arrays that follow."""
+    validate_part(record, f"{kind}.schema.json#/$defs/stored_record", where)
+    arrays = _arrays(handle, _layout(record), where)
+    for name in ID_FIELDS:
+        if name in arrays:
+            ids = arrays[name]
+            if ids.size and ids.min() < 0:
+                raise ResultFileError(f"{where}: field {name}: holds {ids[ids < 0][0]}, expected token ids of 0 and up")
+            record[name] = ids.tolist()
+    top = None
+    if "top_logprobs" in record:
+        stored = record["top_logprobs"]
+        top = _top_k_of(arrays["top_logprobs.ids"], arrays["top_logprobs.logprobs"], stored["positions"],
+                        stored["width"], where)
+    return _in_form(record, _finite(arrays["logprobs"], where, "logprobs"), top, columns=columns)
+
+
+# The v3 form: arrays as hex in the line.
+
+def _unpacked(text: str, codes: dict[str, np.dtype], where: str, field: str) -> np.ndarray:
+    """The array of a packed "<code>:<hex>" (its code already checked by the schema), read-only."""
+    code, _, body = text.partition(":")
+    dtype = codes.get(code)
+    if dtype is None:
+        raise ResultFileError(f"{where}: field {field}: code {code!r}, expected {' or '.join(map(repr, codes))}")
+    try:
+        data = bytes.fromhex(body)
+    except ValueError as err:
+        raise ResultFileError(f"{where}: field {field}: not hexadecimal ({err})") from None
+    if len(body) != 2 * len(data) or body != body.lower():
+        raise ResultFileError(f"{where}: field {field}: not lower-case hexadecimal digits only")
+    if len(data) % dtype.itemsize:
+        raise ResultFileError(f"{where}: field {field}: {len(data)} bytes, not a whole number of {code} values "
+                              f"({dtype.itemsize} bytes each)")
+    return np.frombuffer(data, dtype)
+
+
 def _unpacked_record(record: dict, kind: str, where: str, *, columns: bool) -> dict:
     """A record line of the v3 form, checked, as the record in list form or (`columns`) column form."""
     validate_part(record, f"{kind}.schema.json#/$defs/packed_record", where)
-    logprobs = _unpacked_floats(record["logprobs"], where, "logprobs")
-    record["logprobs"] = logprobs if columns else logprobs.tolist()
+    logprobs = _finite(_unpacked(record["logprobs"], FLOAT_CODES, where, "logprobs"), where, "logprobs")
+    top = None
     if "top_logprobs" in record:
-        top = _unpacked_top_k(record["top_logprobs"], where)
-        record["top_logprobs"] = top if columns else _pairs(top)
-    return record
+        packed = record["top_logprobs"]
+        top = _top_k_of(_unpacked(packed["ids"], ID_CODES, where, "top_logprobs.ids"),
+                        _unpacked(packed["logprobs"], FLOAT_CODES, where, "top_logprobs.logprobs"),
+                        packed["positions"], packed["width"], where)
+    return _in_form(record, logprobs, top, columns=columns)
 
 
 def _pairs(top: TopK) -> list[list]:
@@ -226,69 +321,89 @@ def _columns(record: dict) -> dict:
     return record
 
 
-def _parsed_lines(path: Path, *, keep_cut_off: bool) -> Iterator[tuple[int, dict]]:
-    """(line number, object) of each line; a last line without its newline is a run stopped while
-    writing it: dropped with `keep_cut_off`, else an error."""
+def _json_object(line: bytes, where: str) -> dict:
     try:
-        handle = open(path, encoding="utf-8")
+        item = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ResultFileError(f"{where}: not valid JSON ({err})") from None
+    if not isinstance(item, dict):
+        raise ResultFileError(f"{where}: expected a JSON object")
+    return item
+
+
+def _open(path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb")
     except FileNotFoundError:
         raise ResultFileError(f"{path}: file not found") from None
+
+
+def _records(handle: BinaryIO, path: Path, kind: str, form: str, *, keep_cut_off: bool,
+             columns: bool) -> Iterator[dict]:
+    """Each record after the header, checked; one the file ends inside is a run stopped while
+    writing it: dropped with `keep_cut_off`, else an error."""
     with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.endswith("\n"):
+        for number in count(2):
+            line = handle.readline()
+            if not line:
+                return
+            where = f"{path}: line {number}"
+            try:
+                if not line.endswith(LINE_END):
+                    raise _CutOff
+                record = _json_object(line, where)
+                if form == FORM:
+                    yield _read_stored(record, handle, kind, where, columns=columns)
+                elif form == "v3":
+                    yield _unpacked_record(record, kind, where, columns=columns)
+                else:
+                    _check_record(record, kind, where)
+                    yield _columns(record) if columns else record
+            except _CutOff:
                 if keep_cut_off:
                     return
-                raise ResultFileError(f"{path}: line {number}: {TRUNCATED}")
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ResultFileError(f"{path}: line {number}: not valid JSON ({err})") from None
-            if not isinstance(item, dict):
-                raise ResultFileError(f"{path}: line {number}: expected a JSON object")
-            yield number, item
+                raise ResultFileError(f"{where}: {TRUNCATED}") from None
 
 
 def iter_records(path: Path, kind: str, *, keep_cut_off: bool = False,
                  columns: bool = False) -> tuple[dict, Iterator[dict]]:
-    """The header of a record file and an iterator over its records, each validated as it is read:
+    """The header of a record file and an iterator over its records, each checked as it is read:
     in list form, or with `columns` in column form (logprobs an array, float32 or float64 as
     stored, top_logprobs a records.TopK), whatever form the file has."""
     path = Path(path)
-    lines = _parsed_lines(path, keep_cut_off=keep_cut_off)
-    first = next(lines, None)
-    if first is None:
-        raise ResultFileError(f"{path}: line 1: empty file, expected the {kind} header")
-    header = first[1]
-    packed = _check_header(header, kind, path) == LINE_FORM
-
-    def records() -> Iterator[dict]:
-        for number, record in lines:
-            where = f"{path}: line {number}"
-            if packed:
-                yield _unpacked_record(record, kind, where, columns=columns)
-            else:
-                _check_record(record, kind, where)
-                yield _columns(record) if columns else record
-    return header, records()
+    handle = _open(path)
+    try:
+        first = handle.readline()
+        if not first.endswith(LINE_END):
+            raise ResultFileError(f"{path}: line 1: empty file, expected the {kind} header" if not first or keep_cut_off
+                                  else f"{path}: line 1: {TRUNCATED}")
+        header = _json_object(first, f"{path}: line 1")
+        form = _check_header(header, kind, path)
+    except BaseException:
+        handle.close()
+        raise
+    return header, _records(handle, path, kind, form, keep_cut_off=keep_cut_off, columns=columns)
 
 
 def stored_path(path: Path) -> Path:
-    """The file that holds the records of `path`: itself, or the one-document form written before."""
+    """The file that holds the records of `path`: itself, or where a form written before kept them."""
     path = Path(path)
-    return legacy_path(path) if not path.exists() and legacy_path(path).is_file() else path
+    if path.exists():
+        return path
+    return next((earlier for earlier in earlier_paths(path) if earlier.is_file()), path)
 
 
 def record_file_exists(path: Path) -> bool:
-    """Whether a record file exists in either form."""
+    """Whether a record file exists in any form."""
     return stored_path(path).is_file()
 
 
 def read_records(path: Path, kind: str, *, keep_cut_off: bool = False, columns: bool = False) -> dict:
     """A record file as one document: its header's fields and "records", in list form or with
-    `columns` in column form (see iter_records). Where only the one-document form written before
-    exists (<side>/<kind>.json), that is read instead."""
+    `columns` in column form (see iter_records). Where only a form written before exists, that is
+    read instead."""
     stored = stored_path(path)
-    if stored != Path(path):
+    if stored.suffix == ".json":
         doc = read_json(stored, kind)
         return {**doc, "records": list(map(_columns, doc["records"]))} if columns else doc
     header, records = iter_records(stored, kind, keep_cut_off=keep_cut_off, columns=columns)
@@ -298,9 +413,10 @@ def read_records(path: Path, kind: str, *, keep_cut_off: bool = False, columns: 
 def stream_records(path: Path, kind: str) -> dict:
     """A record file as a document whose "records" are read as they are iterated, once, in column
     form: what compare needs to go through thousands of records in bounded memory."""
-    if stored_path(path) != Path(path):
+    stored = stored_path(path)
+    if stored.suffix == ".json":
         return read_records(path, kind, columns=True)
-    header, records = iter_records(path, kind, columns=True)
+    header, records = iter_records(stored, kind, columns=True)
     return {**header, "records": records}
 
 
@@ -316,50 +432,53 @@ def write_document(path: Path, doc: dict, name: str) -> Path:
 
 
 def write_records(path: Path, doc: dict, kind: str) -> Path:
-    """Write a whole `kind` document (its records in list form) as a record file of the v3 form,
-    validated, atomically."""
+    """Write a whole `kind` document (its records in list form) as a record file of the v4 form,
+    validated, atomically; the files of forms written before are removed."""
     header = header_of(doc, kind)
     _check_header(header, kind, path)
     for index, record in enumerate(doc["records"]):
         _check_record(record, kind, f"{path}: record {index + 1}")
     try:
-        text = record_line(header) + "".join(map(record_line, doc["records"]))
+        data = header_line(header) + b"".join(map(record_bytes, doc["records"]))
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-    write_text_atomic(path, text)
-    legacy_path(path).unlink(missing_ok=True)
+    with atomic_file(path) as out:
+        out.write(data)
+    for earlier in set(earlier_paths(path)) - {Path(path)}:
+        earlier.unlink(missing_ok=True)
     return path
 
 
-def _line_offsets(path: Path) -> dict[str, tuple[int, int, bool]]:
-    """id: (offset, length, has an error) of each record line of a journal; the last line of an id wins."""
-    offsets = {}
+def _record_spans(path: Path) -> dict[str, tuple[int, int, bool]]:
+    """id: (offset, length, has an error) of each record of a journal; the last record of an id wins."""
+    spans = {}
     with open(path, "rb") as handle:
         handle.readline()
         while line := handle.readline():
-            record = json.loads(line)
-            offsets[record["id"]] = (handle.tell() - len(line), len(line), bool(record["error"]))
-    return offsets
+            start, record = handle.tell() - len(line), json.loads(line)
+            handle.seek(sum(dtype.itemsize * n for _, dtype, n in _layout(record)) + len(LINE_END), os.SEEK_CUR)
+            spans[record["id"]] = (start, handle.tell() - start, bool(record["error"]))
+    return spans
 
 
 class RecordJournal:
-    """A record file written as records finish: `add` appends one line and flushes it, so a process
-    killed at any moment loses no record that finished; `finish` puts the file in suite order."""
+    """A record file written as records finish: `add` appends one record and flushes it, so a
+    process killed at any moment loses no record that finished; `finish` puts the file in suite order."""
 
     def __init__(self, path: Path, header_doc: dict, kind: str, kept: Iterable[dict] = ()):
         """Start the file with `header_doc`'s header and the records `kept` from an earlier run."""
         self.path, self.kind = Path(path), kind
         self.header = header_of(header_doc, kind)
         write_records(self.path, {**header_doc, "records": list(kept)}, kind)
-        self._handle = open(self.path, "a", encoding="utf-8")
+        self._handle = open(self.path, "ab")
 
     def add(self, record: dict) -> None:
         _check_record(record, self.kind, f"{self.path}: record {record.get('id')!r}")
         try:
-            line = record_line(record)
+            data = record_bytes(record)
         except ValueError as err:
             raise ValueError(f"{self.path}: {err}") from None
-        self._handle.write(line)
+        self._handle.write(data)
         self._handle.flush()
 
     def close(self) -> None:
@@ -370,22 +489,22 @@ class RecordJournal:
 
     def finish(self, order: list[str], missing: Callable[[str], dict]) -> int:
         """Rewrite the file with one record per id of `order`, in that order, `missing(id)` for an id
-        that never finished; return how many records carry an error. The lines are copied as they
+        that never finished; return how many records carry an error. The records are copied as they
         were written (each was checked then), so memory holds offsets, not records."""
         self.close()
-        lines = _line_offsets(self.path)
+        spans = _record_spans(self.path)
         errors = 0
         with open(self.path, "rb") as source, atomic_file(self.path) as out:
-            out.write(record_line(self.header).encode("utf-8"))
+            out.write(header_line(self.header))
             for item in order:
-                if item in lines:
-                    offset, length, failed = lines[item]
+                if item in spans:
+                    offset, length, failed = spans[item]
                     source.seek(offset)
                     out.write(source.read(length))
                 else:
                     record = missing(item)
                     _check_record(record, self.kind, f"{self.path}: record {item!r}")
-                    out.write(record_line(record).encode("utf-8"))
+                    out.write(record_bytes(record))
                     failed = bool(record["error"])
                 errors += failed
         return errors

@@ -7,7 +7,7 @@ ran (its whole document, checked against the recorded sha256), its dtype, the ta
 and the environment (packages, image, hardware) that it lists beside the outcome. No absolute path
 of the original machine is used. The outcome is one of
 
-- byte_identical: the replayed generations.jsonl and perplexity.jsonl have the stored bytes;
+- byte_identical: the replayed generations.records and perplexity.records have the stored bytes;
 - within_thresholds: they differ, but every check of the comparison holds at the profile's
   thresholds for the recorded dtype (other hardware, bf16);
 - not_reproducible: some check fails; the first differing prompt (or passage) and token is named.

@@ -237,14 +237,14 @@ class RunDir:
         return self.root / (self.target_folder if side == "target" else side)
 
     def generations(self, side: str) -> Path:
-        return self.side(side) / "generations.jsonl"
+        return self.side(side) / "generations.records"
 
     def perplexity(self, side: str) -> Path:
-        return self.side(side) / "perplexity.jsonl"
+        return self.side(side) / "perplexity.records"
 
     def teacher_forced(self, side: str) -> Path:
         """`side`'s scores of the other side's answers."""
-        return self.root / side / "teacher-forced.jsonl"
+        return self.root / side / "teacher-forced.records"
 
     def logits(self, side: str) -> Path:
         """`side`'s full-vocabulary logits on the passages: the document naming the binary file beside it."""

@@ -14,8 +14,8 @@ from llm_parity.suite import load_suite_source, render_suite
 from llm_parity.record_files import read_records, write_records
 
 pytestmark = pytest.mark.integration
-FILES = ["suite.json", "model/manifest.json", "target/generations.jsonl", "target/perplexity.jsonl",
-         "target/provenance.json", "target/server.log", "reference/generations.jsonl", "reference/perplexity.jsonl",
+FILES = ["suite.json", "model/manifest.json", "target/generations.records", "target/perplexity.records",
+         "target/provenance.json", "target/server.log", "reference/generations.records", "reference/perplexity.records",
          "reference/provenance.json", "report/compare.json", "report/report.md", "report/report.html"]
 
 
@@ -48,9 +48,9 @@ def test_a_flipped_byte_in_any_file_is_caught(run_copy, name):
 
 
 def test_a_deleted_file_is_caught(run_copy):
-    (run_copy.root / "reference" / "perplexity.jsonl").unlink()
+    (run_copy.root / "reference" / "perplexity.records").unlink()
     report = problems(run_copy)
-    assert "reference/perplexity.jsonl: expected present (listed in SHA256SUMS), found missing" in report
+    assert "reference/perplexity.records: expected present (listed in SHA256SUMS), found missing" in report
 
 
 def test_the_other_sides_suite_swapped_in_is_caught_even_with_fresh_sums(run_copy, tiny_model_dir):
@@ -130,6 +130,6 @@ def test_a_folder_in_the_one_document_form_written_before_record_files_compares_
                 path.unlink()
     outcome = pipeline.compare(run_copy, load_profile("tiny-llama"), lang="en")
     assert outcome.result == before
-    assert not list(run_copy.root.rglob("*.jsonl"))
+    assert not list(run_copy.root.rglob("*.records"))
     result = audit_run(run_copy)
     assert result.ok, result.problems

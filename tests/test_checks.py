@@ -1,6 +1,7 @@
 """audit on a results folder written by hand with the project's own writers: no model, no server.
 Each test breaks the folder the way tests/test_audit_integration.py does and reads the structured problem."""
 import json
+import re
 
 import pytest
 from test_compare import EOS, STRICT, record
@@ -12,7 +13,7 @@ from llm_parity.provenance import collect
 from llm_parity.records import SIDES, Generation, PassageScore, decoding_of, generations_doc, perplexity_doc
 from llm_parity.results import ResultFileError, RunDir, read_json, schema_tag, sha256_of, validate, write_json
 from llm_parity.suite import suite_hash
-from llm_parity.record_files import read_records, record_line, write_records
+from llm_parity.record_files import header_line, read_records, write_records
 
 PROMPT_IDS = [1, 2, 3]
 DECODING = decoding_of({"top_logprobs": 2}, "float32")
@@ -121,8 +122,8 @@ def test_a_changed_file_names_both_digests(run):
 
 
 def test_unreadable_files_name_the_field_or_the_file(run):
-    header, *records = run.generations("target").read_text().splitlines(keepends=True)
-    run.generations("target").write_text(record_line({**json.loads(header), "side": "elsewhere"}) + "".join(records))
+    header, records = run.generations("target").read_bytes().split(b"\n", 1)
+    run.generations("target").write_bytes(header_line({**json.loads(header), "side": "elsewhere"}) + records)
     run.perplexity("reference").write_text("{\n")
     result = audit_run(run)
     unreadable = {p.file: p for p in result.structured_problems if p.check == "readable"}
@@ -132,14 +133,14 @@ def test_unreadable_files_name_the_field_or_the_file(run):
     assert unreadable[str(run.perplexity("reference"))].found.startswith("line 1: not valid JSON")
 
 
-def test_a_corrupted_packed_field_names_its_line_and_field(run):
-    header, line = run.generations("target").read_text().splitlines(keepends=True)
+def test_a_corrupted_stored_field_names_its_line_and_field(run):
+    header, line, numbers = run.generations("target").read_bytes().split(b"\n", 2)
     record = json.loads(line)
-    record["top_logprobs"]["ids"] = record["top_logprobs"]["ids"][:-1]
-    run.generations("target").write_text(header + json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n")
+    record["top_logprobs"]["width"] += 1
+    run.generations("target").write_bytes(b"\n".join([header, json.dumps(record, sort_keys=True).encode(), numbers]))
     [unreadable] = [p for p in audit_run(run).structured_problems if p.check == "readable"]
     assert (unreadable.file, unreadable.field) == (str(run.generations("target")), "line 2: top_logprobs.ids")
-    assert unreadable.found.startswith("not hexadecimal")
+    assert re.match(r"\d+ values, expected width \d+ x \d+ positions", unreadable.found)
 
 
 def test_audit_json_validates_and_lists_file_field_expected_found(run):

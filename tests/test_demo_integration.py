@@ -1,4 +1,5 @@
 """The whole path for real: vLLM serving the tiny model on this CPU, transformers on the same ids."""
+import json
 import os
 import shutil
 import subprocess
@@ -7,7 +8,7 @@ import sys
 import pytest
 
 from llm_parity.results import read_json
-from llm_parity.record_files import header_of, read_records, record_line, write_records
+from llm_parity.record_files import read_records, write_records
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +74,7 @@ def test_compare_task_exit_codes(demo_run, tmp_path):
     assert "verdict: PASS" in ok.stdout
     assert "## Precision metrics" in (root / "copy" / "report" / "report.md").read_text()
 
-    generations_path = root / "copy" / "reference" / "generations.jsonl"
+    generations_path = root / "copy" / "reference" / "generations.records"
     generations = read_records(generations_path, "generations")
     generations["records"][0]["logprobs"][0] += 0.5
     write_records(generations_path, generations, "generations")
@@ -81,8 +82,9 @@ def test_compare_task_exit_codes(demo_run, tmp_path):
     assert failed.returncode == 1
     assert "verdict: FAIL" in failed.stdout
 
-    generations["records"][0]["output_ids"] = "oops"  # written by hand: write_records would refuse it
-    generations_path.write_text("".join(map(record_line, [header_of(generations, "generations"), *generations["records"]])))
+    header, line, numbers = generations_path.read_bytes().split(b"\n", 2)
+    broken = {**json.loads(line), "output_ids": "oops"}  # written by hand: write_records would refuse it
+    generations_path.write_bytes(b"\n".join([header, json.dumps(broken).encode(), numbers]))
     compare_before = (root / "copy" / "report" / "compare.json").read_bytes()
     unusable = run_task("compare", "--profile", "tiny-llama", "--run", "copy", env=env)
     assert unusable.returncode == 2

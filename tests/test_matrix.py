@@ -106,7 +106,7 @@ def test_a_variant_that_names_an_image_runs_only_in_that_image(here, runs):
 
 def test_variants_live_under_variants_and_base_is_the_target(tmp_path):
     run = RunDir(tmp_path)
-    assert Variant(BASE, {}).results(run).generations("target") == tmp_path / "target" / "generations.jsonl"
+    assert Variant(BASE, {}).results(run).generations("target") == tmp_path / "target" / "generations.records"
     eager = Variant("eager", {}).results(run)
     assert eager.provenance("target") == tmp_path / "variants" / "eager" / "provenance.json"
     assert eager.server_log == tmp_path / "variants" / "eager" / "server.log"

@@ -43,7 +43,7 @@ def test_repeat_on_a_fresh_server_gives_byte_identical_records(matrix_run, demo_
     assert repeat["verdict"] == "pass" and repeat["vs_reference"]["verdict"] == "pass"
     run = outcome.path.parent.parent
     for kind in ("generations", "perplexity"):
-        assert (run / "variants" / "repeat" / f"{kind}.jsonl").read_bytes() == (run / "target" / f"{kind}.jsonl").read_bytes()
+        assert (run / "variants" / "repeat" / f"{kind}.records").read_bytes() == (run / "target" / f"{kind}.records").read_bytes()
 
 
 def test_a_variant_that_changes_the_answers_is_caught_and_its_flag_named(matrix_run):
@@ -80,15 +80,15 @@ def test_each_variant_records_how_it_ran_and_the_audit_covers_its_files(matrix_r
     audit = audit_run(run)
     assert audit.ok, audit.problems
     assert any(fact.startswith("matrix recomputed from the files of 3 variants") for fact in audit.facts)
-    assert "variants/repeat/generations.jsonl" in (run / "SHA256SUMS").read_text()
+    assert "variants/repeat/generations.records" in (run / "SHA256SUMS").read_text()
 
     copy = run.parent / "tampered"
     shutil.copytree(run, copy)
-    generations = read_records(copy / "variants" / "repeat" / "generations.jsonl", "generations")
+    generations = read_records(copy / "variants" / "repeat" / "generations.records", "generations")
     generations["records"][0]["logprobs"][0] += 0.5
-    write_records(copy / "variants" / "repeat" / "generations.jsonl", generations, "generations")
+    write_records(copy / "variants" / "repeat" / "generations.records", generations, "generations")
     problems = audit_run(copy).problems
-    assert any("variants/repeat/generations.jsonl: field sha256" in p for p in problems)
+    assert any("variants/repeat/generations.records: field sha256" in p for p in problems)
     assert any("report/matrix.json: field variants[2].vs_base" in p for p in problems), problems
 
 

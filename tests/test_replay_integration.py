@@ -49,7 +49,7 @@ def test_a_moved_folder_replays_the_reference_byte_identically_and_stays_auditab
     assert (entry["overrides"], entry["first_difference"]) == ([], None)
     assert ELSEWHERE not in read_json(run_copy.replayed.provenance("reference"), "provenance")["model"]["path"]
     listed = {line.split("  ", 1)[1] for line in run_copy.sums.read_text().splitlines()}
-    assert {"report/replay.json", "replay/reference/generations.jsonl"} <= listed
+    assert {"report/replay.json", "replay/reference/generations.records"} <= listed
     audited = audit_run(run_copy)
     assert audited.ok and f"replay: {entry['statement']}" in audited.facts, audited.problems
     assert "## 重放" in run_copy.report_md.read_text(encoding="utf-8")
@@ -117,7 +117,7 @@ def test_records_off_by_less_than_the_thresholds_are_within_thresholds(run_copy)
     entry = pipeline.replay(run_copy.root, "reference").entry
     assert (entry["outcome"], entry["first_difference"]) == (WITHIN_THRESHOLDS, None)
     files = {f["stored"]: f["stored_sha256"] == f["replayed_sha256"] for f in entry["files"]}
-    assert files == {"reference/generations.jsonl": False, "reference/perplexity.jsonl": True}
+    assert files == {"reference/generations.records": False, "reference/perplexity.records": True}
 
 
 def test_a_model_folder_that_fails_the_manifest_is_refused_before_anything_runs(run_copy, tiny_model_dir, tmp_path):
@@ -146,7 +146,7 @@ def test_a_folder_missing_its_suite_is_a_clear_error(run_copy):
 
 def test_a_folder_changed_after_its_sums_is_refused(run_copy):
     path = run_copy.generations("reference")
-    path.write_text(path.read_text(encoding="utf-8").replace('"error":null', '"error": null', 1), encoding="utf-8")
+    path.write_bytes(path.read_bytes().replace(b'"error":null', b'"error": null', 1))
     with pytest.raises(ResultFileError, match=f"{path}: field sha256: expected .* a replay rewrites SHA256SUMS"):
         pipeline.replay(run_copy.root, "reference")
     assert not run_copy.replayed.root.exists()

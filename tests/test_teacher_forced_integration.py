@@ -30,7 +30,7 @@ def test_each_side_scored_every_answer_of_the_other(docs, demo_run, scorer, answ
         assert record["error"] is None and record["answer_ids"] == by_id[record["id"]]["output_ids"]
         assert len(record["logprobs"]) == len(record["top_logprobs"]) == len(record["answer_ids"])
     listed = {line.split("  ", 1)[1] for line in demo_run.sums.read_text().splitlines()}
-    assert f"{scorer}/teacher-forced.jsonl" in listed
+    assert f"{scorer}/teacher-forced.records" in listed
 
 
 @pytest.mark.parametrize("scorer", ["reference", "target"])

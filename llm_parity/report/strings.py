@@ -213,7 +213,7 @@ DETAIL_PHRASES_ZH = sorted({
     "scored another answer than the one recorded now": "打分的回答与当前记录的回答不同",
     "has not scored the": "尚未为以下一侧的回答打分:",
     "scored other answers than the": "打分的回答不同于",
-    "generations.jsonl holds now": "generations.jsonl 当前记录的回答",
+    "generations.records holds now": "generations.records 当前记录的回答",
     "run cross-score --scorer": "请运行 cross-score --scorer",
     "again": "重新打分",
     "no answer was scored by both sides": "没有被两侧都打分的回答",

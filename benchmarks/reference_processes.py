@@ -19,7 +19,7 @@ from pathlib import Path
 from llm_parity.backend import SideSetup
 from llm_parity.profiles import DEMO_PROFILE, load_profile
 from llm_parity.reference import Placement, TransformersBackend
-from llm_parity.results import RunDir, canonical_json
+from llm_parity.results import RunDir, canonical_bytes
 from llm_parity.tiny_model import build_tiny_model
 from reference_batching import benchmark_suite
 
@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def timed(setup: SideSetup) -> tuple[float, float, str]:
+def timed(setup: SideSetup) -> tuple[float, float, bytes]:
     """Seconds to open the backend, seconds of generation and scoring, and the records as canonical JSON."""
     suite, records = setup.suite, []
     started = time.perf_counter()
@@ -46,7 +46,7 @@ def timed(setup: SideSetup) -> tuple[float, float, str]:
         backend.generate(suite["prompts"], top_logprobs=TOP_LOGPROBS, on_record=records.append)
         backend.score(suite["passages"], on_record=records.append)
         done = time.perf_counter()
-    return loaded - started, done - loaded, canonical_json(sorted((r.to_json() for r in records), key=lambda r: r["id"]))
+    return loaded - started, done - loaded, canonical_bytes(sorted((r.to_json() for r in records), key=lambda r: r["id"]))
 
 
 def main(argv: list[str] | None = None) -> int:

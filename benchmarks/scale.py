@@ -80,7 +80,7 @@ BREAKDOWN = {
         ("  of it JSON parsing (json.loads)", "json/__init__.py", "loads"),
         ("  of it checking the lines and taking the numbers after them", "record_files.py", "_read_stored"),
         ("schema checks of whole documents (jsonschema-rs)", "results.py", "validate"),
-        ("canonical JSON (json.dumps)", "results.py", "canonical_json"),
+        ("canonical JSON (json.dumps)", "results.py", "canonical_bytes"),
         ("per-prompt measures, a chunk of prompts at a time (compare_generations)", "compare.py", "compare_generations"),
         ("  of it teacher-forced measures per position (position_measures)", "divergence.py", "position_measures"),
     ),

@@ -22,7 +22,7 @@ from llm_parity.compare import PASS, IncompatibleRuns, Registry, compare_runs, f
 from llm_parity.logits import measure_sides, read_side_logits
 from llm_parity.record_files import RECORD_KINDS, read_document, record_file_exists, stream_records
 from llm_parity.records import SIDES
-from llm_parity.results import (ResultFileError, RunDir, canonical_json, ensure_writable, listed_files, read_json, schema_tag,
+from llm_parity.results import (ResultFileError, RunDir, canonical_bytes, ensure_writable, listed_files, read_json, schema_tag,
                                 sha256_file, sha256_of, write_json)
 from llm_parity.suite import suite_hash
 
@@ -302,7 +302,7 @@ def compare_json_recomputes_from_raw_files(files: RunFiles, found: CheckResult) 
         return
     if recomputed is None:
         return
-    if canonical_json(recomputed, indent=None) != canonical_json(compare, indent=None):
+    if canonical_bytes(recomputed, indent=None) != canonical_bytes(compare, indent=None):
         for key in sorted(set(recomputed) | set(compare)):
             if recomputed.get(key) != compare.get(key):
                 found.problem(files.run.compare, key, expected=_brief(recomputed.get(key)), found=_brief(compare.get(key)),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from llm_parity.compare import FAIL, PASS, IncompatibleRuns, compare_runs, failing_checks, unchecked_checks
 from llm_parity.profiles import Profile
 from llm_parity.record_files import read_document
-from llm_parity.results import ResultFileError, RunDir, canonical_json, read_json, schema_tag
+from llm_parity.results import ResultFileError, RunDir, canonical_bytes, read_json, schema_tag
 
 BASE = "base"
 RAN, SERVER_FAILED, SKIPPED, NOT_RUN = "ran", "server_failed", "skipped", "not_run"
@@ -200,8 +200,8 @@ def defined_differences(definition: dict) -> list[str]:
     return [f"{text} (defined; not run)" for text in found]
 
 
-def _records(side: dict) -> str:
-    return canonical_json([side["generations"]["records"], side["perplexity"]["records"]])
+def _records(side: dict) -> bytes:
+    return canonical_bytes([side["generations"]["records"], side["perplexity"]["records"]])
 
 
 def _first_split(result: dict) -> str | None:

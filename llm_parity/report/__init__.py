@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from llm_parity.compare import FAIL, PASS, unchecked_checks
 from llm_parity.report.strings import CHECK_NAMES, STRINGS, detail_text
+
+if TYPE_CHECKING:
+    from llm_parity.report.overview import Distribution
 
 PRECISION_CHECKS = ("token_ids", "text", "max_abs_logprob_diff", "perplexity_rel_diff", "kld_mean", "kld_p99", "same_top1",
                     "rms_delta_p", "logits_max_abs_diff")
@@ -36,6 +40,8 @@ class Report:
     details: list[Section] = field(default_factory=list)  # the tables with a row per prompt or per passage
     # None: `details` follow the sections; else they are on the DETAILS_PAGE, and this sentence links it ({link}).
     details_link: str | None = None
+    # The measures counted by order of magnitude: a row each in a section, a chart each in report.html.
+    distributions: list[Distribution] = field(default_factory=list)
 
 
 # At most this many prompts and passages: the per-item tables stay inline; more go to a page of their own.
@@ -333,7 +339,7 @@ def build_report(compare: dict, provenance: dict, *, manifest: dict | None = Non
     (report/matrix.json) adds the configuration matrix."""
     # Both build on this module's Section.
     from llm_parity.report.matrix import matrix_section
-    from llm_parity.report.overview import overview_sections
+    from llm_parity.report.overview import distributions, overview_sections
 
     if lang not in STRINGS:
         raise ValueError(f"report language {lang!r}: choose one of {sorted(STRINGS)}")
@@ -341,11 +347,12 @@ def build_report(compare: dict, provenance: dict, *, manifest: dict | None = Non
     facts = [(s["dtype"], compare["dtype"]), (s["revision"], _revision_text(s, manifest)),
              (s["model"], compare["model_manifest_sha256"]), (s["suite"], _suite_text(s, compare, suite))]
     titles = side_titles(s, provenance)
+    found = distributions(compare)  # sorted and counted once, for their section and their charts
     sections = [_environment(s, provenance), _items(s, compare, lang), _precision(s, compare, lang),
-                _teacher_forced(s, compare, titles), *overview_sections(s, compare, lang, titles, suite),
+                _teacher_forced(s, compare, titles), *overview_sections(s, compare, lang, titles, suite, found),
                 *_accuracy(s, compare, titles)] \
         + ([_bench(s, bench)] if bench else []) + ([matrix_section(s, matrix)] if matrix else []) \
         + ([_replay(s, replay, lang)] if replay else [])
     details, details_link = _details(s, compare, lang, titles)
     return Report(f"{s['title']}: {compare['profile']}", f"{s['verdict']}: {s[compare['verdict']]}", facts, sections, lang,
-                  titles, details, details_link)
+                  titles, details, details_link, found)

@@ -7,7 +7,7 @@ from html import escape
 
 from llm_parity.report import DETAILS_PAGE, Report, Section
 from llm_parity.report.charts import bars, log_lines
-from llm_parity.report.overview import decade_histogram, distributions
+from llm_parity.report.overview import decade_histogram
 from llm_parity.report.strings import STRINGS
 
 STYLE = """
@@ -19,15 +19,14 @@ code{background:#f6f6f6;padding:0 3px} svg{max-width:100%;height:auto;margin:.5e
 """
 
 
-def charts(compare: dict, lang: str, bench: dict | None = None, titles: dict[str, str] | None = None) -> dict[str, str]:
+def charts(report: Report, compare: dict, bench: dict | None = None) -> dict[str, str]:
     """Every chart the sections name, each of a size bounded whatever the number of prompts: values
     counted by order of magnitude, or one point per position."""
-    s = STRINGS[lang]
-    titles = titles or {side: s[side] for side in ("target", "reference")}
+    s, titles = STRINGS[report.lang], report.side_titles
     along = compare["summary"]["logprob_diff_along_positions"]
     drawn = {"delta": log_lines({s["max"]: along["max"], s["median"]: along["median"]}, title=s["chart_delta"],
                                 x_label=s["position"])}
-    for distribution in distributions(compare):
+    for distribution in report.distributions:
         labels, counts = decade_histogram(list(distribution.groups.values()))
         drawn[distribution.key] = bars(labels, [(s[group], c) for group, c in zip(distribution.groups, counts)],
                                        title=s[f"chart_{distribution.key}"], x_label=s["decade"])
@@ -52,17 +51,26 @@ def _head(report: Report, title: str) -> list[str]:
             f"<h1>{escape(title)}</h1>", f'<p class="verdict">{escape(report.verdict)}</p>']
 
 
+def _row(cells: list[str]) -> str:
+    return f"<tr><td>{'</td><td>'.join(escape(str(value)) for value in cells)}</td></tr>"
+
+
 def _sections(sections: list[Section], drawn: dict[str, str]) -> list[str]:
     out = []
     for section in sections:
         out.append(f"<h2>{escape(section.title)}</h2>")
         if section.headers:
             out.append("<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in section.headers) + "</tr>")
-            out += ["<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in row) + "</tr>" for row in section.rows]
+            out += map(_row, section.rows)
             out.append("</table>")
         out += [f"<blockquote>{escape(note)}</blockquote>" for note in section.notes]
         out += [drawn[key] for key in section.charts]
     return out
+
+
+def _page(lines: list[str]) -> str:
+    """The lines and the end of the page, each ending in a newline (joined once: prompts.html is 40 MB)."""
+    return "\n".join([*lines, "</body></html>", ""])
 
 
 def _link(name: str) -> str:
@@ -71,7 +79,7 @@ def _link(name: str) -> str:
 
 def render_html(report: Report, compare: dict, bench: dict | None = None) -> str:
     """report.html: the sections with their charts, then the per-prompt tables or the link to their page."""
-    drawn = charts(compare, report.lang, bench, report.side_titles)
+    drawn = charts(report, compare, bench)
     out = _head(report, report.title) + ["<ul>"]
     out += [f"<li>{escape(label)}: <code>{escape(str(value))}</code></li>" for label, value in report.facts]
     out += ["</ul>"] + _sections(report.sections, drawn)
@@ -80,7 +88,7 @@ def render_html(report: Report, compare: dict, bench: dict | None = None) -> str
     else:
         out += [f"<h2>{escape(STRINGS[report.lang]['details'])}</h2>",
                 f"<p>{escape(report.details_link).format(link=_link(f'{DETAILS_PAGE}.html'))}</p>"]
-    return "\n".join(out + ["</body></html>"]) + "\n"
+    return _page(out)
 
 
 def render_details_html(report: Report) -> str:
@@ -88,7 +96,7 @@ def render_details_html(report: Report) -> str:
     s = STRINGS[report.lang]
     out = _head(report, f"{report.title}: {s['details_title']}")
     out += [f"<p>{escape(s['details_back']).format(link=_link('report.html'))}</p>"] + _sections(report.details, {})
-    return "\n".join(out + ["</body></html>"]) + "\n"
+    return _page(out)
 
 
 def html_pages(report: Report, compare: dict, bench: dict | None = None) -> dict[str, str]:

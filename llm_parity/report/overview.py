@@ -30,12 +30,12 @@ def _missing(compare: dict, suite: dict | None) -> list[str]:
     return [p["id"] for p in (suite or {}).get("prompts", []) if p["id"] not in compared]
 
 
-def _summary(s: dict, compare: dict, suite: dict | None) -> Section:
+def _summary(s: dict, compare: dict, missing: list[str]) -> Section:
     summary = compare["summary"]
     return Section(s["summary"], [s["n_prompts"], s["identical"], s["split_within_top_k"], s["split_outside_top_k"],
                                   s["errors"], s["missing"], s["compared_tokens"], s["n_passages"]],
                    [[str(summary["prompts"]), str(summary["identical"]), str(summary["split_within_top_k"]),
-                     str(summary["split_outside_top_k"]), str(summary["errors"]), str(len(_missing(compare, suite))),
+                     str(summary["split_outside_top_k"]), str(summary["errors"]), str(len(missing)),
                      str(summary["compared_tokens"]), f"{len(_scored(compare))}/{len(compare['passages'])}"]])
 
 
@@ -64,8 +64,8 @@ def failing_reasons(s: dict, prompt: dict, thresholds: dict, lang: str) -> list[
     return reasons
 
 
-def _failing_prompts(s: dict, compare: dict, lang: str, titles: dict[str, str], suite: dict | None) -> Section:
-    """Every failing prompt with its reasons and both outputs, and every prompt no side compared."""
+def _failing_prompts(s: dict, compare: dict, lang: str, titles: dict[str, str], missing: list[str]) -> Section:
+    """Every failing prompt with its reasons and both outputs, and every prompt no side compared (`missing`)."""
     exact = exact_ids(compare)
     rows = []
     for prompt in compare["prompts"]:
@@ -75,7 +75,7 @@ def _failing_prompts(s: dict, compare: dict, lang: str, titles: dict[str, str], 
                 divergence = "—"  # prompt_row gives the error there; the reasons already do
             rows.append([prompt["id"], "; ".join(reasons), tokens, delta, divergence,
                          prompt.get("target_text", "—"), prompt.get("reference_text", "—")])
-    rows += [[prompt_id, s["reason_missing"], "—", "—", "—", "—", "—"] for prompt_id in _missing(compare, suite)]
+    rows += [[prompt_id, s["reason_missing"], "—", "—", "—", "—", "—"] for prompt_id in missing]
     section = Section(s["failing"].format(n=len(rows)))
     if rows:
         section.headers = [s["prompt"], s["why_failing"], s["tokens"], "max |Δ|", s["divergence"], titles["target"],
@@ -168,8 +168,7 @@ def _distribution_row(s: dict, distribution: Distribution) -> list[str]:
             fmt(distribution.p99), fmt(distribution.high), by_decade]
 
 
-def _distributions(s: dict, compare: dict) -> Section:
-    found = distributions(compare)
+def _distributions(s: dict, found: list[Distribution]) -> Section:
     return Section(s["distributions"], [s["metric"], s["count"], s["min"], s["median"], "p99", s["max"], s["by_decade"]],
                    [_distribution_row(s, d) for d in found], [s["distributions_note"]], tuple(d.key for d in found))
 
@@ -211,10 +210,10 @@ def worst(items: list[dict], value: Callable[[dict], float | None], *, largest: 
 
 def _worst_prompts(s: dict, compare: dict, lang: str) -> list[Section]:
     """A table per ranking the run has values for; a split's explanation is left to the per-prompt table."""
-    exact = exact_ids(compare)
+    exact, answered = exact_ids(compare), _answered(compare)
     sections = []
     for ranking in RANKINGS:
-        chosen, total = worst(_answered(compare), ranking.value, largest=ranking.largest)
+        chosen, total = worst(answered, ranking.value, largest=ranking.largest)
         if chosen:
             title = s["worst"].format(measure=s[ranking.measure], order=s[ranking.order], n=len(chosen), total=total)
             sections.append(Section(title, ["#", s[ranking.measure], *prompt_headers(s)],
@@ -232,8 +231,10 @@ def _worst_passages(s: dict, compare: dict, titles: dict[str, str]) -> list[Sect
                     [[str(rank), *passage_row(passage)] for rank, (_, passage) in enumerate(chosen, 1)])]
 
 
-def overview_sections(s: dict, compare: dict, lang: str, titles: dict[str, str], suite: dict | None) -> list[Section]:
-    """Summary, failing prompts and passages, distributions, worst prompts and passages."""
-    return [_summary(s, compare, suite), _failing_prompts(s, compare, lang, titles, suite),
-            *_failing_passages(s, compare, titles), _distributions(s, compare), *_worst_prompts(s, compare, lang),
+def overview_sections(s: dict, compare: dict, lang: str, titles: dict[str, str], suite: dict | None,
+                      found: list[Distribution]) -> list[Section]:
+    """Summary, failing prompts and passages, the distributions `found` (by distributions), worst prompts and passages."""
+    missing = _missing(compare, suite)
+    return [_summary(s, compare, missing), _failing_prompts(s, compare, lang, titles, missing),
+            *_failing_passages(s, compare, titles), _distributions(s, found), *_worst_prompts(s, compare, lang),
             *_worst_passages(s, compare, titles)]

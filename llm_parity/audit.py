@@ -22,8 +22,8 @@ from llm_parity.compare import PASS, IncompatibleRuns, Registry, compare_runs, f
 from llm_parity.logits import measure_sides, read_side_logits
 from llm_parity.record_files import RECORD_KINDS, read_document, record_file_exists, stream_records
 from llm_parity.records import SIDES
-from llm_parity.results import (ResultFileError, RunDir, canonical_bytes, ensure_writable, listed_files, read_json, schema_tag,
-                                sha256_file, sha256_of, write_json)
+from llm_parity.results import (ResultFileError, RunDir, canonical_bytes, ensure_writable, hashing_in_background,
+                                listed_files, read_json, schema_tag, sha256_file, sha256_of, write_json)
 from llm_parity.suite import suite_hash
 
 SIDE_DOCUMENTS = ("generations", "perplexity", "provenance")  # each the name of its schema and of its RunDir path
@@ -112,10 +112,11 @@ class RunFiles:
     errors: dict[Path, tuple[str, ResultFileError]] = field(default_factory=dict)  # path: (schema, error)
     accuracy: dict[str, dict | None] = field(default_factory=dict)  # side: accuracy.read_side, None if not run
     logits: dict[str, tuple[dict, list]] = field(default_factory=dict)  # side: logits.read_side_logits, where stored
+    sha256: Callable[[Path], str] = sha256_file  # a file's hash, for the sums check (results.write_sums's `sha256`)
 
     @classmethod
-    def read(cls, run: RunDir) -> "RunFiles":
-        files = cls(run)
+    def read(cls, run: RunDir, sha256: Callable[[Path], str] = sha256_file) -> "RunFiles":
+        files = cls(run, sha256=sha256)
         side_documents = [(_side_path(run, side, kind), kind) for side in SIDES for kind in SIDE_DOCUMENTS]
         optional = [(path, kind) for side in SIDES for kind in OPTIONAL_SIDE_DOCUMENTS
                     if record_file_exists(path := _side_path(run, side, kind))]
@@ -213,7 +214,7 @@ def sums_cover_every_file_unchanged(files: RunFiles, found: CheckResult) -> None
     for name, digest in listed.items():
         if name not in present:
             found.problem(run.root / name, WHOLE_FILE, expected="present (listed in SHA256SUMS)", found="missing")
-        elif (actual := sha256_file(present[name])) != digest:
+        elif (actual := files.sha256(present[name])) != digest:
             found.problem(run.root / name, "sha256", expected=f"{digest} (SHA256SUMS)", found=actual,
                           why="the file changed after SHA256SUMS was written")
     for name in sorted(set(present) - set(listed)):
@@ -371,8 +372,10 @@ def audit_run(run: RunDir | Path | str) -> AuditResult:
     """Every audit check on one results folder. `run` may be any folder (an auditor is handed a
     folder, not a run name); the audit only reads it."""
     run = run if isinstance(run, RunDir) else RunDir(Path(run))
-    files = RunFiles.read(run)
-    return AuditResult(run.root, [_run_check(name, audit, files) for name, audit in AUDIT_CHECKS])
+    with hashing_in_background(listed_files(run) if run.sums.is_file() else []) as hashes:
+        files = RunFiles.read(run, sha256=hashes.sha256)
+        files.read_every_record()  # the long part, now: the sums check, which waits on the hashes, comes first
+        return AuditResult(run.root, [_run_check(name, audit, files) for name, audit in AUDIT_CHECKS])
 
 
 def _run_check(name: str, audit: Callable[[RunFiles, CheckResult], None], files: RunFiles) -> CheckResult:

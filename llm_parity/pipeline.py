@@ -47,8 +47,8 @@ from llm_parity.reference import Placement, TransformersRunner
 from llm_parity.report import build_report
 from llm_parity.report.html import html_pages
 from llm_parity.report.markdown import markdown_pages
-from llm_parity.results import (ResultFileError, RunDir, ensure_writable, read_json, sha256_of, write_json, write_sums,
-                                write_text_atomic)
+from llm_parity.results import (ResultFileError, RunDir, ensure_writable, hashing_in_background, listed_files, read_json,
+                                sha256_of, write_json, write_sums, write_text_atomic)
 from llm_parity.serve import ServerError
 from llm_parity.serve import serving
 from llm_parity.suite import DEFAULT_SUITE, load_suite_source, render_suite
@@ -565,6 +565,26 @@ def _refresh_matrix(run: RunDir) -> None:
         write_json(run.matrix, matrix_mod.recompute(run, read_json(run.matrix, "matrix")), "matrix")
 
 
+def _compared(run: RunDir, profile: Profile, suite: dict) -> dict:
+    """compare.json's document of the run's files, each record file streamed once."""
+    target = stream_records(run.generations("target"), "generations")
+    dtype = target["decoding"]["dtype"]
+    ensure_writable(run.compare.parent)
+    forced = {side: stream_records(run.teacher_forced(side), "teacher-forced")
+              if record_file_exists(run.teacher_forced(side)) else None for side in SIDES}
+    logits, logits_missing = logits_mod.measure_sides(logits_mod.read_sides(run))
+    return compare_mod.compare_runs(
+        suite=suite, target=target,
+        reference=stream_records(run.generations("reference"), "generations"),
+        target_ppl=stream_records(run.perplexity("target"), "perplexity"),
+        reference_ppl=stream_records(run.perplexity("reference"), "perplexity"),
+        thresholds=profile.thresholds(dtype), profile=profile.name,
+        accuracy={side: accuracy_mod.read_side(run, side) for side in SIDES},
+        target_forced=forced["target"], reference_forced=forced["reference"],
+        logits=logits, logits_missing=logits_missing,
+    )
+
+
 def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override: bool = False) -> CompareOutcome:
     """Compare the two sides' files; write report/compare.json, report/matrix.json (recomputed, when
     the run has a matrix), report.md, report.html and, last, SHA256SUMS. The sides must have run
@@ -575,29 +595,17 @@ def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override
         raise compare_mod.IncompatibleRuns(f"{run.provenance('target').parent.parent}: {'; '.join(differences)}; "
                                            "compare with the profile they ran, or pass --profile-override to judge "
                                            "them by this one (the report says so)")
-    target = stream_records(run.generations("target"), "generations")
-    dtype = target["decoding"]["dtype"]
-    ensure_writable(run.compare.parent)
-    forced = {side: stream_records(run.teacher_forced(side), "teacher-forced")
-              if record_file_exists(run.teacher_forced(side)) else None for side in SIDES}
-    logits, logits_missing = logits_mod.measure_sides(logits_mod.read_sides(run))
     suite = read_json(run.suite, "suite")
-    result = compare_mod.compare_runs(
-        suite=suite, target=target,
-        reference=stream_records(run.generations("reference"), "generations"),
-        target_ppl=stream_records(run.perplexity("target"), "perplexity"),
-        reference_ppl=stream_records(run.perplexity("reference"), "perplexity"),
-        thresholds=profile.thresholds(dtype), profile=profile.name,
-        accuracy={side: accuracy_mod.read_side(run, side) for side in SIDES},
-        target_forced=forced["target"], reference_forced=forced["reference"],
-        logits=logits, logits_missing=logits_missing,
-    )
-    if differences:
-        result["profile_override"] = "; ".join(differences)
-    write_json(run.compare, result, "compare")
-    _refresh_matrix(run)
-    write_report(run, result, provenance, lang=lang, suite=suite)
-    write_sums(run)
+    # Every file but report/'s, which compare writes, hashed for SHA256SUMS while the records are measured.
+    unwritten = [path for path in listed_files(run) if not path.is_relative_to(run.compare.parent)]
+    with hashing_in_background(unwritten) as hashes:
+        result = _compared(run, profile, suite)
+        if differences:
+            result["profile_override"] = "; ".join(differences)
+        write_json(run.compare, result, "compare")
+        _refresh_matrix(run)
+        write_report(run, result, provenance, lang=lang, suite=suite)
+        write_sums(run, hashes.sha256)
     return CompareOutcome(result, run.report_md)
 
 

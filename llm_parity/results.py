@@ -7,7 +7,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -322,6 +323,43 @@ def sha256_file(path: Path, chunk: int = 1 << 20, *, on_read: Callable[[int], No
     return digest.hexdigest()
 
 
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    """What changes when a file is replaced (atomic writes rename a new file over it) or written in place."""
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+class BackgroundHashes:
+    """The sha256 of files hashed one after another in a background thread while the caller goes on
+    with its own work: hashlib lets go of the GIL on each chunk, so the hashing (a second per GB)
+    takes another core rather than adding to the caller's time. Made by `hashing_in_background`."""
+
+    def __init__(self, paths: Iterable[Path], executor: ThreadPoolExecutor):
+        self._jobs: dict[Path, Future[tuple[tuple[int, int, int, int], str]]] = {
+            path: executor.submit(lambda path=path: (_identity(path), sha256_file(path))) for path in paths}
+
+    def sha256(self, path: Path) -> str:
+        """sha256_file(path), from the background once it is done there; hashed now if it was not
+        handed over, could not be read there, or changed since it was."""
+        job = self._jobs.get(path)
+        if job is not None and job.exception() is None:
+            identity, digest = job.result()
+            if identity == _identity(path):
+                return digest
+        return sha256_file(path)
+
+
+@contextmanager
+def hashing_in_background(paths: Iterable[Path]) -> Iterator[BackgroundHashes]:
+    """Hash `paths` in a background thread for the block's length; what it has not begun when the
+    block ends is dropped, so an error does not wait on the rest."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+    try:
+        yield BackgroundHashes(paths, executor)
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
 def listed_files(run: RunDir) -> list[Path]:
     """The files SHA256SUMS covers: all of the run's but SHA256SUMS itself and report/audit.json,
     the auditor's statement about the folder, written after the sums (and again at each audit)."""
@@ -329,8 +367,9 @@ def listed_files(run: RunDir) -> list[Path]:
                   if p.is_file() and p not in (run.sums, run.audit) and not p.name.startswith("."))
 
 
-def write_sums(run: RunDir) -> Path:
-    """SHA256SUMS over every file of the run, in `sha256sum -c` format; written last."""
-    lines = [f"{sha256_file(p)}  {p.relative_to(run.root).as_posix()}" for p in listed_files(run)]
+def write_sums(run: RunDir, sha256: Callable[[Path], str] = sha256_file) -> Path:
+    """SHA256SUMS over every file of the run, in `sha256sum -c` format; written last. `sha256`: where
+    each file's hash comes from (BackgroundHashes.sha256 where they were hashed while the run went on)."""
+    lines = [f"{sha256(p)}  {p.relative_to(run.root).as_posix()}" for p in listed_files(run)]
     write_text_atomic(run.sums, "\n".join(lines) + "\n")
     return run.sums

@@ -1,12 +1,13 @@
 """Results files: schema validation on write and read, one-line errors naming file and field,
-atomic writes, run names that cannot escape the results root."""
+atomic writes, run names that cannot escape the results root, hashes taken in the background."""
 import json
 
 import pytest
 
 from llm_parity.profiles import load_profile
 from llm_parity.records import Generation, decoding_of, generations_doc
-from llm_parity.results import ResultFileError, RunDir, read_json, write_json
+from llm_parity.results import (ResultFileError, RunDir, hashing_in_background, read_json, sha256_file, write_json,
+                                write_text_atomic)
 from llm_parity.suite import load_suite_source
 
 SUITE = {"sha256": "a" * 64}
@@ -100,3 +101,16 @@ def test_bad_profile_names_file_and_field(tmp_path):
 def test_run_names_cannot_escape_the_results_root(tmp_path, name):
     with pytest.raises(ValueError):
         RunDir.under(tmp_path, name)
+
+
+def test_background_hashes_are_of_the_bytes_there_when_asked(tmp_path):
+    kept, replaced, missing, other = (tmp_path / name for name in ("kept", "replaced", "missing", "other"))
+    for path in (kept, replaced, other):
+        path.write_text(f"{path.name} before")
+    with hashing_in_background([kept, replaced, missing]) as hashes:
+        assert hashes.sha256(replaced) == sha256_file(replaced)  # waits for the background to reach it
+        write_text_atomic(replaced, "replaced after it was hashed")
+        missing.write_text("there only now")
+        other.write_text("never handed to the background")
+        assert [hashes.sha256(path) for path in (kept, replaced, missing, other)] == [
+            sha256_file(path) for path in (kept, replaced, missing, other)]

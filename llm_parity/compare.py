@@ -9,15 +9,17 @@ take seconds and a bounded amount of memory."""
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass, replace
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any, Callable
 
 import numpy as np
 
 from llm_parity.accuracy_stats import compare_accuracy
-from llm_parity.divergence import Positions, kld_summary, matched, position_measures, segment_summaries
+from llm_parity.divergence import Positions, kld_summary, matched, position_measures, segment_summaries, transposed
 from llm_parity.records import NO_TOKEN, AnswersHash, IncompatibleRuns, TopK, stack_top_k, top_k_arrays
 from llm_parity.results import schema_tag
 from llm_parity.stats import FLOOR_DECADE
@@ -67,11 +69,6 @@ class Scores:
 
     logprobs: np.ndarray
     top_k: TopK
-
-    @classmethod
-    def of(cls, record: dict) -> "Scores":
-        top_k = top_k_arrays(record["top_logprobs"])  # measured in float64, however the file stores them
-        return cls(np.asarray(record["logprobs"], dtype=float), TopK(top_k.ids, top_k.logprobs.astype(float, copy=False)))
 
     def margin_at(self, position: int) -> float | None:
         ids = self.top_k.ids
@@ -132,12 +129,71 @@ class PromptPair:
 
 
 @dataclass(frozen=True)
+class Columns:
+    """The scores of many records, one record after another: the taken tokens' logprobs and the
+    top-k at each position, in float64 however the files store them, and where each record starts."""
+
+    logprobs: np.ndarray
+    top_k: TopK
+    starts: np.ndarray  # each record's first position, then the end of the last
+
+    @classmethod
+    def of(cls, records: list[dict]) -> "Columns":
+        """The scores of `records` (at least one), in column or list form."""
+        top_k = stack_top_k([top_k_arrays(record["top_logprobs"]) for record in records])
+        logprobs = np.concatenate([np.asarray(record["logprobs"]) for record in records])
+        return cls(logprobs.astype(float, copy=False), TopK(top_k.ids, top_k.logprobs.astype(float, copy=False)),
+                   np.cumsum([0, *(len(record["logprobs"]) for record in records)]))
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.starts)
+
+    def scores(self, record: int) -> Scores:
+        """One record's scores."""
+        start, stop = self.starts[record], self.starts[record + 1]
+        return Scores(self.logprobs[start:stop], self.top_k.rows(start, stop))
+
+    def at(self, positions: np.ndarray) -> Scores:
+        """The scores at `positions`, increasing indices of all records' positions."""
+        if len(positions) == len(self.logprobs):  # every position: as they are, no copy
+            return Scores(self.logprobs, self.top_k)
+        # take: several times faster than indexing with an array, for rows of a handful of values.
+        return Scores(self.logprobs.take(positions), TopK(*(array.take(positions, axis=0) for array in self.top_k)))
+
+
+def _token_ids(answers: Iterable[list[int]]) -> np.ndarray:
+    """The token ids of `answers`, one answer after another."""
+    return np.fromiter(itertools.chain.from_iterable(answers), dtype=np.int32)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The indices start, start + 1, ... of each (start, length), one range after another."""
+    ends = np.cumsum(lengths)
+    return np.arange(ends[-1] if len(ends) else 0) + np.repeat(starts - ends + lengths, lengths)
+
+
+@dataclass(frozen=True)
 class _Answered:
-    index: int  # in the chunk
-    pair: PromptPair
-    target: Scores
-    reference: Scores
-    prefix: int  # length of the common prefix of both answers
+    """The prompts of a chunk that both sides answered."""
+
+    indices: list[int]  # in the chunk
+    pairs: list[PromptPair]
+    target: Columns
+    reference: Columns
+    prefixes: list[int]  # length of the common prefix of both answers
+
+    @classmethod
+    def of(cls, pairs: list[PromptPair]) -> "_Answered | None":
+        """The answered prompts of `pairs`; None where there are none."""
+        indices = [index for index, pair in enumerate(pairs) if not (pair.target["error"] or pair.reference["error"])]
+        if not indices:
+            return None
+        answered = [pairs[index] for index in indices]
+        prefixes = [len(pair.target["output_ids"]) if pair.target["output_ids"] == pair.reference["output_ids"]
+                    else _common_prefix(pair.target["output_ids"], pair.reference["output_ids"]) for pair in answered]
+        return cls(indices, answered, Columns.of([pair.target for pair in answered]),
+                   Columns.of([pair.reference for pair in answered]), prefixes)
 
 
 def _segment_reduce(ufunc: np.ufunc, values: np.ndarray, lengths: np.ndarray, empty: float) -> np.ndarray:
@@ -152,10 +208,11 @@ def _segment_reduce(ufunc: np.ufunc, values: np.ndarray, lengths: np.ndarray, em
 
 def _top_k_deltas(target: TopK, reference: TopK) -> np.ndarray:
     """At each position, the largest |Δ logprob| of a token in both sides' top-k; -inf where none is."""
-    found, reference_logprobs = matched(target.ids, reference.ids, reference.logprobs)
+    target_ids, target_logprobs, reference_ids, reference_logprobs = map(transposed, (*target, *reference))
+    found, reference_logprobs = matched(target_ids, reference_ids, reference_logprobs)
     if not found.size:
         return np.full(target.positions, -np.inf)
-    return np.where(found, np.abs(target.logprobs - reference_logprobs), -np.inf).max(axis=1)
+    return np.where(found, np.abs(target_logprobs - reference_logprobs), -np.inf).max(axis=0)
 
 
 def _margins(top_k: TopK) -> np.ndarray:
@@ -167,17 +224,19 @@ def _margins(top_k: TopK) -> np.ndarray:
 
 def _eos_problem(output_ids: list[int], eos_ids: set[int]) -> str | None:
     """An EOS may only come once, as the last token."""
-    count = sum(output_ids.count(eos) for eos in eos_ids)
-    if count == 0 or (count == 1 and output_ids[-1] in eos_ids):
+    if eos_ids.isdisjoint(output_ids[:-1]):
         return None
     positions = [i for i, token in enumerate(output_ids) if token in eos_ids]
     return f"end-of-sequence ids at positions {positions} of {len(output_ids)}"
 
 
-def _answered_entry(answered: _Answered, *, suite_prompt_ids: list[int] | None, eos_ids: set[int], noise: float,
-                    measured: dict) -> dict:
-    target, reference = answered.pair.target, answered.pair.reference
-    divergence = first_divergence(target, reference, answered.target, answered.reference, noise=noise)
+def _answered_entry(answered: _Answered, answer: int, *, suite_prompt_ids: list[int] | None, eos_ids: set[int],
+                    noise: float, measured: dict) -> dict:
+    """compare.json's entry of the `answer`th answered prompt of a chunk, with its `measured` prefix measures."""
+    pair = answered.pairs[answer]
+    target, reference = pair.target, pair.reference
+    divergence = None if target["output_ids"] == reference["output_ids"] else first_divergence(
+        target, reference, answered.target.scores(answer), answered.reference.scores(answer), noise=noise)
     if divergence is None:
         status = "identical"
     elif divergence["target_in_reference_top_k"] and divergence["reference_in_target_top_k"]:
@@ -193,7 +252,7 @@ def _answered_entry(answered: _Answered, *, suite_prompt_ids: list[int] | None, 
         "text_equal": _texts_equal(target["text"], reference["text"]),
         "target_tokens": len(target["output_ids"]),
         "reference_tokens": len(reference["output_ids"]),
-        "common_prefix": answered.prefix,
+        "common_prefix": answered.prefixes[answer],
         **measured,
         "first_divergence": divergence,
         "prompt_ids_equal": target["prompt_ids"] == reference["prompt_ids"] == suite_prompt_ids,
@@ -204,16 +263,15 @@ def _answered_entry(answered: _Answered, *, suite_prompt_ids: list[int] | None, 
     }
 
 
-def _prefix_measures(answered: list[_Answered]) -> tuple[list[dict], list[np.ndarray]]:
+def _prefix_measures(answered: _Answered) -> tuple[list[dict], list[np.ndarray]]:
     """Per answered prompt, the measures on the common prefix (|Δ logprob| of the chosen tokens,
     of the tokens in both top-k, the reference's smallest margin), and its |Δ logprob| per position."""
-    prefixes = np.array([a.prefix for a in answered], dtype=np.int64)
-    deltas = np.abs(np.concatenate([a.target.logprobs[:a.prefix] for a in answered])
-                    - np.concatenate([a.reference.logprobs[:a.prefix] for a in answered]))
-    reference_top = stack_top_k([a.reference.top_k.rows(0, a.prefix) for a in answered])
-    top_k_deltas = _top_k_deltas(stack_top_k([a.target.top_k.rows(0, a.prefix) for a in answered]), reference_top)
-    top_k_worst = _segment_reduce(np.maximum, top_k_deltas, prefixes, -np.inf)
-    margins = _segment_reduce(np.minimum, _margins(reference_top), prefixes, np.inf)
+    prefixes = np.array(answered.prefixes, dtype=np.int64)
+    target = answered.target.at(_ranges(answered.target.starts[:-1], prefixes))
+    reference = answered.reference.at(_ranges(answered.reference.starts[:-1], prefixes))
+    deltas = np.abs(target.logprobs - reference.logprobs)
+    top_k_worst = _segment_reduce(np.maximum, _top_k_deltas(target.top_k, reference.top_k), prefixes, -np.inf)
+    margins = _segment_reduce(np.minimum, _margins(reference.top_k), prefixes, np.inf)
     columns = zip(_segment_reduce(np.maximum, deltas, prefixes, 0.0).tolist(),
                   (_segment_reduce(np.add, deltas, prefixes, 0.0) / np.maximum(prefixes, 1)).tolist(),
                   np.where(np.isfinite(top_k_worst), top_k_worst, 0.0).tolist(), margins.tolist())
@@ -223,30 +281,33 @@ def _prefix_measures(answered: list[_Answered]) -> tuple[list[dict], list[np.nda
     return measured, np.split(deltas, np.cumsum(prefixes)[:-1])
 
 
-def _forced_positions(scored: list[_Answered]) -> tuple[Positions, list[int]]:
-    """The teacher-forced measures at every distinct prefix of both answers of each prompt, one
-    prompt after the other, and how many positions each prompt has: each position of the target's
-    answer (the reference's distribution from its teacher-forced scores), then each position of the
-    reference's answer whose prefix the target's answer does not share (the target's from its
-    teacher-forced scores)."""
-    parts = []
-    for answered in scored:
-        pair = answered.pair
-        reference_scored, target_scored = Scores.of(pair.reference_forced), Scores.of(pair.target_forced)
-        # Prefixes up to the split are the target answer's too; the split position's only where the target went on.
-        start = min(answered.prefix + 1, len(pair.target["output_ids"]))
-        parts.append((reference_scored.top_k, reference_scored.logprobs, answered.target.top_k, answered.target.logprobs,
-                      pair.target["output_ids"]))
-        parts.append((answered.reference.top_k.rows(start), answered.reference.logprobs[start:],
-                      target_scored.top_k.rows(start), target_scored.logprobs[start:], pair.reference["output_ids"][start:]))
-    lengths = [len(a[4]) + len(b[4]) for a, b in zip(parts[::2], parts[1::2])]
-    if not parts:
-        return Positions.joined([]), lengths
-    reference_top, reference_logprob, target_top, target_logprob, taken = zip(*parts)
-    positions = position_measures(stack_top_k(list(reference_top)), np.concatenate(reference_logprob),
-                                  stack_top_k(list(target_top)), np.concatenate(target_logprob),
-                                  np.concatenate([np.asarray(tokens, dtype=np.int32) for tokens in taken]))
-    return positions, lengths
+def _forced_positions(answered: _Answered, scored: list[int]) -> tuple[Positions, np.ndarray]:
+    """The teacher-forced measures at every distinct prefix of both answers of each `scored`
+    answered prompt, one prompt after the other, and how many positions each prompt has: each
+    position of the target's answer (the reference's distribution from its teacher-forced scores),
+    then each position of the reference's answer whose prefix the target's answer does not share
+    (the target's from its teacher-forced scores)."""
+    if not scored:
+        return Positions.joined([]), np.zeros(0, dtype=np.int64)
+    pairs = [answered.pairs[answer] for answer in scored]
+    reference_forced = Columns.of([pair.reference_forced for pair in pairs])  # of the target's answers
+    target_forced = Columns.of([pair.target_forced for pair in pairs])  # of the reference's answers
+    lengths = answered.target.lengths[scored]
+    target = answered.target.at(_ranges(answered.target.starts[scored], lengths))
+    on_target = position_measures(reference_forced.top_k, reference_forced.logprobs, target.top_k, target.logprobs,
+                                  _token_ids(pair.target["output_ids"] for pair in pairs))
+    # Prefixes up to the split are the target answer's too; the split position's only where the target went on.
+    starts = np.minimum(np.array(answered.prefixes)[scored] + 1, lengths)
+    rest = np.maximum(answered.reference.lengths[scored] - starts, 0)
+    reference = answered.reference.at(_ranges(answered.reference.starts[scored] + starts, rest))
+    target_of_rest = target_forced.at(_ranges(target_forced.starts[:-1] + starts, rest))
+    rest_ids = _token_ids(pair.reference["output_ids"][start:] for pair, start in zip(pairs, starts.tolist()))
+    on_reference = position_measures(reference.top_k, reference.logprobs, target_of_rest.top_k, target_of_rest.logprobs,
+                                     rest_ids)
+    # One prompt after the other: its positions on the target's answer, then those on the reference's.
+    firsts = np.column_stack([np.cumsum(lengths) - lengths, len(on_target) + np.cumsum(rest) - rest]).ravel()
+    order = _ranges(firsts, np.column_stack([lengths, rest]).ravel())
+    return Positions.joined([on_target, on_reference]).take(order), lengths + rest
 
 
 def compare_generations(pairs: list[PromptPair], *, suite_prompt_ids: dict[str, list[int]], eos_ids: set[int], noise: float,
@@ -254,25 +315,22 @@ def compare_generations(pairs: list[PromptPair], *, suite_prompt_ids: dict[str, 
     """compare.json's entry of each prompt, with its teacher-forced measures where `teacher_forced`
     (both sides scored the other's answers); the |Δ logprob| along each answered prompt's common
     prefix; the teacher-forced measures at every position scored."""
-    answered = []
-    for index, pair in enumerate(pairs):
-        if not (pair.target["error"] or pair.reference["error"]):
-            t_ids, r_ids = pair.target["output_ids"], pair.reference["output_ids"]
-            prefix = len(t_ids) if t_ids == r_ids else _common_prefix(t_ids, r_ids)
-            answered.append(_Answered(index, pair, Scores.of(pair.target), Scores.of(pair.reference), prefix))
     entries = [{"id": pair.target["id"], "status": "error", "target_error": pair.target["error"],
                 "reference_error": pair.reference["error"]} for pair in pairs]
-    measured, diffs = _prefix_measures(answered) if answered else ([], [])
-    for a, m in zip(answered, measured):
-        entries[a.index] = _answered_entry(a, suite_prompt_ids=suite_prompt_ids.get(a.pair.target["id"]), eos_ids=eos_ids,
-                                           noise=noise, measured=m)
-    problems = [(a, _forced_problem(a.pair)) for a in answered] if teacher_forced else []
-    for a, problem in problems:
-        entries[a.index]["teacher_forced"] = {"error": problem}
-    scored = [a for a, problem in problems if not problem]
-    positions, lengths = _forced_positions(scored)
-    for a, summary in zip(scored, segment_summaries(positions, lengths)):
-        entries[a.index]["teacher_forced"] = {"error": None, "summary": summary}
+    answered = _Answered.of(pairs)
+    if answered is None:
+        return entries, [], Positions.joined([])
+    measured, diffs = _prefix_measures(answered)
+    for answer, (index, pair) in enumerate(zip(answered.indices, answered.pairs)):
+        entries[index] = _answered_entry(answered, answer, suite_prompt_ids=suite_prompt_ids.get(pair.target["id"]),
+                                         eos_ids=eos_ids, noise=noise, measured=measured[answer])
+    problems = [_forced_problem(pair) for pair in answered.pairs] if teacher_forced else []
+    for index, problem in zip(answered.indices, problems):
+        entries[index]["teacher_forced"] = {"error": problem}
+    scored = [answer for answer, problem in enumerate(problems) if not problem]
+    positions, lengths = _forced_positions(answered, scored)
+    for answer, summary in zip(scored, segment_summaries(positions, lengths)):
+        entries[answered.indices[answer]]["teacher_forced"] = {"error": None, "summary": summary}
     return entries, diffs, positions
 
 
@@ -772,6 +830,7 @@ def compare_runs(*, suite: dict, target: dict, reference: dict, target_ppl: dict
     ok = evidence.answered
     deltas = [p["mean_abs_logprob_diff"] for p in ok]
     margins = [p["min_reference_margin"] for p in ok if p["min_reference_margin"] is not None]
+    statuses = Counter(p["status"] for p in prompts)
     return {
         "schema": schema_tag("compare"),
         "verdict": verdict_of(checks),
@@ -787,10 +846,10 @@ def compare_runs(*, suite: dict, target: dict, reference: dict, target_ppl: dict
         **({"accuracy": evidence.accuracy} if evidence.accuracy["tasks"] or evidence.accuracy["note"] else {}),
         "summary": {
             "prompts": len(prompts),
-            "identical": sum(p["status"] == "identical" for p in prompts),
-            "split_within_top_k": sum(p["status"] == "split_within_top_k" for p in prompts),
-            "split_outside_top_k": sum(p["status"] == "split_outside_top_k" for p in prompts),
-            "errors": sum(p["status"] == "error" for p in prompts),
+            "identical": statuses["identical"],
+            "split_within_top_k": statuses["split_within_top_k"],
+            "split_outside_top_k": statuses["split_outside_top_k"],
+            "errors": statuses["error"],
             "compared_tokens": sum(p["common_prefix"] for p in ok),
             "max_abs_logprob_diff": max((p["max_abs_logprob_diff"] for p in ok), default=0.0),
             "mean_abs_logprob_diff": sum(deltas) / len(deltas) if deltas else 0.0,

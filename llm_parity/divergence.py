@@ -37,7 +37,9 @@ def kl_with_tail(p_ids: np.ndarray, p: np.ndarray, q_ids: np.ndarray, q: np.ndar
     with everything else; both distributions are then split into the same buckets. Merging
     tokens into buckets never increases KL (the data-processing inequality), so this is a lower
     bound on the full-vocabulary KL, and exact when both sides report the whole vocabulary."""
-    shared, q_of_p = matched(p_ids, q_ids, q)
+    # Matched a row per rank, then back a row per position: the sums below add along rows in numpy's order for a
+    # row (pairwise from 8 values on), the order of every compare.json, which the audit recomputes to the last bit.
+    shared, q_of_p = map(transposed, matched(transposed(p_ids), transposed(q_ids), transposed(q)))
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(shared & (p > 0), p * np.log(p / q_of_p), 0.0)
     # A token matches at most one on the other side, so the shared mass of Q is q_of_p's.
@@ -49,16 +51,23 @@ def kl_with_tail(p_ids: np.ndarray, p: np.ndarray, q_ids: np.ndarray, q: np.ndar
 
 
 def matched(ids: np.ndarray, other_ids: np.ndarray, other_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each entry of `ids` (a row per position; NO_TOKEN pads): whether the same position of
-    `other_ids` holds the same token, and that token's value in `other_values` (0 where not).
-    Token ids are unique within a row, so an entry matches at most one other."""
+    """For each entry of `ids` (a row per rank, a column per position: a TopK's arrays transposed;
+    NO_TOKEN pads): whether the same position of `other_ids` holds the same token, and that token's
+    value in `other_values` (0 where not). Token ids are unique at a position, so an entry matches
+    at most one other. A rank at a time, every position at once: numpy's loops run along the positions."""
     found, values = np.zeros(ids.shape, dtype=bool), np.zeros(ids.shape)
-    for column in range(other_ids.shape[1]):
-        same = ids == other_ids[:, column:column + 1]
+    for rank in range(len(other_ids)):
+        same = ids == other_ids[rank]
         found |= same
-        values += same * other_values[:, column:column + 1]
+        np.copyto(values, other_values[rank], where=same)
     found &= ids != NO_TOKEN
     return found, np.where(found, values, 0.0)
+
+
+def transposed(array: np.ndarray) -> np.ndarray:
+    """A 2-D array transposed, as a contiguous copy: a TopK's arrays a row per rank, as matched takes
+    them, or those back a row per position."""
+    return np.ascontiguousarray(array.T)
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,10 @@ class Positions:
 
     def __len__(self) -> int:
         return len(self.kld)
+
+    def take(self, order: np.ndarray) -> "Positions":
+        """The measures at the positions `order` gives, in that order."""
+        return Positions(*(getattr(self, name)[order] for name in self.__dataclass_fields__))
 
 
 def position_measures(reference_top: TopK, reference_logprob: np.ndarray, target_top: TopK,
@@ -110,7 +123,7 @@ def segment_summaries(positions: Positions, lengths: list[int]) -> list[dict | N
     n = counts.astype(float)
 
     def total(values: np.ndarray) -> np.ndarray:
-        return np.add.reduceat(values.astype(float), starts)
+        return np.add.reduceat(values.astype(float, copy=False), starts)
 
     kld, delta = positions.kld, positions.delta_p
     mean = total(kld) / n

@@ -219,6 +219,10 @@ def answers_of(generations: dict) -> list[dict]:
             for r in generations["records"] if not r["error"] and r["output_ids"]]
 
 
+# sha256_of's JSON, by one encoder made once (json.dumps makes one per call when given options).
+_compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 class AnswersHash:
     """What a teacher-forced file scored: the hash of every answer's id and output ids, so a side
     rerun since then is noticed; fed one generation record at a time, in the document's order."""
@@ -228,8 +232,7 @@ class AnswersHash:
 
     def add(self, record: dict) -> None:
         if not record["error"] and len(record["output_ids"]):
-            # sha256_of's bytes of [id, output_ids], the ids joined directly (json.dumps is slower per record)
-            item = f'[{json.dumps(record["id"], ensure_ascii=False)},[{",".join(map(str, record["output_ids"]))}]]'
+            item = _compact_json([record["id"], record["output_ids"]])
             self._hash.update((("," if self._items else "") + item).encode("utf-8", "surrogatepass"))
             self._items += 1
 

@@ -379,3 +379,11 @@ def test_the_logits_row_holds_max_abs_logit_diff_to_the_profile():
 
 def compare_one_logits(measured, thresholds, missing=None):
     return compare_many([record([5])], [record([5])], thresholds, logits=measured, logits_missing=missing)
+
+
+def test_the_top_k_difference_is_measured_where_the_references_top_k_is_padded():
+    # At position 1 the reference reports one alternative (its row padded); token 6 is in both top-k.
+    target = record([5, 6], top=[[[5, -0.1], [105, -2.1]], [[6, -0.2], [106, -2.2]]], logprobs=[-0.1, -0.2])
+    reference = record([5, 6], top=[[[5, -0.1], [105, -2.1]], [[6, -0.5]]], logprobs=[-0.1, -0.5])
+    prompt = compare_one(target, reference, LOOSE)["prompts"][0]
+    assert prompt["top_k_max_abs_logprob_diff"] == pytest.approx(0.3)

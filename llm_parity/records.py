@@ -221,6 +221,15 @@ def answers_of(generations: dict) -> list[dict]:
 
 # sha256_of's JSON, by one encoder made once (json.dumps makes one per call when given options).
 _compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# str(i) of every token id up to the largest seen: writing ids as text is most of hashing an answer.
+_decimal: list[str] = []
+
+
+def _decimal_ids(ids: list[int]) -> str:
+    """Token ids (0 and up) as JSON writes a list of them, without the brackets."""
+    if (top := max(ids)) >= len(_decimal):
+        _decimal.extend(map(str, range(len(_decimal), top + 1)))
+    return ",".join([_decimal[token] for token in ids])
 
 
 class AnswersHash:
@@ -232,7 +241,7 @@ class AnswersHash:
 
     def add(self, record: dict) -> None:
         if not record["error"] and len(record["output_ids"]):
-            item = _compact_json([record["id"], record["output_ids"]])
+            item = f'[{_compact_json(record["id"])},[{_decimal_ids(record["output_ids"])}]]'
             self._hash.update((("," if self._items else "") + item).encode("utf-8", "surrogatepass"))
             self._items += 1
 

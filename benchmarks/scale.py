@@ -20,8 +20,8 @@
     python benchmarks/scale.py [--sizes 200,2000] [--records 10000] [--rounds N] [--no-pipeline] [--no-records]
 
 Needs the installed environment (make setup) and the tiny model (built first if missing). On 2 cores the
-default run takes about 35 minutes (part 2: about 5 to write the folder of 1 GB, under a minute for compare
-and audit, each under 1 GiB of memory)."""
+default run takes about 35 minutes (part 2: about 4 to write the folder of about 520 MiB, under a minute for
+compare and audit, each under 1 GiB of memory)."""
 from __future__ import annotations
 
 import argparse

@@ -19,11 +19,11 @@ from llm_parity.compare import compare_runs
 from llm_parity.download import ModelOrigin
 from llm_parity.profiles import load_profile
 from llm_parity.records import Generation, decoding_of, generations_doc, perplexity_doc
-from llm_parity.results import RunDir, read_json
+from llm_parity.results import ResultFileError, RunDir, read_json
 from llm_parity.serve import ServerError, VllmServer, free_port, spec_from_profile
 from llm_parity.suite import load_suite_source, render_suite
 from llm_parity.target import VllmHttpClient, query_generations
-from llm_parity.record_files import RecordJournal, read_records
+from llm_parity.record_files import RecordJournal, iter_records, read_records
 
 pytestmark = pytest.mark.integration
 API_KEY = "llm-parity-test-key-0f1e2d3c"
@@ -57,10 +57,18 @@ def start_task(args: list[str], results: Path, env: dict | None = None) -> subpr
                             env={**os.environ, "LLM_PARITY_RESULTS": str(results), **(env or {})})
 
 
+def finished_records(journal: Path) -> int:
+    """How many whole records a side's generations file holds now (one being written is not counted)."""
+    try:
+        return sum(1 for _ in iter_records(journal, "generations", keep_cut_off=True)[1])
+    except ResultFileError:  # not there yet
+        return 0
+
+
 def wait_for_records(journal: Path, count: int, timeout_s: float = 600) -> None:
-    """Until a side's record file holds `count` finished records (its header line is the first)."""
+    """Until a side's generations file holds `count` finished records."""
     deadline = time.monotonic() + timeout_s
-    while not journal.is_file() or journal.read_text().count("\n") < count + 1:
+    while finished_records(journal) < count:
         assert time.monotonic() < deadline, f"{journal}: fewer than {count} records after {timeout_s} s"
         time.sleep(0.05)
 
@@ -213,7 +221,7 @@ def test_server_killed_mid_suite_keeps_finished_prompts_and_records_the_rest(key
 
     def add_then_kill_after_the_second(journal, record):
         add(journal, record)
-        if journal.kind == "generations" and journal.path.read_text().count("\n") == 3:
+        if journal.kind == "generations" and finished_records(journal.path) == 2:
             os.killpg(keyed_server.process.pid, signal.SIGKILL)
 
     monkeypatch.setattr(RecordJournal, "add", add_then_kill_after_the_second)

@@ -35,7 +35,8 @@ from typing import BinaryIO
 import numpy as np
 
 from llm_parity.records import NO_TOKEN, TopK, top_k_arrays, top_k_pairs
-from llm_parity.results import (ResultFileError, atomic_file, read_json, schema_tag, validate_part, write_json)
+from llm_parity.results import (ResultFileError, atomic_file, canonical_bytes, read_json, schema_tag, validate_part,
+                                write_bytes_atomic, write_json)
 
 RECORD_KINDS = ("generations", "perplexity", "teacher-forced")
 TRUNCATED = "the last record is cut off: the side was stopped while writing it; rerun the side with --resume"
@@ -122,18 +123,9 @@ def _stored(record: dict) -> tuple[dict, list[np.ndarray]]:
     return line, arrays
 
 
-def _json_line(doc: dict) -> bytes:
-    """Canonical JSON on one line. Text stays readable unless it holds a lone surrogate."""
-    try:
-        line = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
-    except UnicodeEncodeError:
-        line = json.dumps(doc, sort_keys=True, ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
-    return line + LINE_END
-
-
 def header_line(header: dict) -> bytes:
-    """The header as its line."""
-    return _json_line(header)
+    """The header as its line: canonical JSON, one line."""
+    return canonical_bytes(header, indent=None)
 
 
 def record_bytes(record: dict) -> bytes:
@@ -141,7 +133,7 @@ def record_bytes(record: dict) -> bytes:
     The same record always gives the same bytes."""
     try:
         line, arrays = _stored(record)
-        return _json_line(line) + b"".join(array.tobytes() for array in arrays) + LINE_END
+        return canonical_bytes(line, indent=None) + b"".join(array.tobytes() for array in arrays) + LINE_END
     except ValueError as err:
         raise ValueError(f"record {record.get('id')!r}: {err}") from None
 
@@ -233,13 +225,18 @@ def _layout(record: dict) -> list[tuple[str, np.dtype, int]]:
     return layout
 
 
+def _size(layout: list[tuple[str, np.dtype, int]]) -> int:
+    """How many bytes the arrays of `layout` take after their line."""
+    return sum(dtype.itemsize * n for _, dtype, n in layout)
+
+
 class _CutOff(Exception):
     """The file ends inside a record's arrays: the side was stopped while writing it."""
 
 
 def _arrays(handle: BinaryIO, layout: list[tuple[str, np.dtype, int]], where: str) -> dict[str, np.ndarray]:
     """Read the arrays of `layout` that follow a line, and the line end after them."""
-    size = sum(dtype.itemsize * n for _, dtype, n in layout)
+    size = _size(layout)
     data = handle.read(size + len(LINE_END))
     if len(data) < size + len(LINE_END):
         raise _CutOff
@@ -442,8 +439,7 @@ def write_records(path: Path, doc: dict, kind: str) -> Path:
         data = header_line(header) + b"".join(map(record_bytes, doc["records"]))
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-    with atomic_file(path) as out:
-        out.write(data)
+    write_bytes_atomic(path, data)
     for earlier in set(earlier_paths(path)) - {Path(path)}:
         earlier.unlink(missing_ok=True)
     return path
@@ -456,7 +452,7 @@ def _record_spans(path: Path) -> dict[str, tuple[int, int, bool]]:
         handle.readline()
         while line := handle.readline():
             start, record = handle.tell() - len(line), json.loads(line)
-            handle.seek(sum(dtype.itemsize * n for _, dtype, n in _layout(record)) + len(LINE_END), os.SEEK_CUR)
+            handle.seek(_size(_layout(record)) + len(LINE_END), os.SEEK_CUR)
             spans[record["id"]] = (start, handle.tell() - start, bool(record["error"]))
     return spans
 

@@ -14,8 +14,10 @@
    noise, a few answers that split within each other's top-k, the passages' perplexity, each side's
    teacher-forced scores of the other's answers, provenance of the tiny-llama profile), written through
    llm_parity.record_files as a run writes it; then `inv compare` and `inv audit` on it, timed as child
-   processes. Goal: both together in at most 10 s and at most 2 GiB peak memory. --cprofile runs them
-   once more under cProfile and prints where the time goes.
+   processes. Goal: both together in at most 10 s and at most 2 GiB peak memory, each task's processes
+   together (both read and measure in two processes at once: its own and a forked one; sampled every
+   0.05 s, pages they share counted twice). --cprofile runs them once more under cProfile and prints
+   where the time goes (in the task's own process; the forked one's work shows as waiting for it).
 
     python benchmarks/scale.py [--sizes 200,2000] [--records 10000] [--rounds N] [--no-pipeline] [--no-records]
 
@@ -34,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -91,7 +94,40 @@ BREAKDOWN = {
 class Measured:
     seconds: float  # wall
     cpu_s: float  # user + system: steadier than wall on a shared machine
-    peak_mib: float
+    peak_mib: float  # its largest process
+    together_mib: float = 0.0  # its processes together (TreeMemory), where run_task measured it
+
+
+class TreeMemory:
+    """The largest sum of resident memory over a process and its descendants, sampled every 0.05 s
+    while it runs: a task that forks a second process holds both at once. Pages the two share since
+    the fork count twice, so this is an upper bound."""
+
+    def __init__(self, pid: int):
+        self._root, self.peak_bytes = psutil.Process(pid), 0
+        self._done = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.05):
+            try:
+                processes = [self._root, *self._root.children(recursive=True)]
+            except psutil.Error:  # the task has ended
+                return
+            total = 0
+            for process in processes:
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:  # a child that ended while being counted
+                    pass
+            self.peak_bytes = max(self.peak_bytes, total)
+
+    def stop(self) -> float:
+        """Stop sampling; the peak in MiB."""
+        self._done.set()
+        self._sampler.join()
+        return self.peak_bytes / 2**20
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -147,16 +183,19 @@ def run_task(task: str, *args: str, env: dict, log: Path, prefix: tuple[str, ...
         started = time.monotonic()
         child = subprocess.Popen([sys.executable, *prefix, "-m", "invoke", task, *args], cwd=PROJECT_ROOT, env=env,
                                  stdout=out, stderr=subprocess.STDOUT)
+        memory = TreeMemory(child.pid)
         usage = reap(child)
         seconds = time.monotonic() - started
+        together = memory.stop()
     if child.returncode not in (0, 1):
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
         sys.exit(f"inv {task} {' '.join(args)} failed (exit {child.returncode}); the end of {log}:\n" + "\n".join(tail))
-    return Measured(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / MIB)
+    return Measured(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / MIB, max(together, usage.ru_maxrss / MIB))
 
 
 def shown(measured: Measured) -> str:
-    return f"{measured.seconds:.1f} s (cpu {measured.cpu_s:.1f} s), peak {measured.peak_mib:.0f} MiB"
+    return (f"{measured.seconds:.1f} s (cpu {measured.cpu_s:.1f} s), peak {measured.peak_mib:.0f} MiB "
+            f"(its processes together {measured.together_mib:.0f} MiB)")
 
 
 def results_env(results: Path) -> dict:
@@ -409,12 +448,12 @@ def records_part(args: argparse.Namespace, root: Path) -> None:
               flush=True)
     compare_s = statistics.median(c.seconds for c, _ in rounds)
     audit_s = statistics.median(a.seconds for _, a in rounds)
-    peak = max(max(c.peak_mib, a.peak_mib) for c, a in rounds)
+    peak = max(max(c.together_mib, a.together_mib) for c, a in rounds)
     total = compare_s + audit_s
     print(f"compare+report+audit on {args.records} records: {total:.1f} s (median compare {compare_s:.1f} s + "
           f"audit {audit_s:.1f} s) = {total / RECORDS_GOAL_S:.2f}x the {RECORDS_GOAL_S:g} s goal: "
           f"{'met' if total <= RECORDS_GOAL_S else 'NOT met'}")
-    print(f"peak memory {peak:.0f} MiB = {peak / RECORDS_GOAL_MIB:.2f}x the {RECORDS_GOAL_MIB / 1024:g} GiB goal: "
+    print(f"peak memory, a task's processes together {peak:.0f} MiB = {peak / RECORDS_GOAL_MIB:.2f}x the {RECORDS_GOAL_MIB / 1024:g} GiB goal: "
           f"{'met' if peak <= RECORDS_GOAL_MIB else 'NOT met'}")
     if args.cprofile:
         print_breakdown(root, env, log)

@@ -20,10 +20,10 @@ from llm_parity.accuracy import read_side as read_accuracy
 from llm_parity import matrix
 from llm_parity.compare import PASS, IncompatibleRuns, Registry, compare_runs, failing_checks, unchecked_checks
 from llm_parity.logits import measure_sides, read_side_logits
-from llm_parity.record_files import RECORD_KINDS, read_document, record_file_exists, stream_records
+from llm_parity.record_files import RECORD_KINDS, RecordStream, read_document, record_file_exists, stream_records
 from llm_parity.records import SIDES
-from llm_parity.results import (ResultFileError, RunDir, canonical_bytes, ensure_writable, hashing_in_background,
-                                listed_files, read_json, schema_tag, sha256_file, sha256_of, write_json)
+from llm_parity.results import (ResultFileError, RunDir, ensure_writable, hashing_in_background, listed_files,
+                                read_json, schema_tag, sha256_file, sha256_of, write_json)
 from llm_parity.suite import suite_hash
 
 SIDE_DOCUMENTS = ("generations", "perplexity", "provenance")  # each the name of its schema and of its RunDir path
@@ -145,13 +145,11 @@ class RunFiles:
         recomputation (in bounded memory); a record that does not read is kept in `errors`."""
         doc = stream_records(path, kind)
 
-        def records() -> Iterator[dict]:
-            try:
-                yield from doc["records"]
-            except ResultFileError as err:
-                self.errors[path] = (kind, err)
-                raise UnreadableRecord(str(err)) from err
-        return {**doc, "records": records()}
+        def unreadable(err: ResultFileError) -> None:
+            self.errors[path] = (kind, err)
+            raise UnreadableRecord(str(err)) from err
+        records = doc["records"]
+        return {**doc, "records": records.guarded(unreadable) if isinstance(records, RecordStream) else iter(records)}
 
     def read_every_record(self) -> None:
         """Read what the recomputation left unread of each record file (all of it when it could
@@ -303,7 +301,7 @@ def compare_json_recomputes_from_raw_files(files: RunFiles, found: CheckResult) 
         return
     if recomputed is None:
         return
-    if canonical_bytes(recomputed, indent=None) != canonical_bytes(compare, indent=None):
+    if recomputed != compare:
         for key in sorted(set(recomputed) | set(compare)):
             if recomputed.get(key) != compare.get(key):
                 found.problem(files.run.compare, key, expected=_brief(recomputed.get(key)), found=_brief(compare.get(key)),

@@ -9,18 +9,22 @@ take seconds and a bounded amount of memory."""
 from __future__ import annotations
 
 import functools
+import gc
 import itertools
 import math
 from dataclasses import dataclass, replace
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import numpy as np
 
 from llm_parity.accuracy_stats import compare_accuracy
 from llm_parity.divergence import Positions, kld_summary, matched, position_measures, segment_summaries, transposed
-from llm_parity.records import NO_TOKEN, AnswersHash, IncompatibleRuns, TopK, stack_top_k, top_k_arrays
+from llm_parity.forked import ChildFailed, Forked, usable_cpus
+from llm_parity.record_files import FORM, RecordStream, iter_records, split_at
+from llm_parity.records import NO_TOKEN, SIDES, AnswersHash, IncompatibleRuns, TopK, stack_top_k, top_k_arrays
 from llm_parity.results import schema_tag
 from llm_parity.stats import FLOOR_DECADE
 
@@ -757,6 +761,103 @@ class Aligned:
                 self._on_read(record)
 
 
+@dataclass
+class _Pass:
+    """What a pass over prompts measured, in the target's order: compare.json's entry of each, the
+    |Δ logprob| along each answered prompt's common prefix, the teacher-forced measures per chunk."""
+
+    prompts: list[dict]
+    diffs: list[np.ndarray]
+    forced: list[Positions]
+
+    def __add__(self, later: "_Pass") -> "_Pass":
+        return _Pass(self.prompts + later.prompts, self.diffs + later.diffs, self.forced + later.forced)
+
+
+def _measure_pass(records: list[Iterable[dict]], measure: Callable[[list[PromptPair]], tuple],
+                  answers: dict[str, AnswersHash]) -> _Pass:
+    """`measure` (compare_generations) a chunk of prompts at a time over `records`: the target's
+    generations, the reference's, and where both sides scored the other's answers, the target's
+    teacher-forced scores and the reference's; each read once, the teacher-forced ones to their end.
+    `answers` is fed each side's generations in their file's order."""
+    target, reference, *scored = records
+    reference_of = Aligned(reference, answers["reference"].add)
+    forced_of = [Aligned(side) for side in scored]
+    measured, chunk = _Pass([], [], []), []
+
+    def measure_chunk() -> None:
+        entries, diffs, positions = measure(chunk)
+        measured.prompts.extend(entries)
+        measured.diffs.extend(diffs)
+        measured.forced.append(positions)
+        chunk.clear()
+
+    for t in target:
+        answers["target"].add(t)
+        if (r := reference_of.get(t["id"])) is None:
+            continue
+        chunk.append(PromptPair(t, r, *(side.get(t["id"]) for side in forced_of)))
+        if len(chunk) == CHUNK:
+            measure_chunk()
+    measure_chunk()
+    for side in (reference_of, *forced_of):
+        side.drain()
+    return measured
+
+
+def _first_half(streams: list[RecordStream], middle: str, measure: Callable) -> tuple[_Pass, dict[str, list]]:
+    """_measure_pass over each file's records before the record of the prompt `middle` (a child's
+    share), and each side's answers as AnswersHash parts."""
+    halves = [itertools.takewhile(lambda record: record["id"] != middle,
+                                  iter_records(stream.path, stream.kind, columns=True)[1]) for stream in streams]
+    answers = {side: AnswersHash(keep=True) for side in SIDES}
+    return _measure_pass(halves, measure, answers), {side: hashed.parts() for side, hashed in answers.items()}
+
+
+def _same_prompts(ids_before: list[list[str]]) -> bool:
+    """Whether each file holds the same prompts, once each, before the split: then each half pairs alike."""
+    target = set(ids_before[0])
+    return all(len(ids) == len(target) and set(ids) == target for ids in ids_before)
+
+
+# Below this many prompts, one process: a second would cost more than it saves.
+SPLIT_FROM = 2 * CHUNK
+
+
+def _measured_in_two_processes(suite: dict, streams: list, measure: Callable) -> tuple[_Pass, dict] | None:
+    """_measure_pass over `streams` on two cores: a forked child measures the prompts before the
+    suite's middle one while this process finds where that one starts in each file and measures the
+    rest; the same pass, in the same order, as one process makes. None where it cannot be split so
+    (files written before v4, files in different orders, fewer than SPLIT_FROM prompts, one core)
+    or where anything goes wrong: one process then reads them, and says what is wrong."""
+    prompts = suite["prompts"]
+    if (len(prompts) < SPLIT_FROM or usable_cpus() < 2
+            or not all(isinstance(stream, RecordStream) and stream.form == FORM for stream in streams)):
+        return None
+    middle = prompts[len(prompts) // 2]["id"]
+    with Forked(functools.partial(_first_half, streams, middle, measure)) as child:
+        splits = [split_at(stream.path, middle) for stream in streams]
+        if None in splits or not _same_prompts([ids for ids, _ in splits]):
+            return None
+        answers = {side: AnswersHash(keep=True) for side in SIDES}
+        try:
+            second = _measure_pass([iter_records(stream.path, stream.kind, columns=True, start=start)[1]
+                                    for stream, (_, start) in zip(streams, splits)], measure, answers)
+        except Exception:  # noqa: BLE001 - any fault at all: one process reads them again, and says what it is
+            return None
+        try:
+            first_pass, first_answers = child.result()
+        except ChildFailed:
+            return None
+    whole = {side: AnswersHash() for side in SIDES}
+    for side, hashed in whole.items():
+        hashed.add_parts(first_answers[side])
+        hashed.add_parts(answers[side].parts())
+    for stream in streams:
+        stream.read_elsewhere()
+    return first_pass + second, whole
+
+
 def gather_evidence(*, suite: dict, target: dict, reference: dict, target_ppl: dict, reference_ppl: dict,
                     thresholds: dict, accuracy: dict[str, dict | None] | None = None,
                     target_forced: dict | None = None, reference_forced: dict | None = None,
@@ -764,43 +865,29 @@ def gather_evidence(*, suite: dict, target: dict, reference: dict, target_ppl: d
     """The measurements of two sets of records, in the target's order: per prompt, per passage,
     teacher-forced where each side scored the other's answers (`target_forced`, `reference_forced`),
     and `accuracy`, which maps each side to its lm-eval results (accuracy.read_side), None where it has none.
-    Each document's "records" may be any iterable: it is read once, in one pass over all of them."""
-    noise = thresholds["max_abs_logprob_diff"]
-    eos_ids = set(suite["stop_ids"])
-    suite_prompt_ids = {p["id"]: p["prompt_ids"] for p in suite["prompts"]}
-    answers = {"target": AnswersHash(), "reference": AnswersHash()}
-    reference_of = Aligned(reference["records"], answers["reference"].add)
-    scored = {side: Aligned(doc["records"]) for side, doc in (("target", target_forced), ("reference", reference_forced))
-              if doc is not None}
-    both_scored = len(scored) == 2
-    prompts, diffs, forced, chunk = [], [], [], []
-
-    def measure_chunk() -> None:
-        entries, chunk_diffs, positions = compare_generations(chunk, suite_prompt_ids=suite_prompt_ids, eos_ids=eos_ids,
-                                                              noise=noise, teacher_forced=both_scored)
-        prompts.extend(entries)
-        diffs.extend(chunk_diffs)
-        forced.append(positions)
-        chunk.clear()
-
-    for t in target["records"]:
-        answers["target"].add(t)
-        if (r := reference_of.get(t["id"])) is None:
-            continue
-        chunk.append(PromptPair(t, r, *((scored["target"].get(t["id"]), scored["reference"].get(t["id"])) if both_scored else ())))
-        if len(chunk) == CHUNK:
-            measure_chunk()
-    measure_chunk()
-    reference_of.drain()
+    Each document's "records" may be any iterable: it is read once, in one pass over all of them; record
+    files (record_files.RecordStream) of thousands of prompts are read in two processes at once."""
+    both_scored = target_forced is not None and reference_forced is not None
+    measure = functools.partial(compare_generations, suite_prompt_ids={p["id"]: p["prompt_ids"] for p in suite["prompts"]},
+                                eos_ids=set(suite["stop_ids"]), noise=thresholds["max_abs_logprob_diff"],
+                                teacher_forced=both_scored)
+    records = [target["records"], reference["records"],
+               *((target_forced["records"], reference_forced["records"]) if both_scored else ())]
+    split = _measured_in_two_processes(suite, records, measure)
+    if split is None:
+        answers = {side: AnswersHash() for side in SIDES}
+        measured = _measure_pass(records, measure, answers)
+    else:
+        measured, answers = split
     reference_ppl_of = Aligned(reference_ppl["records"])
     passages = [compare_passage(t, r) for t in target_ppl["records"] if (r := reference_ppl_of.get(t["id"])) is not None]
     missing = teacher_forced_unavailable({side: hashed.hexdigest() for side, hashed in answers.items()},
                                          target_forced, reference_forced)
-    for prompt in prompts if missing else []:
+    for prompt in measured.prompts if missing else []:
         prompt.pop("teacher_forced", None)
-    return Evidence(suite, prompts, passages, thresholds, accuracy_section(accuracy),
-                    None if missing else teacher_forced_run_summary(Positions.joined(forced)), missing,
-                    logits, logits_missing, along_positions(diffs))
+    return Evidence(suite, measured.prompts, passages, thresholds, accuracy_section(accuracy),
+                    None if missing else teacher_forced_run_summary(Positions.joined(measured.forced)), missing,
+                    logits, logits_missing, along_positions(measured.diffs))
 
 
 def teacher_forced_run_summary(positions: Positions) -> dict | None:
@@ -808,6 +895,20 @@ def teacher_forced_run_summary(positions: Positions) -> dict | None:
     of them fall in each decade of KLD (the report's distribution)."""
     summary = kld_summary(positions)
     return summary and {**summary, "kld_decades": decade_counts(positions.kld)}
+
+
+@contextmanager
+def _without_cycle_collection() -> Iterator[None]:
+    """Python's cycle collector paused: a pass over thousands of records makes objects by the million and
+    no cycles (reference counting frees each record when its chunk is measured), yet the collector would
+    walk the young ones every few hundred objects: 0.4 s of a 5.5 s pass over 10,000 prompts."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def compare_runs(*, suite: dict, target: dict, reference: dict, target_ppl: dict, reference_ppl: dict,
@@ -821,10 +922,11 @@ def compare_runs(*, suite: dict, target: dict, reference: dict, target_ppl: dict
     for forced in (target_forced, reference_forced):
         if forced is not None:
             check_same_inputs(suite=suite, target=target_ppl, reference=forced)
-    evidence = gather_evidence(suite=suite, target=target, reference=reference, target_ppl=target_ppl,
-                               reference_ppl=reference_ppl, thresholds=thresholds, accuracy=accuracy,
-                               target_forced=target_forced, reference_forced=reference_forced,
-                               logits=logits, logits_missing=logits_missing)
+    with _without_cycle_collection():
+        evidence = gather_evidence(suite=suite, target=target, reference=reference, target_ppl=target_ppl,
+                                   reference_ppl=reference_ppl, thresholds=thresholds, accuracy=accuracy,
+                                   target_forced=target_forced, reference_forced=reference_forced,
+                                   logits=logits, logits_missing=logits_missing)
     prompts, passages = evidence.prompts, evidence.passages
     checks = run_checks(evidence)
     ok = evidence.answered

@@ -36,6 +36,7 @@ from llm_parity.audit import AuditResult, CheckResult, RunFiles, audit_run, sums
 from llm_parity.backend import DEFAULT_BACKEND, SideSetup, backend_class
 from llm_parity.download import (DownloadError, ModelOrigin, build_manifest, check_model_folder, recorded_model,
                                   resolve_model, verify_folder)
+from llm_parity.forked import ChildFailed, Forked
 from llm_parity.logits import model_vocab_size
 from llm_parity.profiles import Profile, load_profile
 from llm_parity.progress import Progress, note, progress
@@ -602,9 +603,15 @@ def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override
         result = _compared(run, profile, suite)
         if differences:
             result["profile_override"] = "; ".join(differences)
-        write_json(run.compare, result, "compare")
         _refresh_matrix(run)
-        write_report(run, result, provenance, lang=lang, suite=suite)
+        # The report is written in a forked child while compare.json is written here: two cores, a second less
+        # at 10,000 prompts. A child that fails leaves it to this process, which then says why.
+        with Forked(functools.partial(write_report, run, result, provenance, lang=lang, suite=suite)) as report:
+            write_json(run.compare, result, "compare")
+            try:
+                report.result()
+            except ChildFailed:
+                write_report(run, result, provenance, lang=lang, suite=suite)
         write_sums(run, hashes.sha256)
     return CompareOutcome(result, run.report_md)
 

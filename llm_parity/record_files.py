@@ -25,6 +25,7 @@ form written before still reads: v3 and v2 (<side>/<kind>.jsonl, JSON Lines with
 hex strings, or as JSON) and v1 (one JSON document, <side>/<kind>.json)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -48,6 +49,7 @@ CODES = FLOAT_CODES | ID_CODES
 ID_MAX = int(np.iinfo(np.int32).max)
 # The lists of token ids a record may hold, stored as i4 arrays in the v4 form.
 ID_FIELDS = ("answer_ids", "chat_prompt_ids", "output_ids", "prompt_ids")
+ARRAY_FIELDS = frozenset((*ID_FIELDS, "logprobs"))  # and top_logprobs, whose two arrays are declared in an object
 LINE_END = b"\n"
 
 
@@ -208,35 +210,37 @@ def _in_form(record: dict, logprobs: np.ndarray, top: TopK | None, *, columns: b
 
 # The v4 form: arrays after the line.
 
-def _layout(record: dict) -> list[tuple[str, np.dtype, int]]:
+@functools.lru_cache(maxsize=4096)
+def _declaration(text: str) -> tuple[np.dtype, int]:
+    """The dtype and count of a valid "<code>:<count>"; made once per distinct text, as most answers share a length."""
+    code, _, size = text.partition(":")
+    return CODES[code], int(size)
+
+
+def _layout(record: dict) -> tuple[list[tuple[str, np.dtype, int]], int]:
     """(field, dtype, count) of each array after a v4 line (its declarations already valid), in
-    the order the line lists them."""
-    layout = []
+    the order the line lists them, and how many bytes they take."""
+    layout, size = [], 0
     for name, value in record.items():
         if name == "top_logprobs":
             declared = (("top_logprobs.ids", value["ids"]), ("top_logprobs.logprobs", value["logprobs"]))
-        elif name == "logprobs" or (name in ID_FIELDS and value is not None):
+        elif name in ARRAY_FIELDS and value is not None:
             declared = ((name, value),)
         else:
             continue
         for field, text in declared:
-            code, _, size = text.partition(":")
-            layout.append((field, CODES[code], int(size)))
-    return layout
-
-
-def _size(layout: list[tuple[str, np.dtype, int]]) -> int:
-    """How many bytes the arrays of `layout` take after their line."""
-    return sum(dtype.itemsize * n for _, dtype, n in layout)
+            dtype, n = _declaration(text)
+            layout.append((field, dtype, n))
+            size += dtype.itemsize * n
+    return layout, size
 
 
 class _CutOff(Exception):
     """The file ends inside a record's arrays: the side was stopped while writing it."""
 
 
-def _arrays(handle: BinaryIO, layout: list[tuple[str, np.dtype, int]], where: str) -> dict[str, np.ndarray]:
-    """Read the arrays of `layout` that follow a line, and the line end after them."""
-    size = _size(layout)
+def _arrays(handle: BinaryIO, layout: list[tuple[str, np.dtype, int]], size: int, where: str) -> dict[str, np.ndarray]:
+    """Read the arrays of `layout` (`size` bytes) that follow a line, and the line end after them."""
     data = handle.read(size + len(LINE_END))
     if len(data) < size + len(LINE_END):
         raise _CutOff
@@ -250,10 +254,17 @@ def _arrays(handle: BinaryIO, layout: list[tuple[str, np.dtype, int]], where: st
     return arrays
 
 
-def _read_stored(record: dict, handle: BinaryIO, kind: str, where: str, *, columns: bool) -> dict:
-    """A record of the v4 form, its line already parsed, checked and read with the arrays that follow."""
+def _line_and_arrays(line: bytes, handle: BinaryIO, kind: str, where: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """A v4 record's line, parsed and checked, and the arrays that follow it, as stored (not yet checked)."""
+    if not line.endswith(LINE_END):
+        raise _CutOff
+    record = _json_object(line, where)
     validate_part(record, f"{kind}.schema.json#/$defs/stored_record", where)
-    arrays = _arrays(handle, _layout(record), where)
+    return record, _arrays(handle, *_layout(record), where)
+
+
+def _checked_stored(record: dict, arrays: dict[str, np.ndarray], where: str, *, columns: bool) -> dict:
+    """A v4 record from its line and arrays, each array checked."""
     for name in ID_FIELDS:
         if name in arrays:
             ids = arrays[name]
@@ -266,6 +277,71 @@ def _read_stored(record: dict, handle: BinaryIO, kind: str, where: str, *, colum
         top = _top_k_of(arrays["top_logprobs.ids"], arrays["top_logprobs.logprobs"], stored["positions"],
                         stored["width"], where)
     return _in_form(record, _finite(arrays["logprobs"], where, "logprobs"), top, columns=columns)
+
+
+def _plain(batch: list[tuple[dict, dict[str, np.ndarray], str]]) -> bool:
+    """Whether every record of `batch` has what most have, so that checking all their arrays at once
+    is checking each: top-k arrays of the declared sizes with no padding, token ids of 0 and up,
+    finite logprobs."""
+    ids, floats = [], []
+    for record, arrays, _ in batch:
+        if "top_logprobs" in record:
+            stored = record["top_logprobs"]
+            size = stored["positions"] * stored["width"]
+            if arrays["top_logprobs.ids"].size != size or arrays["top_logprobs.logprobs"].size != size:
+                return False
+            if stored["width"] and not stored["positions"]:  # a width that no position has
+                return False
+        for name, values in arrays.items():
+            (floats if values.dtype.kind == "f" else ids).append(values)
+    return ((not ids or np.concatenate(ids).min(initial=0) >= 0)
+            and (not floats or bool(np.isfinite(np.concatenate(floats)).all())))
+
+
+def _plain_record(record: dict, arrays: dict[str, np.ndarray], *, columns: bool) -> dict:
+    """A v4 record from its line and arrays, of a batch whose arrays _plain has checked."""
+    for name in ID_FIELDS:
+        if name in arrays:
+            record[name] = arrays[name].tolist()
+    top = None
+    if "top_logprobs" in record:
+        shape = record["top_logprobs"]["positions"], record["top_logprobs"]["width"]
+        top = TopK(arrays["top_logprobs.ids"].reshape(shape), arrays["top_logprobs.logprobs"].reshape(shape))
+    return _in_form(record, arrays["logprobs"], top, columns=columns)
+
+
+# v4 records read before their arrays are checked: a batch's arrays are checked at once.
+BATCH = 64
+
+
+def _stored_records(handle: BinaryIO, path: Path, kind: str, *, keep_cut_off: bool, columns: bool,
+                    first_line: int) -> Iterator[dict]:
+    """Each v4 record from the handle's place (line `first_line`), checked, as _records; read a batch
+    at a time, and where a batch holds a bad record, every record before it is still given first."""
+    numbers, stop = count(first_line), None
+    while stop is None:
+        batch = []
+        while len(batch) < BATCH:
+            number = next(numbers)
+            line = handle.readline()
+            if not line:
+                stop = StopIteration()
+                break
+            where = f"{path}: line {number}"
+            try:
+                batch.append((*_line_and_arrays(line, handle, kind, where), where))
+            except _CutOff:
+                stop = StopIteration() if keep_cut_off else ResultFileError(f"{where}: {TRUNCATED}")
+                break
+            except ResultFileError as err:
+                stop = err
+                break
+        if _plain(batch):
+            yield from (_plain_record(record, arrays, columns=columns) for record, arrays, _ in batch)
+        else:
+            yield from (_checked_stored(*read, columns=columns) for read in batch)
+    if not isinstance(stop, StopIteration):
+        raise stop
 
 
 # The v3 form: arrays as hex in the line.
@@ -335,39 +411,45 @@ def _open(path: Path) -> BinaryIO:
         raise ResultFileError(f"{path}: file not found") from None
 
 
-def _records(handle: BinaryIO, path: Path, kind: str, form: str, *, keep_cut_off: bool,
-             columns: bool) -> Iterator[dict]:
-    """Each record after the header, checked; one the file ends inside is a run stopped while
-    writing it: dropped with `keep_cut_off`, else an error."""
+def _records(handle: BinaryIO, path: Path, kind: str, form: str, *, keep_cut_off: bool, columns: bool,
+             first_line: int = 2) -> Iterator[dict]:
+    """Each record after the header (from line `first_line` of a v4 file, the handle there), checked;
+    one the file ends inside is a run stopped while writing it: dropped with `keep_cut_off`, else an error."""
     with handle:
+        if form == FORM:
+            yield from _stored_records(handle, path, kind, keep_cut_off=keep_cut_off, columns=columns,
+                                       first_line=first_line)
+            return
         for number in count(2):
             line = handle.readline()
             if not line:
                 return
             where = f"{path}: line {number}"
-            try:
-                if not line.endswith(LINE_END):
-                    raise _CutOff
-                record = _json_object(line, where)
-                if form == FORM:
-                    yield _read_stored(record, handle, kind, where, columns=columns)
-                elif form == "v3":
-                    yield _unpacked_record(record, kind, where, columns=columns)
-                else:
-                    _check_record(record, kind, where)
-                    yield _columns(record) if columns else record
-            except _CutOff:
+            if not line.endswith(LINE_END):
                 if keep_cut_off:
                     return
-                raise ResultFileError(f"{where}: {TRUNCATED}") from None
+                raise ResultFileError(f"{where}: {TRUNCATED}")
+            record = _json_object(line, where)
+            if form == "v3":
+                yield _unpacked_record(record, kind, where, columns=columns)
+            else:
+                _check_record(record, kind, where)
+                yield _columns(record) if columns else record
 
 
-def iter_records(path: Path, kind: str, *, keep_cut_off: bool = False,
-                 columns: bool = False) -> tuple[dict, Iterator[dict]]:
+def iter_records(path: Path, kind: str, *, keep_cut_off: bool = False, columns: bool = False,
+                 start: tuple[int, int] | None = None) -> tuple[dict, Iterator[dict]]:
     """The header of a record file and an iterator over its records, each checked as it is read:
     in list form, or with `columns` in column form (logprobs an array, float32 or float64 as
-    stored, top_logprobs a records.TopK), whatever form the file has."""
-    path = Path(path)
+    stored, top_logprobs a records.TopK), whatever form the file has. `start`: (byte offset, line
+    number) of the record of a v4 file to begin at (split_at gives them), rather than the first."""
+    header, _, _, records = _opened(Path(path), kind, keep_cut_off=keep_cut_off, columns=columns, start=start)
+    return header, records
+
+
+def _opened(path: Path, kind: str, *, keep_cut_off: bool, columns: bool,
+            start: tuple[int, int] | None = None) -> tuple[dict, str, BinaryIO, Iterator[dict]]:
+    """iter_records, with the file's form and the open file, which its records close when they end."""
     handle = _open(path)
     try:
         first = handle.readline()
@@ -376,10 +458,15 @@ def iter_records(path: Path, kind: str, *, keep_cut_off: bool = False,
                                   else f"{path}: line 1: {TRUNCATED}")
         header = _json_object(first, f"{path}: line 1")
         form = _check_header(header, kind, path)
+        if start is not None:
+            if form != FORM:
+                raise ValueError(f"{path}: only a file of the {FORM} form is read from a record other than its first")
+            handle.seek(start[0])
     except BaseException:
         handle.close()
         raise
-    return header, _records(handle, path, kind, form, keep_cut_off=keep_cut_off, columns=columns)
+    return header, form, handle, _records(handle, path, kind, form, keep_cut_off=keep_cut_off, columns=columns,
+                                          first_line=start[1] if start else 2)
 
 
 def stored_path(path: Path) -> Path:
@@ -407,14 +494,42 @@ def read_records(path: Path, kind: str, *, keep_cut_off: bool = False, columns: 
     return {**header, "records": list(records)}
 
 
+class RecordStream(Iterator[dict]):
+    """The records of a record file in column form, each read and checked as it is iterated, once;
+    where they come from (`path`, `kind`, `form`), so that a pass over them can be split between
+    processes that read the file themselves (compare.gather_evidence)."""
+
+    def __init__(self, path: Path, kind: str, form: str, records: Iterator[dict], handle: BinaryIO):
+        self.path, self.kind, self.form, self._records, self._handle = path, kind, form, records, handle
+
+    def __next__(self) -> dict:
+        return next(self._records)
+
+    def guarded(self, on_error: Callable[[ResultFileError], None]) -> "RecordStream":
+        """The same stream, with `on_error` called on a record that does not read (it may raise)."""
+        def records() -> Iterator[dict]:
+            try:
+                yield from self._records
+            except ResultFileError as err:
+                on_error(err)
+                raise
+        return RecordStream(self.path, self.kind, self.form, records(), self._handle)
+
+    def read_elsewhere(self) -> None:
+        """Every record was read and checked by another reader of the file: this one gives no more."""
+        self._records = iter(())
+        self._handle.close()
+
+
 def stream_records(path: Path, kind: str) -> dict:
     """A record file as a document whose "records" are read as they are iterated, once, in column
-    form: what compare needs to go through thousands of records in bounded memory."""
+    form (a RecordStream, or a list for a v1 document): what compare needs to go through thousands
+    of records in bounded memory."""
     stored = stored_path(path)
     if stored.suffix == ".json":
         return read_records(path, kind, columns=True)
-    header, records = iter_records(stored, kind, columns=True)
-    return {**header, "records": records}
+    header, form, handle, records = _opened(stored, kind, keep_cut_off=False, columns=True)
+    return {**header, "records": RecordStream(stored, kind, form, records, handle)}
 
 
 def read_document(path: Path, name: str) -> dict:
@@ -445,16 +560,46 @@ def write_records(path: Path, doc: dict, kind: str) -> Path:
     return path
 
 
+def _lines(handle: BinaryIO) -> Iterator[tuple[int, int, dict]]:
+    """(offset, line number, parsed line) of each record of a v4 file after the header, its arrays
+    skipped unread and unchecked: where records are, not whether they are right."""
+    handle.seek(0)
+    handle.readline()
+    for number in count(2):
+        line = handle.readline()
+        if not line:
+            return
+        record = json.loads(line)
+        yield handle.tell() - len(line), number, record
+        handle.seek(_layout(record)[1] + len(LINE_END), os.SEEK_CUR)
+
+
 def _record_spans(path: Path) -> dict[str, tuple[int, int, bool]]:
     """id: (offset, length, has an error) of each record of a journal; the last record of an id wins."""
-    spans = {}
+    spans, starts = {}, []
     with open(path, "rb") as handle:
-        handle.readline()
-        while line := handle.readline():
-            start, record = handle.tell() - len(line), json.loads(line)
-            handle.seek(_size(_layout(record)) + len(LINE_END), os.SEEK_CUR)
-            spans[record["id"]] = (start, handle.tell() - start, bool(record["error"]))
+        for offset, _, record in _lines(handle):
+            starts.append((offset, record["id"], bool(record["error"])))
+        end = handle.tell()
+    for (offset, item, failed), next_offset in zip(starts, [*(start for start, _, _ in starts[1:]), end]):
+        spans[item] = (offset, next_offset - offset, failed)
     return spans
+
+
+def split_at(path: Path, item: str) -> tuple[list[str], tuple[int, int]] | None:
+    """The ids of a v4 record file's records before the record of `item`, and that record's (byte
+    offset, line number), for iter_records's `start`; None where the file has no such record or
+    cannot be gone through (the reader that checks every record says why)."""
+    ids = []
+    try:
+        with open(path, "rb") as handle:
+            for offset, number, record in _lines(handle):
+                if record["id"] == item:
+                    return ids, (offset, number)
+                ids.append(record["id"])
+    except Exception:  # noqa: BLE001 - any fault at all: the records are read one by one instead, and checked
+        return None
+    return None
 
 
 class RecordJournal:

@@ -5,6 +5,7 @@ them. compare never needs to know which backend made a record."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -221,31 +222,76 @@ def answers_of(generations: dict) -> list[dict]:
 
 # sha256_of's JSON, by one encoder made once (json.dumps makes one per call when given options).
 _compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-# str(i) of every token id up to the largest seen: writing ids as text is most of hashing an answer.
-_decimal: list[str] = []
+COMMA, ZERO = ord(","), ord("0")
 
 
-def _decimal_ids(ids: list[int]) -> str:
-    """Token ids (0 and up) as JSON writes a list of them, without the brackets."""
-    if (top := max(ids)) >= len(_decimal):
-        _decimal.extend(map(str, range(len(_decimal), top + 1)))
-    return ",".join([_decimal[token] for token in ids])
+def _decimal_ids(ids: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """Token ids (0 and up) as JSON writes each, each followed by a comma, one after another, and
+    where each id's text ends. Made as arrays: writing ids as text is most of hashing answers."""
+    width = len(str(int(ids.max()))) if ids.size else 1
+    text = np.empty((ids.size, width + 1), dtype=np.uint8)  # each id right-aligned, then its comma
+    text[:, width] = COMMA
+    rest = ids
+    for place in range(width - 1, -1, -1):
+        rest, digit = np.divmod(rest, 10)
+        text[:, place] = digit + ZERO
+    figures = np.ones(ids.size, dtype=np.int64)
+    for power in range(1, width):
+        figures += ids >= 10 ** power
+    kept = np.arange(width + 1) >= (width - figures)[:, None]
+    return text[kept].tobytes(), np.cumsum(figures + 1)
 
 
 class AnswersHash:
     """What a teacher-forced file scored: the hash of every answer's id and output ids, so a side
-    rerun since then is noticed; fed one generation record at a time, in the document's order."""
+    rerun since then is noticed; fed one generation record at a time, in the document's order, and
+    hashed a batch of answers at a time. With `keep`, the batches are kept as hashed, so that the
+    answers of a document read in parts can be hashed in order, part after part (add_parts)."""
 
-    def __init__(self):
-        self._hash, self._items = hashlib.sha256(b"["), 0
+    BATCH = 256
+
+    def __init__(self, keep: bool = False):
+        self._hash, self._items, self._waiting = hashlib.sha256(b"["), 0, []
+        self._kept: list[tuple[bytes, int]] | None = [] if keep else None
 
     def add(self, record: dict) -> None:
         if not record["error"] and len(record["output_ids"]):
-            item = f'[{_compact_json(record["id"])},[{_decimal_ids(record["output_ids"])}]]'
-            self._hash.update((("," if self._items else "") + item).encode("utf-8", "surrogatepass"))
-            self._items += 1
+            self._waiting.append((record["id"], record["output_ids"]))
+            if len(self._waiting) == self.BATCH:
+                self._hash_waiting()
+
+    def _hash_waiting(self) -> None:
+        if not self._waiting:
+            return
+        counts = np.array([len(ids) for _, ids in self._waiting])
+        text, ends = _decimal_ids(np.fromiter(itertools.chain.from_iterable(ids for _, ids in self._waiting),
+                                              dtype=np.int64, count=int(counts.sum())))
+        answer_ends = ends[np.cumsum(counts) - 1]
+        items = [f"[{_compact_json(item)},[".encode("utf-8", "surrogatepass") + text[start:end - 1] + b"]]"
+                 for (item, _), start, end in zip(self._waiting, [0, *answer_ends[:-1].tolist()], answer_ends.tolist())]
+        self._hash_items(b",".join(items), len(items))
+        self._waiting.clear()
+
+    def _hash_items(self, items: bytes, count: int) -> None:
+        """Hash `count` answers written as text, separated by commas."""
+        self._hash.update((b"," if self._items else b"") + items)
+        self._items += count
+        if self._kept is not None:
+            self._kept.append((items, count))
+
+    def parts(self) -> list[tuple[bytes, int]]:
+        """The batches hashed so far, as text: what add_parts takes (with `keep` only)."""
+        self._hash_waiting()
+        return list(self._kept)
+
+    def add_parts(self, parts: list[tuple[bytes, int]]) -> None:
+        """Hash the answers of another AnswersHash's `parts`, after those added so far."""
+        self._hash_waiting()
+        for items, count in parts:
+            self._hash_items(items, count)
 
     def hexdigest(self) -> str:
+        self._hash_waiting()
         whole = self._hash.copy()
         whole.update(b"]")
         return whole.hexdigest()

@@ -1,14 +1,15 @@
 """compare on hand-made records: every rule, no model and no server."""
 import math
+import random
 
 import pytest
 
 from llm_parity.compare import (IncompatibleRuns, compare_runs, failing_checks, token_accounting, unchecked_checks,
                                  verdict_reasons)
 from llm_parity.divergence import logit_measures, logits_summary
-from llm_parity.records import (ForcedScore, Generation, PassageScore, decoding_of, generations_doc, perplexity_doc,
-                                teacher_forced_doc)
-from llm_parity.results import ResultFileError, validate
+from llm_parity.records import (AnswersHash, ForcedScore, Generation, PassageScore, answers_hash, decoding_of,
+                                generations_doc, perplexity_doc, teacher_forced_doc)
+from llm_parity.results import ResultFileError, sha256_of, validate
 
 EOS = 9
 SUITE_SHA = "a" * 64
@@ -387,3 +388,15 @@ def test_the_top_k_difference_is_measured_where_the_references_top_k_is_padded()
     reference = record([5, 6], top=[[[5, -0.1], [105, -2.1]], [[6, -0.5]]], logprobs=[-0.1, -0.5])
     prompt = compare_one(target, reference, LOOSE)["prompts"][0]
     assert prompt["top_k_max_abs_logprob_diff"] == pytest.approx(0.3)
+
+
+def test_the_answers_hash_is_sha256_of_each_answers_id_and_output_ids_over_batches():
+    rng = random.Random(0)
+    every_width = [0, 9, 10, 99, 100, 128_255, 2**31 - 1]  # one to ten figures
+    records = [{"id": f"p{index} ü\"\\", "error": "failed" if index % 7 == 3 else None,
+                "output_ids": [] if index % 11 == 5 else [rng.choice(every_width) for _ in range(rng.randrange(1, 40))]}
+               for index in range(AnswersHash.BATCH * 2 + 17)]
+    answered = [[r["id"], r["output_ids"]] for r in records if not r["error"] and r["output_ids"]]
+    assert answers_hash({"records": records}) == sha256_of(answered)
+    assert answers_hash({"records": records[:1]}) == sha256_of(answered[:1])
+    assert answers_hash({"records": []}) == sha256_of([])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from llm_parity import PROJECT_ROOT
-from llm_parity.record_files import (RecordJournal, header_of, iter_records, read_records, record_bytes,
+from llm_parity.record_files import (BATCH, RecordJournal, header_of, iter_records, read_records, record_bytes,
                                      record_file_exists, stored_floats, stored_top_k, write_records)
 from llm_parity.records import (ForcedScore, Generation, PassageScore, TopK, generations_doc, teacher_forced_doc,
                                 top_k_arrays)
@@ -355,6 +355,27 @@ def test_numbers_that_do_not_end_where_the_line_says_are_refused_at_that_record(
     with pytest.raises(ResultFileError, match=rf"^{path}: line 3: the 60 bytes of numbers that its fields declare are "
                                               r"not followed by a line end: a count in the line is wrong"):
         read_records(path, "generations")
+
+
+@pytest.mark.parametrize("bad", [0, 5, BATCH - 1, BATCH, BATCH + 3])
+@pytest.mark.parametrize("spoil, message", [
+    (lambda line, arrays: arrays.update(output_ids=i4([3, -4])), "field output_ids: holds -4"),
+    (lambda line, arrays: arrays.update(logprobs=f4([-0.5, np.inf])), "field logprobs: holds inf"),
+    (lambda line, arrays: line.update(finish_reason=7), "field finish_reason: "),
+])
+def test_every_record_before_a_bad_one_is_read_wherever_it_falls_in_a_batch(tmp_path, bad, spoil, message):
+    path = tmp_path / "generations.records"
+    ids = [f"p{index}" for index in range(2 * BATCH)]
+    write_records(path, {**header(), "records": list(map(generation, ids))}, "generations")
+    header_doc, records = stored(path)
+    spoil(*records[bad])
+    write_stored(path, header_doc, records)
+    _, reading = iter_records(path, "generations", columns=True)
+    read = []
+    with pytest.raises(ResultFileError, match=rf"^{re.escape(str(path))}: line {bad + 2}: {message}"):
+        for record in reading:
+            read.append(record["id"])
+    assert read == ids[:bad]
 
 
 @pytest.mark.parametrize("field, mutate, message", [

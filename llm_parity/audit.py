@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 from llm_parity.accuracy import read_side as read_accuracy
 from llm_parity import matrix
-from llm_parity.compare import PASS, IncompatibleRuns, Registry, compare_runs, failing_checks, unchecked_checks
+from llm_parity.compare import (PASS, IncompatibleRuns, Registry, compare_runs, failing_checks, unchecked_checks,
+                                without_cycle_collection)
 from llm_parity.logits import measure_sides, read_side_logits
 from llm_parity.record_files import RECORD_KINDS, RecordStream, read_document, record_file_exists, stream_records
 from llm_parity.records import SIDES
@@ -370,7 +371,7 @@ def audit_run(run: RunDir | Path | str) -> AuditResult:
     """Every audit check on one results folder. `run` may be any folder (an auditor is handed a
     folder, not a run name); the audit only reads it."""
     run = run if isinstance(run, RunDir) else RunDir(Path(run))
-    with hashing_in_background(listed_files(run) if run.sums.is_file() else []) as hashes:
+    with without_cycle_collection(), hashing_in_background(listed_files(run) if run.sums.is_file() else []) as hashes:
         files = RunFiles.read(run, sha256=hashes.sha256)
         files.read_every_record()  # the long part, now: the sums check, which waits on the hashes, comes first
         return AuditResult(run.root, [_run_check(name, audit, files) for name, audit in AUDIT_CHECKS])

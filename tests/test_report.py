@@ -1,5 +1,6 @@
 """Report sections from hand-made records: honest statements, flags, both languages; a run of 2,000
 prompts whose report stays the size of a run of 200."""
+import html
 import time
 from collections import Counter
 
@@ -8,9 +9,9 @@ import pytest
 from test_compare import EOS, LOOSE, compare_many, compare_one, record, split_pair
 
 from llm_parity.compare import decade_counts
-from llm_parity.report import INLINE_ITEMS, build_report, shorten_lists
+from llm_parity.report import INLINE_ITEMS, build_report, joined_cells, shorten_lists
 from llm_parity.report.html import html_pages
-from llm_parity.report.markdown import markdown_pages, render_markdown
+from llm_parity.report.markdown import cell, markdown_pages, render_markdown
 from llm_parity.report.strings import STRINGS
 
 PROVENANCE = {side: {"backend": backend, "device": "cpu", "packages": {"torch": "2.13.0"}, "notes": [],
@@ -280,3 +281,10 @@ def test_write_report_writes_the_prompt_pages_and_the_sums_cover_them(runs, tmp_
     listed = {line.split("  ", 1)[1] for line in run.sums.read_text().splitlines()}
     assert {"report/report.md", "report/prompts.md", "report/report.html", "report/prompts.html"} <= listed
     assert "large (200 prompts)" in run.report_md.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("escape_cell, separator", [(cell, " | "), (html.escape, "</td><td>")])
+def test_a_row_escaped_at_once_is_each_cell_escaped(escape_cell, separator):
+    rows = [["p1", 0.5, "a|b <i>x</i> & \"q\"\nnext", None], ["nul \x00 inside", "|", ""], [], ["\x00"]]
+    for row in rows:
+        assert joined_cells(row, escape_cell, separator) == separator.join(escape_cell(str(value)) for value in row)

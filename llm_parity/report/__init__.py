@@ -7,6 +7,7 @@ once as plain sections, then rendered to Markdown or to self-contained HTML."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,18 @@ class Report:
 # At most this many prompts and passages: the per-item tables stay inline; more go to a page of their own.
 INLINE_ITEMS = 50
 DETAILS_PAGE = "prompts"  # report/prompts.md and report/prompts.html
+CELL_BREAK = "\x00"
+
+
+def joined_cells(cells: list, escape: Callable[[str], str], separator: str) -> str:
+    """`separator`.join(escape(str(cell)) for cell in cells), with the row escaped as one text: an
+    escape replaces characters one by one, so escaping the cells joined by a NUL is escaping each,
+    in one call instead of one per cell (30,000 rows of 10 cells at 10,000 prompts). A cell that
+    holds a NUL itself is escaped on its own."""
+    row = CELL_BREAK.join(map(str, cells))
+    if row.count(CELL_BREAK) != len(cells) - 1:
+        return separator.join(escape(str(cell)) for cell in cells)
+    return escape(row).replace(CELL_BREAK, separator)
 
 
 def fmt(value) -> str:

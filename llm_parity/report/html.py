@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from html import escape
 
-from llm_parity.report import DETAILS_PAGE, Report, Section
+from llm_parity.report import DETAILS_PAGE, Report, Section, joined_cells
 from llm_parity.report.charts import bars, log_lines
 from llm_parity.report.overview import decade_histogram
 from llm_parity.report.strings import STRINGS
@@ -52,7 +52,7 @@ def _head(report: Report, title: str) -> list[str]:
 
 
 def _row(cells: list[str]) -> str:
-    return f"<tr><td>{'</td><td>'.join(escape(str(value)) for value in cells)}</td></tr>"
+    return f"<tr><td>{joined_cells(cells, escape, '</td><td>')}</td></tr>"
 
 
 def _sections(sections: list[Section], drawn: dict[str, str]) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 
-from llm_parity.report import DETAILS_PAGE, Report, Section
+from llm_parity.report import DETAILS_PAGE, Report, Section, joined_cells
 from llm_parity.report.strings import STRINGS
 
 
@@ -14,7 +14,7 @@ def cell(text: str) -> str:
 
 
 def _row(cells: list[str]) -> str:
-    return f"| {' | '.join(map(cell, cells))} |"
+    return f"| {joined_cells(cells, cell, ' | ')} |"
 
 
 def _link(name: str) -> str:

@@ -4,6 +4,7 @@ import json
 import os
 import random
 import signal
+import time
 
 import numpy as np
 
@@ -162,3 +163,11 @@ def test_a_forked_function_gives_its_result_or_fails_clearly():
         child.result()
     with Forked(lambda: os._exit(3)) as child, pytest.raises(ChildFailed, match="ended without a result"):
         child.result()
+
+
+def test_a_child_no_longer_waited_for_is_stopped_even_while_it_sends():
+    started = time.monotonic()
+    with Forked(lambda: b"x" * 50_000_000):  # more than a pipe holds: the child waits for a reader
+        time.sleep(0.5)
+    assert time.monotonic() - started < 5
+

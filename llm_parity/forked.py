@@ -21,11 +21,16 @@ class ChildFailed(Exception):
     """The forked child raised, or died, before it sent its result."""
 
 
+# Held back while forking, so that neither process can be interrupted before it knows which it is.
+INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _run_child(function: Callable[[], Any], write_fd: int) -> None:
     """In the child: send (succeeded, result) and end, whatever happens."""
     code = 1
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to answer; it kills the child
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS)
         try:
             payload = pickle.dumps((True, function()), protocol=pickle.HIGHEST_PROTOCOL)
         except BaseException:  # noqa: BLE001 - the caller does the work itself instead, which says what went wrong
@@ -43,14 +48,22 @@ class Forked:
 
     def __init__(self, function: Callable[[], Any]):
         read_fd, write_fd = os.pipe()
-        self._pid = os.fork()
-        if self._pid == 0:
-            os.close(read_fd)  # else a write the parent no longer reads would wait on this end for ever
-            _run_child(function, write_fd)
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
+        try:
+            self._pid: int | None = os.fork()
+            if self._pid == 0:
+                os.close(read_fd)  # else a write the parent no longer reads would wait on this end for ever
+                _run_child(function, write_fd)
+        except OSError:  # no process to be had: result() says so, and the caller does the work itself
+            self._pid = None
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         os.close(write_fd)
         self._receive = os.fdopen(read_fd, "rb")
 
     def result(self) -> Any:
+        if self._pid is None:
+            raise ChildFailed("no child process could be started")
         data = self._receive.read()  # to the end: the child's end closes when it exits
         try:
             succeeded, value = pickle.loads(data)
@@ -65,6 +78,8 @@ class Forked:
 
     def __exit__(self, *exc) -> None:
         self._receive.close()
+        if self._pid is None:
+            return
         try:
             os.kill(self._pid, signal.SIGKILL)  # done or not, it is no longer wanted
         except ProcessLookupError:

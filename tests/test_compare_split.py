@@ -165,6 +165,14 @@ def test_a_forked_function_gives_its_result_or_fails_clearly():
         child.result()
 
 
+def test_where_no_process_can_be_forked_the_caller_is_told_to_do_the_work(monkeypatch):
+    def no_fork():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+    monkeypatch.setattr(os, "fork", no_fork)
+    with Forked(lambda: 1) as child, pytest.raises(ChildFailed, match="no child process could be started"):
+        child.result()
+
+
 def test_a_child_no_longer_waited_for_is_stopped_even_while_it_sends():
     started = time.monotonic()
     with Forked(lambda: b"x" * 50_000_000):  # more than a pipe holds: the child waits for a reader

@@ -805,13 +805,17 @@ def _measure_pass(records: list[Iterable[dict]], measure: Callable[[list[PromptP
     return measured
 
 
-def _first_half(streams: list[RecordStream], middle: str, measure: Callable) -> tuple[_Pass, dict[str, list]]:
-    """_measure_pass over each file's records before the record of the prompt `middle` (a child's
-    share), and each side's answers as AnswersHash parts."""
-    halves = [itertools.takewhile(lambda record: record["id"] != middle,
-                                  iter_records(stream.path, stream.kind, columns=True)[1]) for stream in streams]
+def _measured_part(records: list[Iterator[dict]], measure: Callable) -> tuple[_Pass, dict[str, list]]:
+    """_measure_pass over one part of each file, and each side's answers as AnswersHash parts."""
     answers = {side: AnswersHash(keep=True) for side in SIDES}
-    return _measure_pass(halves, measure, answers), {side: hashed.parts() for side, hashed in answers.items()}
+    return _measure_pass(records, measure, answers), {side: hashed.parts() for side, hashed in answers.items()}
+
+
+def _first_half(streams: list[RecordStream], middle: str, measure: Callable) -> tuple[_Pass, dict[str, list]]:
+    """_measured_part over each file's records before the record of the prompt `middle` (a child's share)."""
+    return _measured_part([itertools.takewhile(lambda record: record["id"] != middle,
+                                               iter_records(stream.path, stream.kind, columns=True)[1])
+                           for stream in streams], measure)
 
 
 def _same_prompts(ids_before: list[list[str]]) -> bool:
@@ -839,10 +843,9 @@ def _measured_in_two_processes(suite: dict, streams: list, measure: Callable) ->
         splits = [split_at(stream.path, middle) for stream in streams]
         if None in splits or not _same_prompts([ids for ids, _ in splits]):
             return None
-        answers = {side: AnswersHash(keep=True) for side in SIDES}
         try:
-            second = _measure_pass([iter_records(stream.path, stream.kind, columns=True, start=start)[1]
-                                    for stream, (_, start) in zip(streams, splits)], measure, answers)
+            second, second_answers = _measured_part([iter_records(stream.path, stream.kind, columns=True, start=start)[1]
+                                                     for stream, (_, start) in zip(streams, splits)], measure)
         except Exception:  # noqa: BLE001 - any fault at all: one process reads them again, and says what it is
             return None
         try:
@@ -852,7 +855,7 @@ def _measured_in_two_processes(suite: dict, streams: list, measure: Callable) ->
     whole = {side: AnswersHash() for side in SIDES}
     for side, hashed in whole.items():
         hashed.add_parts(first_answers[side])
-        hashed.add_parts(answers[side].parts())
+        hashed.add_parts(second_answers[side])
     for stream in streams:
         stream.read_elsewhere()
     return first_pass + second, whole

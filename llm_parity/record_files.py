@@ -560,9 +560,9 @@ def write_records(path: Path, doc: dict, kind: str) -> Path:
     return path
 
 
-def _lines(handle: BinaryIO) -> Iterator[tuple[int, int, dict]]:
-    """(offset, line number, parsed line) of each record of a v4 file after the header, its arrays
-    skipped unread and unchecked: where records are, not whether they are right."""
+def _lines(handle: BinaryIO) -> Iterator[tuple[int, int, int, dict]]:
+    """(offset, end, line number, parsed line) of each record of a v4 file after the header, its
+    arrays skipped unread and unchecked: where records are, not whether they are right."""
     handle.seek(0)
     handle.readline()
     for number in count(2):
@@ -570,20 +570,14 @@ def _lines(handle: BinaryIO) -> Iterator[tuple[int, int, dict]]:
         if not line:
             return
         record = json.loads(line)
-        yield handle.tell() - len(line), number, record
-        handle.seek(_layout(record)[1] + len(LINE_END), os.SEEK_CUR)
+        start, end = handle.tell() - len(line), handle.seek(_layout(record)[1] + len(LINE_END), os.SEEK_CUR)
+        yield start, end, number, record
 
 
 def _record_spans(path: Path) -> dict[str, tuple[int, int, bool]]:
     """id: (offset, length, has an error) of each record of a journal; the last record of an id wins."""
-    spans, starts = {}, []
     with open(path, "rb") as handle:
-        for offset, _, record in _lines(handle):
-            starts.append((offset, record["id"], bool(record["error"])))
-        end = handle.tell()
-    for (offset, item, failed), next_offset in zip(starts, [*(start for start, _, _ in starts[1:]), end]):
-        spans[item] = (offset, next_offset - offset, failed)
-    return spans
+        return {record["id"]: (start, end - start, bool(record["error"])) for start, end, _, record in _lines(handle)}
 
 
 def split_at(path: Path, item: str) -> tuple[list[str], tuple[int, int]] | None:
@@ -593,7 +587,7 @@ def split_at(path: Path, item: str) -> tuple[list[str], tuple[int, int]] | None:
     ids = []
     try:
         with open(path, "rb") as handle:
-            for offset, number, record in _lines(handle):
+            for offset, _, number, record in _lines(handle):
                 if record["id"] == item:
                     return ids, (offset, number)
                 ids.append(record["id"])
